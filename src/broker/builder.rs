@@ -1,0 +1,204 @@
+//! Configuration of a broker before it starts.
+
+use super::{Broker, BrokerInner, RUNNING, Timings};
+use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
+use crate::error::Result;
+use crate::registry::{Registry, Strategy};
+use crate::transport::{TransportContext, Transporter};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// Builds and starts a [`Broker`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> phalanx::Result<()> {
+/// use std::time::Duration;
+/// use phalanx::{Broker, registry::Strategy};
+///
+/// let broker = Broker::builder()
+///     .namespace("shop")
+///     .request_timeout(Some(Duration::from_secs(5)))
+///     .strategy(Strategy::Random)
+///     .start()
+///     .await?;
+/// assert_eq!(broker.namespace(), "shop");
+/// # broker.stop().await;
+/// # Ok(()) }
+/// ```
+pub struct BrokerBuilder {
+    node_id: Option<String>,
+    namespace: String,
+    instance_id: Option<String>,
+    timings: Timings,
+    max_frame_len: usize,
+    strategy: Strategy,
+    transports: Vec<Arc<dyn Transporter>>,
+}
+
+impl std::fmt::Debug for BrokerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerBuilder")
+            .field("node_id", &self.node_id)
+            .field("namespace", &self.namespace)
+            .field("timings", &self.timings)
+            .field("transports", &self.transports.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        Self {
+            node_id: None,
+            namespace: String::new(),
+            instance_id: None,
+            timings: Timings {
+                request_timeout: Some(Duration::from_secs(30)),
+                heartbeat_interval: Duration::from_secs(2),
+                heartbeat_timeout: Duration::from_secs(6),
+                drain_timeout: Duration::from_secs(10),
+                stop_grace: Duration::from_millis(200),
+            },
+            max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            strategy: Strategy::default(),
+            transports: Vec::new(),
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// Node id; default: host name plus a short random suffix.
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.node_id = Some(id.into());
+        self
+    }
+
+    /// Namespace; nodes only see nodes of the same namespace. Default: empty.
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Instance id; default: random, new on every start.
+    pub fn instance_id(mut self, id: impl Into<String>) -> Self {
+        self.instance_id = Some(id.into());
+        self
+    }
+
+    /// Default timeout of a call (`None`: wait as long as the target lives). Default: 30 s.
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timings.request_timeout = timeout;
+        self
+    }
+
+    /// How often the node says it is alive (default 2 s) and how long a peer may stay silent
+    /// before it is declared down (default 6 s).
+    pub fn heartbeat(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.timings.heartbeat_interval = interval;
+        self.timings.heartbeat_timeout = timeout;
+        self
+    }
+
+    /// Longest wait for running handlers on [`Broker::stop`]. Default: 10 s.
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.timings.drain_timeout = timeout;
+        self
+    }
+
+    /// How long a stopping node keeps answering calls already on their way. Default: 200 ms.
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.timings.stop_grace = grace;
+        self
+    }
+
+    /// Largest frame accepted from or sent to a peer. Default: 16 MiB.
+    pub fn max_frame_len(mut self, len: usize) -> Self {
+        self.max_frame_len = len;
+        self
+    }
+
+    /// How remote endpoints are balanced. Default: round-robin.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+
+    /// Adds a transport; several may be added (fastest link kind wins per peer).
+    pub fn transport(mut self, transport: impl Transporter) -> Self {
+        self.transports.push(Arc::new(transport));
+        self
+    }
+
+    /// Starts the broker: `$node` service, transports, discovery, heartbeats.
+    pub async fn start(self) -> Result<Broker> {
+        let node_id: Arc<str> = self.node_id.unwrap_or_else(default_node_id).into();
+        let mut transports = self.transports;
+        transports.sort_by_key(|t| t.kind());
+        let inner = Arc::new(BrokerInner {
+            namespace: self.namespace.into(),
+            instance_id: self.instance_id.unwrap_or_else(random_hex),
+            host_id: host_id(),
+            timings: self.timings,
+            codec: Codec::new(self.max_frame_len),
+            registry: RwLock::new(Registry::new(node_id.clone(), self.strategy)),
+            transports,
+            pending: Mutex::default(),
+            next_id: AtomicU64::new(rand::random::<u64>() >> 1),
+            in_flight: AtomicUsize::new(0),
+            drained: Notify::new(),
+            state: AtomicU8::new(RUNNING),
+            registry_changed: Notify::new(),
+            stopped_hooks: Mutex::default(),
+            info_seq: AtomicU64::new(1),
+            background: Mutex::default(),
+            started_at: Instant::now(),
+            node_id,
+        });
+        let broker = Broker { inner };
+        crate::node_service::start(&broker).await?;
+        let handler = super::inbound::handler(&broker);
+        for transport in &broker.inner.transports {
+            transport
+                .start(TransportContext {
+                    node_id: broker.inner.node_id.clone(),
+                    namespace: broker.inner.namespace.clone(),
+                    codec: broker.inner.codec,
+                    handler: handler.clone(),
+                })
+                .await?;
+        }
+        broker.discover_all().await;
+        super::inbound::spawn_heartbeat(&broker);
+        tracing::info!(node = %broker.inner.node_id, namespace = %broker.inner.namespace, "broker started");
+        Ok(broker)
+    }
+}
+
+fn random_hex() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn default_node_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    format!("{host}-{:04x}", rand::random::<u16>())
+}
+
+/// Identity of this machine and boot: equal for every node on the same host.
+fn host_id() -> String {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let machine = read("/etc/machine-id");
+    let boot = read("/proc/sys/kernel/random/boot_id");
+    if machine.is_empty() && boot.is_empty() {
+        gethostname::gethostname().to_string_lossy().into_owned()
+    } else {
+        format!("{machine}:{boot}")
+    }
+}

@@ -1,0 +1,370 @@
+//! Request-reply: making calls and serving the ones that arrive from peers.
+
+use super::{Broker, InFlight, PendingCall};
+use crate::context::{CallOptions, Context};
+use crate::error::{Error, Result};
+use crate::handler::ActionFn;
+use crate::packet::{Meta, Packet, PacketBody, Request, Response};
+use crate::payload::Payload;
+use crate::registry::Target;
+use crate::transport::LinkKind;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+impl Broker {
+    /// Calls `action` and decodes its result as `R`.
+    ///
+    /// A call to a service of this broker moves `params` straight into the handler; a remote call
+    /// encodes it as MessagePack. Errors keep their kind and code wherever they were raised.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker.service("math")
+    ///     .action("square", |_ctx, x: i64| async move { Ok(x * x) })
+    ///     .start().await?;
+    /// assert_eq!(broker.call::<i64>("math.square", 7).await?, 49);
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call<R: DeserializeOwned + 'static>(
+        &self,
+        action: &str,
+        params: impl Serialize + Send + 'static,
+    ) -> Result<R> {
+        self.call_in(action, params, CallOptions::default(), None)
+            .await
+    }
+
+    /// Calls `action` with options (timeout, meta, headers, target node).
+    pub async fn call_with<R: DeserializeOwned + 'static>(
+        &self,
+        action: &str,
+        params: impl Serialize + Send + 'static,
+        options: CallOptions,
+    ) -> Result<R> {
+        self.call_in(action, params, options, None).await
+    }
+
+    /// An untyped call over JSON values, for tools such as the CLI and the gateway.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// # #[derive(serde::Deserialize)] struct Add { a: i64, b: i64 }
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker.service("math")
+    ///     .action("add", |_ctx, p: Add| async move { Ok(p.a + p.b) })
+    ///     .start().await?;
+    /// let sum = broker.call_json("math.add", serde_json::json!({"a": 1, "b": 2})).await?;
+    /// assert_eq!(sum, serde_json::json!(3));
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_json(
+        &self,
+        action: &str,
+        params: serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        self.call(action, params).await
+    }
+
+    pub(crate) async fn call_in<R: DeserializeOwned + 'static>(
+        &self,
+        action: &str,
+        params: impl Serialize + Send + 'static,
+        options: CallOptions,
+        parent: Option<&Context>,
+    ) -> Result<R> {
+        self.call_payload(action, Payload::local(params), options, parent)
+            .await?
+            .decode()
+    }
+
+    async fn call_payload(
+        &self,
+        action: &str,
+        params: Payload,
+        options: CallOptions,
+        parent: Option<&Context>,
+    ) -> Result<Payload> {
+        if self.inner.is_stopped() {
+            return Err(Error::rejected("the broker is stopped"));
+        }
+        let ctx = self.child_context(&options, parent);
+        if ctx.deadline.is_some_and(|d| d <= Instant::now()) {
+            return Err(Error::timeout(action));
+        }
+        let target = self
+            .inner
+            .registry()
+            .pick(action, options.node_id.as_deref());
+        match target {
+            Some(Target::Local(handler, service)) => {
+                self.run_local(action, &handler, service, ctx, params).await
+            }
+            Some(Target::Remote(node)) => self.call_remote(action, node, ctx, params).await,
+            None => Err(Error::service_not_found(action)),
+        }
+    }
+
+    /// The context of a new call: a child of `parent` when made from a handler.
+    fn child_context(&self, options: &CallOptions, parent: Option<&Context>) -> Context {
+        let own_deadline = options
+            .timeout
+            .or(self.inner.timings.request_timeout)
+            .map(|t| Instant::now() + t);
+        let id = self.next_id();
+        let (request_id, parent_id, caller, level, meta, headers, inherited) = match parent {
+            Some(p) => (
+                p.request_id,
+                Some(p.id),
+                p.service.clone(),
+                p.level + 1,
+                p.meta.clone(),
+                p.headers.clone(),
+                p.deadline,
+            ),
+            None => (id, None, None, 1, None, None, None),
+        };
+        let deadline = match (own_deadline, inherited) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Context {
+            broker: self.clone(),
+            id,
+            request_id,
+            parent_id,
+            caller,
+            service: None,
+            node_id: None,
+            level,
+            meta: merge(meta, options.meta.as_ref()),
+            headers: match &options.headers {
+                Some(h) => {
+                    let mut all = headers.as_deref().cloned().unwrap_or_default();
+                    all.extend(h.iter().map(|(k, v)| (k.clone(), v.clone())));
+                    Some(Arc::new(all))
+                }
+                None => headers,
+            },
+            deadline,
+        }
+    }
+
+    /// Runs a handler of this broker within the call's deadline.
+    async fn run_local(
+        &self,
+        action: &str,
+        handler: &ActionFn,
+        service: Arc<str>,
+        mut ctx: Context,
+        params: Payload,
+    ) -> Result<Payload> {
+        let _running = InFlight::enter(self);
+        ctx.service = Some(service);
+        let deadline = ctx.deadline;
+        let work = handler(ctx, params);
+        let result = match deadline {
+            Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
+                Ok(result) => result,
+                Err(_) => Err(Error::timeout(action)),
+            },
+            None => work.await,
+        };
+        result.map_err(|e| e.with_node(&self.inner.node_id))
+    }
+
+    async fn call_remote(
+        &self,
+        action: &str,
+        node_id: Arc<str>,
+        ctx: Context,
+        params: Payload,
+    ) -> Result<Payload> {
+        let (params, content_type) = params.encode()?;
+        let id = ctx.id;
+        let (reply, response) = tokio::sync::oneshot::channel();
+        self.inner.pending.lock().expect("pending lock").insert(
+            id,
+            PendingCall {
+                node_id: node_id.clone(),
+                reply,
+            },
+        );
+        let _pending = PendingGuard { broker: self, id };
+        let packet = Packet::new(
+            self.inner.node_id.clone(),
+            PacketBody::Request(Request {
+                id,
+                action: action.to_owned(),
+                params,
+                content_type,
+                meta: ctx.meta.as_deref().cloned(),
+                headers: ctx.headers.as_deref().cloned(),
+                timeout_ms: ctx.remaining().map(|d| d.as_millis() as u64),
+                level: ctx.level,
+                request_id: ctx.request_id,
+                parent_id: ctx.parent_id,
+                caller: ctx.caller.as_deref().map(str::to_owned),
+                stream: false,
+            }),
+        );
+        let (transport, _) = self.transport_for(&node_id)?;
+        transport.send(&node_id, &packet).await?;
+        let response = match ctx.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, response)
+                .await
+                .map_err(|_| Error::timeout(action).with_node(&node_id))?,
+            None => response.await,
+        }
+        .map_err(|_| Error::rejected(format!("call to node '{node_id}' was abandoned")))??;
+        match (response.error, response.data) {
+            (Some(error), _) => Err(Error::from_body(error).with_node(&node_id)),
+            (None, data) => Ok(Payload::encoded(
+                data.unwrap_or_default(),
+                response.content_type,
+            )),
+        }
+    }
+
+    /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`.
+    pub(crate) async fn serve_request(&self, sender: Arc<str>, request: Request, link: LinkKind) {
+        let id = request.id;
+        let result = self.run_request(&sender, request).await;
+        let mut response = Response {
+            id,
+            ..Default::default()
+        };
+        match result.and_then(|payload| payload.encode()) {
+            Ok((data, content_type)) => {
+                response.data = Some(data);
+                response.content_type = content_type;
+            }
+            Err(err) => response.error = Some(err.with_node(&self.inner.node_id).body().clone()),
+        }
+        let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Response(response));
+        let Some(transport) = self.transport_of(link) else {
+            return;
+        };
+        if let Err(err) = transport.send(&sender, &packet).await {
+            tracing::warn!(peer = %sender, %err, "could not send response");
+        }
+    }
+
+    async fn run_request(&self, sender: &Arc<str>, request: Request) -> Result<Payload> {
+        if self.inner.is_stopped() {
+            return Err(Error::rejected("the node is stopping"));
+        }
+        let known = self
+            .inner
+            .registry()
+            .node(sender)
+            .is_some_and(|n| n.available);
+        if !known {
+            return Err(Error::rejected(format!(
+                "node '{sender}' is not a known member of this namespace"
+            )));
+        }
+        let deadline = match request.timeout_ms {
+            Some(0) => return Err(Error::timeout(&request.action)),
+            Some(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+            None => None,
+        };
+        let target = self
+            .inner
+            .registry()
+            .pick(&request.action, Some(&self.inner.node_id));
+        let Some(Target::Local(handler, service)) = target else {
+            return Err(Error::service_not_found(&request.action));
+        };
+        let ctx = Context {
+            broker: self.clone(),
+            id: self.next_id(),
+            request_id: request.request_id,
+            parent_id: request.parent_id,
+            caller: request.caller.map(Into::into),
+            service: None,
+            node_id: Some(sender.clone()),
+            level: request.level,
+            meta: request.meta.map(Arc::new),
+            headers: request.headers.map(Arc::new),
+            deadline,
+        };
+        let params = Payload::encoded(request.params, request.content_type);
+        self.run_local(&request.action, &handler, service, ctx, params)
+            .await
+    }
+
+    /// Completes a pending call with the RESPONSE from `sender`.
+    pub(crate) fn complete(&self, sender: &str, response: Response) {
+        let mut pending = self.inner.pending.lock().expect("pending lock");
+        match pending.get(&response.id) {
+            Some(call) if &*call.node_id == sender => {
+                if let Some(call) = pending.remove(&response.id) {
+                    let _ = call.reply.send(Ok(response));
+                }
+            }
+            Some(_) => {
+                tracing::warn!(peer = %sender, id = response.id, "response from the wrong node ignored")
+            }
+            None => {
+                tracing::debug!(peer = %sender, id = response.id, "response to an unknown or finished call")
+            }
+        }
+    }
+
+    /// Fails every call waiting on `node_id` at once with a retryable error.
+    pub(crate) fn fail_pending(&self, node_id: &str, reason: &str) {
+        let failed: Vec<PendingCall> = {
+            let mut pending = self.inner.pending.lock().expect("pending lock");
+            let ids: Vec<u64> = pending
+                .iter()
+                .filter(|(_, c)| &*c.node_id == node_id)
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter()
+                .filter_map(|id| pending.remove(&id))
+                .collect()
+        };
+        for call in failed {
+            let _ = call.reply.send(Err(Error::rejected(format!(
+                "node '{node_id}' {reason} before answering"
+            ))
+            .with_node(node_id)));
+        }
+    }
+}
+
+/// Removes a pending call when the caller stops waiting (answer, timeout or cancellation).
+struct PendingGuard<'a> {
+    broker: &'a Broker,
+    id: u64,
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.broker
+            .inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .remove(&self.id);
+    }
+}
+
+fn merge(base: Option<Arc<Meta>>, extra: Option<&Meta>) -> Option<Arc<Meta>> {
+    match extra {
+        None => base,
+        Some(extra) => {
+            let mut all = base.as_deref().cloned().unwrap_or_default();
+            all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
+            Some(Arc::new(all))
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! What arrives from the transports: packets, links coming up and going down, and the heartbeat
+//! lease that declares silent nodes down.
+
+use super::{Broker, BrokerInner};
+use crate::packet::{Discover, Heartbeat, Info, PROTOCOL_VERSION, Packet, PacketBody, Pong};
+use crate::registry::NodeChange;
+use crate::transport::{LinkKind, TransportHandler};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::time::Instant;
+
+/// The broker as the transports see it. Holds the broker weakly: transports must not keep a
+/// stopped broker alive.
+struct Inbound(Weak<BrokerInner>);
+
+pub(crate) fn handler(broker: &Broker) -> Arc<dyn TransportHandler> {
+    Arc::new(Inbound(Arc::downgrade(&broker.inner)))
+}
+
+impl Inbound {
+    fn broker(&self) -> Option<Broker> {
+        self.0.upgrade().map(|inner| Broker { inner })
+    }
+}
+
+impl TransportHandler for Inbound {
+    fn on_packet(&self, packet: Packet, link: LinkKind) {
+        if let Some(broker) = self.broker() {
+            broker.handle_packet(packet, link);
+        }
+    }
+
+    fn on_link_up(&self, node_id: &str, link: LinkKind) {
+        let Some(broker) = self.broker() else { return };
+        tracing::debug!(peer = %node_id, %link, "link up");
+        let info = Packet::new(
+            broker.inner.node_id.clone(),
+            PacketBody::Info(broker.info()),
+        );
+        broker.send_control(node_id.into(), link, info);
+    }
+
+    fn on_link_down(&self, node_id: &str, link: LinkKind) {
+        let Some(broker) = self.broker() else { return };
+        tracing::debug!(peer = %node_id, %link, "link down");
+        broker.node_lost(node_id, "lost its link");
+    }
+}
+
+impl Broker {
+    fn handle_packet(&self, packet: Packet, link: LinkKind) {
+        let sender = packet.sender;
+        if sender == self.inner.node_id {
+            return;
+        }
+        match packet.body {
+            PacketBody::Discover(_) => {
+                let info = Packet::new(self.inner.node_id.clone(), PacketBody::Info(self.info()));
+                self.send_control(sender, link, info);
+            }
+            PacketBody::Info(info) => self.apply_info(sender, info, link),
+            PacketBody::Heartbeat(beat) => {
+                let known = self
+                    .inner
+                    .registry_mut()
+                    .touch(&sender, Some((beat.in_flight, beat.cpu)));
+                if known.is_none_or(|seq| seq < beat.seq) {
+                    let discover = Packet::new(
+                        self.inner.node_id.clone(),
+                        PacketBody::Discover(Discover {}),
+                    );
+                    self.send_control(sender, link, discover);
+                }
+            }
+            PacketBody::Request(request) => {
+                self.inner.registry_mut().touch(&sender, None);
+                let broker = self.clone();
+                tokio::spawn(async move { broker.serve_request(sender, request, link).await });
+            }
+            PacketBody::Response(response) => self.complete(&sender, response),
+            PacketBody::Event(event) => {
+                if self.inner.registry_mut().touch(&sender, None).is_some() {
+                    self.serve_event(sender, event);
+                }
+            }
+            PacketBody::Ping(ping) => {
+                let pong = Packet::new(
+                    self.inner.node_id.clone(),
+                    PacketBody::Pong(Pong {
+                        id: ping.id,
+                        time_us: ping.time_us,
+                        arrived_us: unix_micros(),
+                    }),
+                );
+                self.send_control(sender, link, pong);
+            }
+            PacketBody::Pong(_) => {}
+            PacketBody::Disconnect(_) => self.node_lost(&sender, "disconnected"),
+            PacketBody::StreamChunk(_) | PacketBody::StreamEnd(_) | PacketBody::StreamError(_) => {
+                tracing::debug!(peer = %sender, "stream packets are not supported yet; dropped");
+            }
+        }
+    }
+
+    fn apply_info(&self, sender: Arc<str>, info: Info, link: LinkKind) {
+        if info.namespace != *self.inner.namespace {
+            tracing::debug!(peer = %sender, namespace = %info.namespace, "ignoring a node of another namespace");
+            return;
+        }
+        if info.protocol_version != PROTOCOL_VERSION {
+            tracing::warn!(peer = %sender, version = info.protocol_version, "ignoring a node speaking another protocol version");
+            return;
+        }
+        for transport in &self.inner.transports {
+            for peer in &info.peers {
+                if *peer.node_id != *self.inner.node_id {
+                    transport.learn_peer(&peer.node_id, &peer.addresses);
+                }
+            }
+        }
+        let services = info.services.len();
+        let change = self.inner.registry_mut().apply_info(&sender, info, link);
+        match change {
+            NodeChange::Joined => {
+                tracing::info!(peer = %sender, %link, services, "node connected");
+                self.internal_event("$node.connected", &sender);
+            }
+            NodeChange::Updated => self.internal_event("$services.changed", &sender),
+            NodeChange::Unchanged => {}
+        }
+    }
+
+    /// Declares `node_id` down: endpoints leave the registry, waiting calls fail at once.
+    pub(crate) fn node_lost(&self, node_id: &str, reason: &str) {
+        let was_available = self.inner.registry_mut().node_down(node_id);
+        self.fail_pending(node_id, reason);
+        if was_available {
+            tracing::info!(peer = %node_id, reason, "node disconnected");
+            self.internal_event("$node.disconnected", node_id);
+        }
+    }
+
+    fn internal_event(&self, event: &str, node_id: &str) {
+        self.inner.registry_changed.notify_waiters();
+        let data = serde_json::json!({ "node": node_id });
+        if let Err(err) = self.broadcast_local_now(event, &data) {
+            tracing::warn!(%event, %err, "internal event failed");
+        }
+        if event != "$services.changed"
+            && let Err(err) = self.broadcast_local_now("$services.changed", &data)
+        {
+            tracing::warn!(%err, "internal event failed");
+        }
+    }
+
+    /// Sends a control packet without holding up the transport's reader.
+    fn send_control(&self, node_id: Arc<str>, link: LinkKind, packet: Packet) {
+        let Some(transport) = self.transport_of(link) else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Err(err) = transport.send(&node_id, &packet).await {
+                tracing::debug!(peer = %node_id, %err, "control packet not sent");
+            }
+        });
+    }
+
+    /// Asks every reachable node for its INFO and announces ours.
+    pub(crate) async fn discover_all(&self) {
+        let discover = Packet::new(
+            self.inner.node_id.clone(),
+            PacketBody::Discover(Discover {}),
+        );
+        let info = Packet::new(self.inner.node_id.clone(), PacketBody::Info(self.info()));
+        for transport in &self.inner.transports {
+            for packet in [&discover, &info] {
+                if let Err(err) = transport.broadcast(packet).await {
+                    tracing::debug!(%err, "discovery broadcast failed");
+                }
+            }
+        }
+    }
+}
+
+/// Sends heartbeats every interval and declares nodes silent for longer than the lease down.
+pub(crate) fn spawn_heartbeat(broker: &Broker) {
+    let weak = Arc::downgrade(&broker.inner);
+    let timings = broker.inner.timings.clone();
+    let check_every = timings
+        .heartbeat_interval
+        .min(timings.heartbeat_timeout / 4)
+        .max(std::time::Duration::from_millis(10));
+    let task = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_beat = Instant::now();
+        loop {
+            tick.tick().await;
+            let Some(inner) = weak.upgrade() else { break };
+            let broker = Broker { inner };
+            if last_beat.elapsed() >= timings.heartbeat_interval {
+                last_beat = Instant::now();
+                let beat = Packet::new(
+                    broker.inner.node_id.clone(),
+                    PacketBody::Heartbeat(Heartbeat {
+                        seq: broker.inner.info_seq.load(Ordering::Acquire),
+                        cpu: None,
+                        in_flight: broker.in_flight() as u32,
+                    }),
+                );
+                for transport in &broker.inner.transports {
+                    if let Err(err) = transport.broadcast(&beat).await {
+                        tracing::debug!(%err, "heartbeat not sent");
+                    }
+                }
+            }
+            let Some(cutoff) = Instant::now().checked_sub(timings.heartbeat_timeout) else {
+                continue;
+            };
+            let expired = broker.inner.registry().expired(cutoff);
+            for node_id in expired {
+                broker.node_lost(&node_id, "missed its heartbeats");
+            }
+        }
+    });
+    broker
+        .inner
+        .background
+        .lock()
+        .expect("tasks lock")
+        .push(task);
+}
+
+fn unix_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,372 @@
+//! The broker: one per process (or per test node), owner of the registry, the transports and the
+//! local services.
+//!
+//! A call flows `Broker::call → registry pick → local handler | transport send → peer broker →
+//! handler` and back. A call to a service of this broker is a direct `await` of its handler: no
+//! serialization, no task hop. Everything else goes through a [`Transporter`].
+//!
+//! # Lifecycle
+//! [`BrokerBuilder::start`] starts the transports and the `$node` service and announces the node.
+//! [`Broker::stop`] is graceful: the node first announces that it serves nothing, keeps answering
+//! what is already on its way for a short grace period, waits for in-flight handlers to finish
+//! (bounded by the drain timeout), says `DISCONNECT`, runs the services' `stopped` hooks in reverse
+//! start order and closes the transports.
+
+mod builder;
+mod call;
+mod events;
+mod inbound;
+
+pub use builder::BrokerBuilder;
+
+use crate::codec::Codec;
+use crate::error::{Error, Result};
+use crate::handler::{ActionFn, EventFn};
+use crate::packet::ServiceInfo;
+use crate::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
+use crate::registry::Registry;
+use crate::service::{Hook, ServiceBuilder};
+use crate::transport::{LinkKind, Transporter};
+use std::fmt;
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Duration;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// A handle to a running broker. Cheap to clone; all clones are the same broker.
+#[derive(Clone)]
+pub struct Broker {
+    pub(crate) inner: Arc<BrokerInner>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("node_id", &self.inner.node_id)
+            .field("namespace", &self.inner.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+const RUNNING: u8 = 0;
+const STOPPING: u8 = 1;
+const STOPPED: u8 = 2;
+
+/// Timing knobs of a broker, set through [`BrokerBuilder`].
+#[derive(Debug, Clone)]
+pub(crate) struct Timings {
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) heartbeat_timeout: Duration,
+    pub(crate) drain_timeout: Duration,
+    pub(crate) stop_grace: Duration,
+}
+
+pub(crate) struct PendingCall {
+    node_id: Arc<str>,
+    reply: oneshot::Sender<Result<crate::packet::Response>>,
+}
+
+pub(crate) struct BrokerInner {
+    pub(crate) node_id: Arc<str>,
+    pub(crate) namespace: Arc<str>,
+    pub(crate) instance_id: String,
+    pub(crate) host_id: String,
+    pub(crate) timings: Timings,
+    pub(crate) codec: Codec,
+    registry: RwLock<Registry>,
+    transports: Vec<Arc<dyn Transporter>>,
+    pending: Mutex<std::collections::HashMap<u64, PendingCall>>,
+    next_id: AtomicU64,
+    in_flight: AtomicUsize,
+    drained: Notify,
+    state: AtomicU8,
+    registry_changed: Notify,
+    stopped_hooks: Mutex<Vec<(String, Vec<Hook>)>>,
+    info_seq: AtomicU64,
+    background: Mutex<Vec<JoinHandle<()>>>,
+    started_at: Instant,
+}
+
+impl Broker {
+    /// A builder for a new broker.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().node_id("api-1").namespace("shop").start().await?;
+    /// assert_eq!(broker.node_id(), "api-1");
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.inner.node_id
+    }
+
+    /// This node's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.inner.namespace
+    }
+
+    /// Changes on every start of the node.
+    pub fn instance_id(&self) -> &str {
+        &self.inner.instance_id
+    }
+
+    /// Starts describing a service of this broker; finish with [`ServiceBuilder::start`].
+    pub fn service(&self, name: impl Into<String>) -> ServiceBuilder {
+        ServiceBuilder::new(self.clone(), name.into())
+    }
+
+    /// Waits until every named service (full name, e.g. `v2.math`) runs somewhere in the cluster.
+    ///
+    /// Fails with [`ErrorKind::DependencyTimeout`](crate::ErrorKind::DependencyTimeout) after
+    /// `timeout`.
+    pub async fn wait_for_services(&self, names: &[&str], timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let changed = self.inner.registry_changed.notified();
+            let missing: Vec<&str> = {
+                let registry = self.inner.registry();
+                names
+                    .iter()
+                    .copied()
+                    .filter(|n| !registry.has_service(n))
+                    .collect()
+            };
+            if missing.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return Err(Error::new(
+                    crate::ErrorKind::DependencyTimeout,
+                    format!(
+                        "services not available after {timeout:?}: {}",
+                        missing.join(", ")
+                    ),
+                )
+                .with_type("DEPENDENCY_TIMEOUT"));
+            }
+        }
+    }
+
+    /// Handlers of this node running right now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Time since the broker started.
+    pub fn uptime(&self) -> Duration {
+        self.inner.started_at.elapsed()
+    }
+
+    /// Whether [`Broker::stop`] has begun.
+    pub fn is_stopping(&self) -> bool {
+        self.inner.state.load(Ordering::Acquire) != RUNNING
+    }
+
+    /// Stops gracefully (see the module docs). Calling it again does nothing.
+    pub async fn stop(&self) {
+        let inner = &self.inner;
+        if inner
+            .state
+            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        tracing::info!(node = %inner.node_id, "broker stopping");
+        // 1. Stop being chosen: peers drop our endpoints but keep the links.
+        self.announce_info().await;
+        // 2. Answer what is already on its way, then wait for handlers to finish.
+        let grace_end = Instant::now() + inner.timings.stop_grace;
+        let drain_end = Instant::now() + inner.timings.drain_timeout;
+        tokio::time::sleep_until(grace_end.min(drain_end)).await;
+        while inner.in_flight.load(Ordering::Acquire) > 0 {
+            let drained = inner.drained.notified();
+            if inner.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(drain_end, drained).await.is_err() {
+                tracing::warn!(
+                    in_flight = inner.in_flight.load(Ordering::Relaxed),
+                    "drain timeout: stopping with handlers still running"
+                );
+                break;
+            }
+        }
+        // 3. Leave.
+        let bye = Packet::new(
+            inner.node_id.clone(),
+            PacketBody::Disconnect(Default::default()),
+        );
+        for transport in &inner.transports {
+            if let Err(err) = transport.broadcast(&bye).await {
+                tracing::debug!(%err, "could not send DISCONNECT");
+            }
+        }
+        inner.state.store(STOPPED, Ordering::Release);
+        // 4. Services in reverse start order.
+        let services = std::mem::take(&mut *inner.stopped_hooks.lock().expect("hooks lock"));
+        for (name, hooks) in services.into_iter().rev() {
+            for hook in hooks {
+                if let Err(err) = hook(self.clone()).await {
+                    tracing::warn!(service = %name, %err, "stopped hook failed");
+                }
+            }
+        }
+        // 5. Links and background work.
+        for transport in &inner.transports {
+            transport.stop().await;
+        }
+        for task in std::mem::take(&mut *inner.background.lock().expect("tasks lock")) {
+            task.abort();
+        }
+        let stranded: Vec<PendingCall> = inner
+            .pending
+            .lock()
+            .expect("pending lock")
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for call in stranded {
+            let _ = call
+                .reply
+                .send(Err(Error::rejected("the calling broker stopped")));
+        }
+        // Handlers may hold broker clones: dropping the registry breaks those cycles.
+        *inner.registry_mut() = Registry::new(inner.node_id.clone(), Default::default());
+        tracing::info!(node = %inner.node_id, "broker stopped");
+    }
+
+    /// Adds a started service to the registry and announces it.
+    pub(crate) async fn register_service(
+        &self,
+        info: ServiceInfo,
+        actions: Vec<(String, ActionFn)>,
+        events: Vec<(String, String, EventFn)>,
+        stopped: Vec<Hook>,
+    ) {
+        let name = info.full_name.clone();
+        self.inner
+            .registry_mut()
+            .add_local_service(info, actions, events);
+        self.inner
+            .stopped_hooks
+            .lock()
+            .expect("hooks lock")
+            .push((name, stopped));
+        self.inner.registry_changed.notify_waiters();
+        self.announce_info().await;
+    }
+
+    /// This node's INFO as peers see it.
+    pub(crate) fn info(&self) -> Info {
+        let inner = &self.inner;
+        let registry = inner.registry();
+        let services = if inner.state.load(Ordering::Acquire) == RUNNING {
+            registry.local_services().to_vec()
+        } else {
+            Vec::new()
+        };
+        let peers = registry
+            .nodes()
+            .filter(|(_, n)| n.available && !n.info.addresses.is_empty())
+            .map(|(id, n)| PeerInfo {
+                node_id: id.to_string(),
+                addresses: n.info.addresses.clone(),
+            })
+            .collect();
+        Info {
+            instance_id: inner.instance_id.clone(),
+            namespace: inner.namespace.to_string(),
+            host_id: inner.host_id.clone(),
+            addresses: inner
+                .transports
+                .iter()
+                .flat_map(|t| t.addresses())
+                .collect(),
+            protocol_version: PROTOCOL_VERSION,
+            client_version: env!("CARGO_PKG_VERSION").to_owned(),
+            seq: inner.info_seq.load(Ordering::Acquire),
+            services,
+            peers,
+            metadata: Default::default(),
+        }
+    }
+
+    /// Tells every peer about a change in this node's services.
+    pub(crate) async fn announce_info(&self) {
+        self.inner.info_seq.fetch_add(1, Ordering::AcqRel);
+        let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Info(self.info()));
+        for transport in &self.inner.transports {
+            if let Err(err) = transport.broadcast(&packet).await {
+                tracing::debug!(%err, "could not announce INFO");
+            }
+        }
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.inner.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The transport that reaches `node_id` by its best link.
+    pub(crate) fn transport_for(&self, node_id: &str) -> Result<(Arc<dyn Transporter>, LinkKind)> {
+        let link = self
+            .inner
+            .registry()
+            .node(node_id)
+            .map(|n| n.link)
+            .ok_or_else(|| Error::rejected(format!("node '{node_id}' is not known")))?;
+        self.transport_of(link)
+            .map(|t| (t, link))
+            .ok_or_else(|| Error::transport(format!("no transport for link kind {link}")))
+    }
+
+    pub(crate) fn transport_of(&self, link: LinkKind) -> Option<Arc<dyn Transporter>> {
+        self.inner
+            .transports
+            .iter()
+            .find(|t| t.kind() == link)
+            .cloned()
+    }
+}
+
+impl BrokerInner {
+    pub(crate) fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+        self.registry.read().expect("registry lock")
+    }
+
+    pub(crate) fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
+        self.registry.write().expect("registry lock")
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.state.load(Ordering::Acquire) == STOPPED
+    }
+}
+
+/// Counts a running handler; wakes the drain when the last one ends.
+pub(crate) struct InFlight<'a>(&'a BrokerInner);
+
+impl<'a> InFlight<'a> {
+    pub(crate) fn enter(broker: &'a Broker) -> Self {
+        broker.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(&broker.inner)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,346 @@
+//! The one error type of Phalanx.
+//!
+//! Every failure a caller can see — a missing service, a timeout, a handler's own error, a node that
+//! went away — is an [`Error`]: a matchable [`ErrorKind`] plus the fields that travel on the wire
+//! (`code`, `type`, `message`, `data`, `retryable`, `node`). A handler's error crosses the network with
+//! all of them intact, so the caller matches on the same kind and code the callee produced.
+//!
+//! ```
+//! use phalanx::{Error, ErrorKind};
+//!
+//! let err = Error::handler(402, "PAYMENT_REQUIRED", "card declined");
+//! assert_eq!(err.kind(), ErrorKind::Handler);
+//! assert_eq!(err.code(), 402);
+//! assert!(!err.is_retryable());
+//! ```
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// Result alias used across Phalanx.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, as a small `Copy` enum callers can match on.
+///
+/// The kind decides the default HTTP-like [`code`](Error::code) and whether the error is
+/// retryable; a handler error carries whatever code its author chose.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// No available endpoint serves the action (404).
+    ServiceNotFound,
+    /// The call's deadline passed before a response arrived (504).
+    Timeout,
+    /// Parameters could not be decoded into the handler's type, or failed validation (422).
+    Validation,
+    /// A bulkhead or link queue is full (429).
+    QueueFull,
+    /// The target node went away or refused the call, e.g. while stopping (503, retryable).
+    Rejected,
+    /// A required service did not become available in time (503).
+    DependencyTimeout,
+    /// The handler itself returned an error; code and type are the handler's own.
+    Handler,
+    /// A frame or packet broke the protocol (400).
+    Protocol,
+    /// The transport could not deliver (502, retryable).
+    Transport,
+    /// The peer could not prove cluster membership (401).
+    Authentication,
+    /// An internal failure that fits no other kind (500).
+    Internal,
+}
+
+impl ErrorKind {
+    /// The wire name of this kind, stable across versions.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::ServiceNotFound => "ServiceNotFoundError",
+            Self::Timeout => "RequestTimeoutError",
+            Self::Validation => "ValidationError",
+            Self::QueueFull => "QueueIsFullError",
+            Self::Rejected => "RequestRejectedError",
+            Self::DependencyTimeout => "DependencyTimeoutError",
+            Self::Handler => "HandlerError",
+            Self::Protocol => "ProtocolError",
+            Self::Transport => "TransportError",
+            Self::Authentication => "AuthenticationError",
+            Self::Internal => "InternalError",
+        }
+    }
+
+    /// Parses a wire name; unknown names become [`ErrorKind::Handler`], so errors from newer
+    /// peers still reach the caller with their code.
+    pub fn from_name(name: &str) -> Self {
+        match name {
+            "ServiceNotFoundError" => Self::ServiceNotFound,
+            "RequestTimeoutError" => Self::Timeout,
+            "ValidationError" => Self::Validation,
+            "QueueIsFullError" => Self::QueueFull,
+            "RequestRejectedError" => Self::Rejected,
+            "DependencyTimeoutError" => Self::DependencyTimeout,
+            "ProtocolError" => Self::Protocol,
+            "TransportError" => Self::Transport,
+            "AuthenticationError" => Self::Authentication,
+            "InternalError" => Self::Internal,
+            _ => Self::Handler,
+        }
+    }
+
+    /// Default code for errors of this kind.
+    pub fn default_code(self) -> u16 {
+        match self {
+            Self::ServiceNotFound => 404,
+            Self::Timeout => 504,
+            Self::Validation => 422,
+            Self::QueueFull => 429,
+            Self::Rejected | Self::DependencyTimeout => 503,
+            Self::Handler | Self::Internal => 500,
+            Self::Protocol => 400,
+            Self::Transport => 502,
+            Self::Authentication => 401,
+        }
+    }
+
+    /// Whether an error of this kind may succeed when tried again (possibly on another node).
+    pub fn default_retryable(self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::QueueFull | Self::Rejected | Self::Transport
+        )
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A Phalanx error: kind, code and the details that travel back to the caller.
+///
+/// Boxed inside, so `Result<T, Error>` stays one pointer wide on the hot path.
+#[derive(Clone, PartialEq, thiserror::Error)]
+#[error("{}", self.0)]
+pub struct Error(Box<ErrorBody>);
+
+/// The fields of an [`Error`], in the form they take on the wire.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Wire name of the kind (see [`ErrorKind::name`]).
+    pub name: String,
+    /// Human-readable message.
+    pub message: String,
+    /// HTTP-like status code.
+    pub code: u16,
+    /// Machine-readable type chosen by the producer, e.g. `"CARD_DECLINED"`.
+    #[serde(rename = "type")]
+    pub kind_type: String,
+    /// Optional structured details.
+    #[serde(default)]
+    pub data: Option<serde_json::Value>,
+    /// Whether trying again may succeed.
+    pub retryable: bool,
+    /// Id of the node where the error was produced.
+    #[serde(default)]
+    pub node: Option<String>,
+}
+
+impl fmt::Display for ErrorBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({}): {}", self.name, self.code, self.message)?;
+        if let Some(node) = &self.node {
+            write!(f, " [node {node}]")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl Error {
+    /// A new error of `kind` with its default code and retryability.
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Self(Box::new(ErrorBody {
+            name: kind.name().to_owned(),
+            message: message.into(),
+            code: kind.default_code(),
+            kind_type: String::new(),
+            data: None,
+            retryable: kind.default_retryable(),
+            node: None,
+        }))
+    }
+
+    /// An error returned by user code, with the code and type its author chose.
+    ///
+    /// ```
+    /// let err = phalanx::Error::handler(409, "CONFLICT", "user exists");
+    /// assert_eq!(err.error_type(), "CONFLICT");
+    /// ```
+    pub fn handler(code: u16, kind_type: impl Into<String>, message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Handler, message)
+            .with_code(code)
+            .with_type(kind_type)
+    }
+
+    /// No endpoint serves `action`.
+    pub fn service_not_found(action: &str) -> Self {
+        Self::new(
+            ErrorKind::ServiceNotFound,
+            format!("service for '{action}' is not available"),
+        )
+        .with_type("SERVICE_NOT_FOUND")
+    }
+
+    /// The deadline for `action` passed.
+    pub fn timeout(action: &str) -> Self {
+        Self::new(
+            ErrorKind::Timeout,
+            format!("request to '{action}' timed out"),
+        )
+        .with_type("REQUEST_TIMEOUT")
+    }
+
+    /// Parameters failed to decode or validate.
+    pub fn validation(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Validation, message).with_type("VALIDATION_ERROR")
+    }
+
+    /// The call was rejected by, or lost with, the target node.
+    pub fn rejected(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Rejected, message).with_type("REQUEST_REJECTED")
+    }
+
+    /// The protocol was violated.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Protocol, message).with_type("PROTOCOL_ERROR")
+    }
+
+    /// The transport failed to deliver.
+    pub fn transport(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transport, message).with_type("TRANSPORT_ERROR")
+    }
+
+    /// Replaces the code.
+    pub fn with_code(mut self, code: u16) -> Self {
+        self.0.code = code;
+        self
+    }
+
+    /// Replaces the machine-readable type.
+    pub fn with_type(mut self, kind_type: impl Into<String>) -> Self {
+        self.0.kind_type = kind_type.into();
+        self
+    }
+
+    /// Attaches structured data.
+    pub fn with_data(mut self, data: serde_json::Value) -> Self {
+        self.0.data = Some(data);
+        self
+    }
+
+    /// Overrides retryability.
+    pub fn with_retryable(mut self, retryable: bool) -> Self {
+        self.0.retryable = retryable;
+        self
+    }
+
+    /// Records the node that produced the error, unless one is already recorded.
+    pub fn with_node(mut self, node: &str) -> Self {
+        if self.0.node.is_none() {
+            self.0.node = Some(node.to_owned());
+        }
+        self
+    }
+
+    /// The matchable kind.
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::from_name(&self.0.name)
+    }
+
+    /// The HTTP-like status code.
+    pub fn code(&self) -> u16 {
+        self.0.code
+    }
+
+    /// The machine-readable type.
+    pub fn error_type(&self) -> &str {
+        &self.0.kind_type
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// Structured details, if any.
+    pub fn data(&self) -> Option<&serde_json::Value> {
+        self.0.data.as_ref()
+    }
+
+    /// Whether trying again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.0.retryable
+    }
+
+    /// The node that produced the error, if known.
+    pub fn node(&self) -> Option<&str> {
+        self.0.node.as_deref()
+    }
+
+    /// The wire form of this error.
+    pub fn body(&self) -> &ErrorBody {
+        &self.0
+    }
+
+    /// Rebuilds an error from its wire form.
+    pub fn from_body(body: ErrorBody) -> Self {
+        Self(Box::new(body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_names_round_trip() {
+        for kind in [
+            ErrorKind::ServiceNotFound,
+            ErrorKind::Timeout,
+            ErrorKind::Validation,
+            ErrorKind::QueueFull,
+            ErrorKind::Rejected,
+            ErrorKind::DependencyTimeout,
+            ErrorKind::Handler,
+            ErrorKind::Protocol,
+            ErrorKind::Transport,
+            ErrorKind::Authentication,
+            ErrorKind::Internal,
+        ] {
+            assert_eq!(ErrorKind::from_name(kind.name()), kind);
+        }
+    }
+
+    #[test]
+    fn defaults_follow_kind() {
+        let e = Error::timeout("math.add");
+        assert_eq!(e.code(), 504);
+        assert!(e.is_retryable());
+        let e = Error::service_not_found("x.y");
+        assert_eq!(e.code(), 404);
+        assert!(!e.is_retryable());
+        assert!(e.to_string().contains("x.y"));
+    }
+
+    #[test]
+    fn first_node_wins() {
+        let e = Error::validation("bad").with_node("a").with_node("b");
+        assert_eq!(e.node(), Some("a"));
+    }
+}

@@ -1,0 +1,52 @@
+//! Type-erased action and event handlers.
+//!
+//! Users write ordinary `async` closures or functions over serde types:
+//! `|ctx: Context, params: P| async move { Ok::<R, Error>(..) }`. Here they become one erased
+//! shape the registry can store: `Fn(Context, Payload) -> BoxFuture<Result<Payload>>`. Decoding
+//! the parameters is part of the handler, so a local call whose types match moves the caller's
+//! value straight into the handler.
+
+use crate::context::Context;
+use crate::error::Result;
+use crate::payload::Payload;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::sync::Arc;
+
+/// An erased action handler.
+pub(crate) type ActionFn =
+    Arc<dyn Fn(Context, Payload) -> BoxFuture<'static, Result<Payload>> + Send + Sync>;
+
+/// An erased event handler.
+pub(crate) type EventFn =
+    Arc<dyn Fn(Context, Payload) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+
+/// Erases an action handler over `P -> R`.
+pub(crate) fn action_fn<P, R, F, Fut>(handler: F) -> ActionFn
+where
+    F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<R>> + Send + 'static,
+    P: DeserializeOwned + Send + 'static,
+    R: Serialize + Send + 'static,
+{
+    Arc::new(move |ctx, payload: Payload| match payload.decode::<P>() {
+        Ok(params) => handler(ctx, params).map(|r| r.map(Payload::local)).boxed(),
+        Err(err) => futures_util::future::ready(Err(err)).boxed(),
+    })
+}
+
+/// Erases an event handler over `P`.
+pub(crate) fn event_fn<P, F, Fut>(handler: F) -> EventFn
+where
+    F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+    P: DeserializeOwned + Send + 'static,
+{
+    Arc::new(move |ctx, payload: Payload| match payload.decode::<P>() {
+        Ok(data) => handler(ctx, data).boxed(),
+        Err(err) => futures_util::future::ready(Err(err)).boxed(),
+    })
+}

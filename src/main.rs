@@ -1,0 +1,2 @@
+//! `phalanx`: the command-line tool.
+fn main() {}

@@ -1,0 +1,409 @@
+//! The packets of protocol v1 (DESIGN.md §3), as plain serde types.
+//!
+//! The packet set follows the Moleculer model: discovery (`DISCOVER`, `INFO`), liveness
+//! (`HEARTBEAT`, `PING`/`PONG`, `DISCONNECT`), calls (`REQUEST`/`RESPONSE`), events (`EVENT`) and
+//! streams (`STREAM_*`). Bodies are MessagePack maps, so fields a peer does not know are ignored and
+//! optional fields may be missing. User payloads (`params`, `data`) stay opaque bytes tagged with a
+//! [`ContentType`]: routing never decodes them.
+//!
+//! ```
+//! use phalanx::packet::{Packet, PacketBody, PacketKind, Ping};
+//!
+//! let packet = Packet::new("node-1", PacketBody::Ping(Ping { id: 7, time_us: 42 }));
+//! assert_eq!(packet.kind(), PacketKind::Ping);
+//! ```
+
+use crate::error::ErrorBody;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The protocol version every frame carries.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Call metadata: free-form values that travel with a request and its nested calls.
+pub type Meta = serde_json::Map<String, serde_json::Value>;
+
+/// String headers that travel with a request or event.
+pub type Headers = BTreeMap<String, String>;
+
+/// How an opaque payload is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(into = "u8", try_from = "u8")]
+pub enum ContentType {
+    /// MessagePack with named fields (the default).
+    #[default]
+    MsgPack,
+    /// UTF-8 JSON.
+    Json,
+    /// Raw bytes, never decoded by Phalanx.
+    Raw,
+    /// Protocol Buffers, decoded by the user.
+    Protobuf,
+}
+
+impl From<ContentType> for u8 {
+    fn from(value: ContentType) -> Self {
+        match value {
+            ContentType::MsgPack => 0,
+            ContentType::Json => 1,
+            ContentType::Raw => 2,
+            ContentType::Protobuf => 3,
+        }
+    }
+}
+
+impl TryFrom<u8> for ContentType {
+    type Error = String;
+
+    fn try_from(value: u8) -> Result<Self, Self::Error> {
+        Ok(match value {
+            0 => Self::MsgPack,
+            1 => Self::Json,
+            2 => Self::Raw,
+            3 => Self::Protobuf,
+            other => return Err(format!("unknown content type {other}")),
+        })
+    }
+}
+
+/// The kind byte in a frame header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PacketKind {
+    /// Ask for INFO.
+    Discover = 1,
+    /// A node's identity and services.
+    Info = 2,
+    /// Liveness and load.
+    Heartbeat = 3,
+    /// A call.
+    Request = 4,
+    /// The answer to a call.
+    Response = 5,
+    /// An event.
+    Event = 6,
+    /// A piece of a stream.
+    StreamChunk = 7,
+    /// The end of a stream.
+    StreamEnd = 8,
+    /// A stream that failed.
+    StreamError = 9,
+    /// Latency probe.
+    Ping = 10,
+    /// Answer to a probe.
+    Pong = 11,
+    /// Graceful leave.
+    Disconnect = 12,
+}
+
+impl PacketKind {
+    /// Parses a kind byte; `None` for kinds this version does not know.
+    pub fn from_byte(byte: u8) -> Option<Self> {
+        Some(match byte {
+            1 => Self::Discover,
+            2 => Self::Info,
+            3 => Self::Heartbeat,
+            4 => Self::Request,
+            5 => Self::Response,
+            6 => Self::Event,
+            7 => Self::StreamChunk,
+            8 => Self::StreamEnd,
+            9 => Self::StreamError,
+            10 => Self::Ping,
+            11 => Self::Pong,
+            12 => Self::Disconnect,
+            _ => return None,
+        })
+    }
+}
+
+/// A packet: who sent it and what it says.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    /// Node id of the sender.
+    pub sender: Arc<str>,
+    /// The body.
+    pub body: PacketBody,
+}
+
+impl Packet {
+    /// A packet from `sender`.
+    pub fn new(sender: impl Into<Arc<str>>, body: PacketBody) -> Self {
+        Self {
+            sender: sender.into(),
+            body,
+        }
+    }
+
+    /// The kind byte this packet is framed with.
+    pub fn kind(&self) -> PacketKind {
+        self.body.kind()
+    }
+}
+
+/// Every packet body of protocol v1.
+#[derive(Debug, Clone, PartialEq)]
+#[allow(missing_docs)]
+pub enum PacketBody {
+    Discover(Discover),
+    Info(Info),
+    Heartbeat(Heartbeat),
+    Request(Request),
+    Response(Response),
+    Event(Event),
+    StreamChunk(StreamChunk),
+    StreamEnd(StreamEnd),
+    StreamError(StreamError),
+    Ping(Ping),
+    Pong(Pong),
+    Disconnect(Disconnect),
+}
+
+impl PacketBody {
+    /// The kind byte for this body.
+    pub fn kind(&self) -> PacketKind {
+        match self {
+            Self::Discover(_) => PacketKind::Discover,
+            Self::Info(_) => PacketKind::Info,
+            Self::Heartbeat(_) => PacketKind::Heartbeat,
+            Self::Request(_) => PacketKind::Request,
+            Self::Response(_) => PacketKind::Response,
+            Self::Event(_) => PacketKind::Event,
+            Self::StreamChunk(_) => PacketKind::StreamChunk,
+            Self::StreamEnd(_) => PacketKind::StreamEnd,
+            Self::StreamError(_) => PacketKind::StreamError,
+            Self::Ping(_) => PacketKind::Ping,
+            Self::Pong(_) => PacketKind::Pong,
+            Self::Disconnect(_) => PacketKind::Disconnect,
+        }
+    }
+}
+
+/// Ask a peer for its INFO.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Discover {}
+
+/// A node's identity, addresses and services.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Info {
+    /// Changes on every restart of the node.
+    pub instance_id: String,
+    /// Nodes only see nodes of the same namespace.
+    pub namespace: String,
+    /// Identity of the host (nodes with equal ids share a machine).
+    pub host_id: String,
+    /// Addresses where the node accepts links.
+    pub addresses: Vec<String>,
+    /// Protocol version the node speaks.
+    pub protocol_version: u8,
+    /// Version of the Phalanx crate.
+    pub client_version: String,
+    /// Increases whenever the node's services change.
+    pub seq: u64,
+    /// The node's services.
+    pub services: Vec<ServiceInfo>,
+    /// Peers the node knows (gossip), so one seed is enough to find the whole mesh.
+    pub peers: Vec<PeerInfo>,
+    /// Free-form node metadata.
+    pub metadata: Meta,
+}
+
+/// A peer passed on by gossip.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PeerInfo {
+    /// The peer's node id.
+    pub node_id: String,
+    /// Where it accepts links.
+    pub addresses: Vec<String>,
+}
+
+/// A service as announced in INFO.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServiceInfo {
+    /// Full name including version prefix, e.g. `v2.math`.
+    pub full_name: String,
+    /// Bare name, e.g. `math`.
+    pub name: String,
+    /// Version, if any.
+    pub version: Option<String>,
+    /// Actions by full name, e.g. `v2.math.add`.
+    pub actions: Vec<ActionInfo>,
+    /// Event subscriptions.
+    pub events: Vec<EventInfo>,
+    /// Public settings.
+    pub settings: Meta,
+    /// Free-form metadata.
+    pub metadata: Meta,
+}
+
+/// An action as announced in INFO.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ActionInfo {
+    /// Full action name, e.g. `v2.math.add`.
+    pub name: String,
+}
+
+/// An event subscription as announced in INFO.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct EventInfo {
+    /// Event name or pattern (`*` one segment, `**` any).
+    pub name: String,
+    /// Balancing group.
+    pub group: String,
+}
+
+/// Liveness and load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Heartbeat {
+    /// The sender's INFO seq, so a stale registry can ask again.
+    pub seq: u64,
+    /// CPU load in percent, if measured.
+    pub cpu: Option<f32>,
+    /// Requests the sender is handling.
+    pub in_flight: u32,
+}
+
+/// A call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Request {
+    /// Correlates the response on this link.
+    pub id: u64,
+    /// Full action name.
+    pub action: String,
+    /// Encoded parameters.
+    pub params: Bytes,
+    /// How `params` is encoded.
+    pub content_type: ContentType,
+    /// Call metadata.
+    pub meta: Option<Meta>,
+    /// Headers.
+    pub headers: Option<Headers>,
+    /// Milliseconds left before the caller's deadline; `None` for no deadline.
+    pub timeout_ms: Option<u64>,
+    /// Nesting depth of the call chain (1 for a top-level call).
+    pub level: u32,
+    /// Id of the whole call chain.
+    pub request_id: u64,
+    /// Id of the context that made this call.
+    pub parent_id: Option<u64>,
+    /// Service that made the call.
+    pub caller: Option<String>,
+    /// Whether the params continue as a stream.
+    pub stream: bool,
+}
+
+/// The answer to a call.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Response {
+    /// The request's id.
+    pub id: u64,
+    /// Encoded result when the call succeeded.
+    pub data: Option<Bytes>,
+    /// How `data` is encoded.
+    pub content_type: ContentType,
+    /// The error when the call failed.
+    pub error: Option<ErrorBody>,
+    /// Metadata returned by the handler.
+    pub meta: Option<Meta>,
+    /// Headers.
+    pub headers: Option<Headers>,
+    /// Whether the data continues as a stream.
+    pub stream: bool,
+}
+
+/// An event.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Event {
+    /// Event id.
+    pub id: u64,
+    /// Event name.
+    pub event: String,
+    /// Encoded payload.
+    pub data: Bytes,
+    /// How `data` is encoded.
+    pub content_type: ContentType,
+    /// Groups that should handle it; `None` for every local group.
+    pub groups: Option<Vec<String>>,
+    /// Whether it was broadcast.
+    pub broadcast: bool,
+    /// Metadata.
+    pub meta: Option<Meta>,
+    /// Headers.
+    pub headers: Option<Headers>,
+    /// Nesting depth.
+    pub level: u32,
+    /// Id of the call chain.
+    pub request_id: u64,
+    /// Service that emitted it.
+    pub caller: Option<String>,
+}
+
+/// A piece of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamChunk {
+    /// The request or response the stream belongs to.
+    pub id: u64,
+    /// Sequence number, from 0.
+    pub seq: u64,
+    /// The bytes.
+    pub data: Bytes,
+}
+
+/// The end of a stream.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamEnd {
+    /// The stream's id.
+    pub id: u64,
+    /// Number of chunks sent.
+    pub seq: u64,
+}
+
+/// A stream that failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamError {
+    /// The stream's id.
+    pub id: u64,
+    /// Chunks sent before the failure.
+    pub seq: u64,
+    /// Why it failed.
+    pub error: ErrorBody,
+}
+
+/// Latency probe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Ping {
+    /// Probe id.
+    pub id: u64,
+    /// Sender's clock, microseconds since the Unix epoch.
+    pub time_us: u64,
+}
+
+/// Answer to a probe.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Pong {
+    /// Probe id.
+    pub id: u64,
+    /// The probe's `time_us`, echoed.
+    pub time_us: u64,
+    /// Responder's clock when the probe arrived.
+    pub arrived_us: u64,
+}
+
+/// Graceful leave.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Disconnect {}

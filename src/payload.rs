@@ -1,0 +1,170 @@
+//! Parameters and results as they move between caller and handler.
+//!
+//! A [`Payload`] is either a live Rust value (a call inside one process: no serialization at all,
+//! the handler receives the very value the caller passed when the types agree) or encoded bytes
+//! with a [`ContentType`] (a call that crossed a link). [`Payload::decode`] turns either into the
+//! type the receiver asks for: a downcast when the types match, a MessagePack round trip when they
+//! do not (for example a `serde_json::Value` sent to a handler that takes a struct).
+//!
+//! ```
+//! use phalanx::Payload;
+//!
+//! let local = Payload::local(41_i64);
+//! assert_eq!(local.decode::<i64>().unwrap(), 41);
+//!
+//! let json = Payload::local(serde_json::json!({"a": 1}));
+//! #[derive(serde::Deserialize)]
+//! struct A { a: i32 }
+//! assert_eq!(json.decode::<A>().unwrap().a, 1);
+//! ```
+
+use crate::error::{Error, Result};
+use crate::packet::ContentType;
+use bytes::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::fmt;
+
+/// A serializable value that can also be handed over as-is.
+trait LocalValue: Send {
+    fn as_any(&self) -> &dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+    fn to_msgpack(&self) -> Result<Bytes>;
+}
+
+impl<T: Serialize + Send + 'static> LocalValue for T {
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+        self
+    }
+
+    fn to_msgpack(&self) -> Result<Bytes> {
+        encode_msgpack(self)
+    }
+}
+
+/// Encodes `value` as MessagePack with named fields.
+pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
+    rmp_serde::to_vec_named(value)
+        .map(Bytes::from)
+        .map_err(|e| Error::validation(format!("cannot encode payload: {e}")))
+}
+
+/// Parameters or a result: a live value or encoded bytes.
+pub struct Payload(Inner);
+
+enum Inner {
+    Local(Box<dyn LocalValue>),
+    Encoded(Bytes, ContentType),
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Inner::Local(_) => f.write_str("Payload::Local(..)"),
+            Inner::Encoded(bytes, ct) => {
+                write!(f, "Payload::Encoded({ct:?}, {} bytes)", bytes.len())
+            }
+        }
+    }
+}
+
+impl Payload {
+    /// Wraps a live value; it is encoded only if it has to cross a link.
+    pub fn local<T: Serialize + Send + 'static>(value: T) -> Self {
+        Self(Inner::Local(Box::new(value)))
+    }
+
+    /// Wraps bytes that arrived from a link.
+    pub fn encoded(bytes: Bytes, content_type: ContentType) -> Self {
+        Self(Inner::Encoded(bytes, content_type))
+    }
+
+    /// Turns the payload into `T`: a downcast for a live value of the same type, decoding
+    /// otherwise. Failure is a validation error (422).
+    pub fn decode<T: DeserializeOwned + 'static>(self) -> Result<T> {
+        match self.0 {
+            Inner::Local(value) if value.as_any().is::<T>() => Ok(*value
+                .into_any()
+                .downcast::<T>()
+                .expect("type checked by the match guard")),
+            Inner::Local(value) => decode_bytes(&value.to_msgpack()?, ContentType::MsgPack),
+            Inner::Encoded(bytes, ContentType::Raw | ContentType::Protobuf) => {
+                let any: Box<dyn Any> = Box::new(bytes);
+                any.downcast::<T>().map(|b| *b).map_err(|_| {
+                    Error::validation("raw payloads can only be received as `bytes::Bytes`")
+                })
+            }
+            Inner::Encoded(bytes, content_type) => decode_bytes(&bytes, content_type),
+        }
+    }
+
+    /// The payload as bytes for a link, with their content type.
+    pub fn encode(&self) -> Result<(Bytes, ContentType)> {
+        match &self.0 {
+            Inner::Local(value) => Ok((value.to_msgpack()?, ContentType::MsgPack)),
+            Inner::Encoded(bytes, ct) => Ok((bytes.clone(), *ct)),
+        }
+    }
+}
+
+fn decode_bytes<T: DeserializeOwned>(bytes: &[u8], content_type: ContentType) -> Result<T> {
+    match content_type {
+        ContentType::Json => serde_json::from_slice(bytes)
+            .map_err(|e| Error::validation(format!("invalid JSON payload: {e}"))),
+        _ => rmp_serde::from_slice(bytes)
+            .map_err(|e| Error::validation(format!("invalid payload: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+
+    #[test]
+    fn same_type_is_moved_not_encoded() {
+        let add = Add { a: 1, b: 2 };
+        assert_eq!(
+            Payload::local(add).decode::<Add>().unwrap(),
+            Add { a: 1, b: 2 }
+        );
+    }
+
+    #[test]
+    fn encoded_and_converted_values_decode() {
+        let (bytes, ct) = Payload::local(Add { a: 3, b: 4 }).encode().unwrap();
+        let back = Payload::encoded(bytes, ct)
+            .decode::<serde_json::Value>()
+            .unwrap();
+        assert_eq!(back, serde_json::json!({"a": 3, "b": 4}));
+        let json = Payload::encoded(Bytes::from_static(br#"{"a":5,"b":6}"#), ContentType::Json);
+        assert_eq!(json.decode::<Add>().unwrap(), Add { a: 5, b: 6 });
+    }
+
+    #[test]
+    fn wrong_shape_is_a_validation_error() {
+        let err = Payload::local("text").decode::<Add>().unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Validation);
+        assert_eq!(err.code(), 422);
+    }
+
+    #[test]
+    fn raw_bytes_stay_raw() {
+        let raw = Payload::encoded(Bytes::from_static(b"\x00\x01"), ContentType::Raw);
+        assert_eq!(
+            raw.decode::<Bytes>().unwrap(),
+            Bytes::from_static(b"\x00\x01")
+        );
+    }
+}

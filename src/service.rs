@@ -1,0 +1,230 @@
+//! Declaring a service: actions, events, hooks, settings and dependencies.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> phalanx::Result<()> {
+//! use phalanx::{Broker, Context};
+//!
+//! let broker = Broker::builder().start().await?;
+//! broker.service("math")
+//!     .version(2)                                   // full name: v2.math
+//!     .setting("precision", 2)
+//!     .action("add", |_ctx: Context, (a, b): (f64, f64)| async move { Ok(a + b) })
+//!     .event("numbers.*", |_ctx: Context, n: f64| async move {
+//!         tracing::info!(n, "got a number");
+//!         Ok(())
+//!     })
+//!     .started(|_broker| async { Ok(()) })
+//!     .start()
+//!     .await?;
+//! assert_eq!(broker.call::<f64>("v2.math.add", (1.5, 2.0)).await?, 3.5);
+//! # broker.stop().await;
+//! # Ok(()) }
+//! ```
+
+use crate::broker::Broker;
+use crate::context::Context;
+use crate::error::Result;
+use crate::handler::{ActionFn, EventFn, action_fn, event_fn};
+use crate::packet::{ActionInfo, EventInfo, Meta, ServiceInfo};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A lifecycle hook (`started` / `stopped`).
+pub(crate) type Hook = Arc<dyn Fn(Broker) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+
+/// Describes a service; [`ServiceBuilder::start`] registers it with the broker.
+#[must_use = "a service does nothing until `.start().await`"]
+pub struct ServiceBuilder {
+    broker: Broker,
+    name: String,
+    version: Option<String>,
+    actions: Vec<(String, ActionFn)>,
+    events: Vec<(String, Option<String>, EventFn)>,
+    started: Vec<Hook>,
+    stopped: Vec<Hook>,
+    settings: Meta,
+    metadata: Meta,
+    dependencies: Vec<String>,
+    dependency_timeout: Duration,
+}
+
+impl fmt::Debug for ServiceBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceBuilder")
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field(
+                "actions",
+                &self.actions.iter().map(|a| &a.0).collect::<Vec<_>>(),
+            )
+            .field("dependencies", &self.dependencies)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServiceBuilder {
+    pub(crate) fn new(broker: Broker, name: String) -> Self {
+        Self {
+            broker,
+            name,
+            version: None,
+            actions: Vec::new(),
+            events: Vec::new(),
+            started: Vec::new(),
+            stopped: Vec::new(),
+            settings: Meta::new(),
+            metadata: Meta::new(),
+            dependencies: Vec::new(),
+            dependency_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Sets the version: `version(2)` makes the full name `v2.<name>`.
+    pub fn version(mut self, version: impl fmt::Display) -> Self {
+        self.version = Some(version.to_string());
+        self
+    }
+
+    /// Adds an action, callable as `<full name>.<action>`.
+    pub fn action<P, R, F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        P: DeserializeOwned + Send + 'static,
+        R: Serialize + Send + 'static,
+    {
+        self.actions.push((name.to_owned(), action_fn(handler)));
+        self
+    }
+
+    /// Subscribes to an event (wildcards allowed) in the service's own group.
+    pub fn event<P, F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+        P: DeserializeOwned + Send + 'static,
+    {
+        self.events.push((name.to_owned(), None, event_fn(handler)));
+        self
+    }
+
+    /// Subscribes to an event in an explicit balancing group.
+    pub fn event_in_group<P, F, Fut>(mut self, name: &str, group: &str, handler: F) -> Self
+    where
+        F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+        P: DeserializeOwned + Send + 'static,
+    {
+        self.events
+            .push((name.to_owned(), Some(group.to_owned()), event_fn(handler)));
+        self
+    }
+
+    /// Runs after dependencies are available and before the service is announced.
+    pub fn started<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Broker) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.started.push(Arc::new(move |b| hook(b).boxed()));
+        self
+    }
+
+    /// Runs when the broker stops (services stop in reverse start order).
+    pub fn stopped<F, Fut>(mut self, hook: F) -> Self
+    where
+        F: Fn(Broker) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<()>> + Send + 'static,
+    {
+        self.stopped.push(Arc::new(move |b| hook(b).boxed()));
+        self
+    }
+
+    /// A public setting, announced to other nodes.
+    pub fn setting(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.settings.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Free-form metadata, announced to other nodes.
+    pub fn metadata(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(key.to_owned(), value.into());
+        self
+    }
+
+    /// Services (full names) that must be reachable before this one starts.
+    pub fn dependencies<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.dependencies.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// How long [`start`](Self::start) waits for dependencies. Default: 30 s.
+    pub fn dependency_timeout(mut self, timeout: Duration) -> Self {
+        self.dependency_timeout = timeout;
+        self
+    }
+
+    /// Waits for dependencies, runs `started` hooks, registers the service and announces it.
+    pub async fn start(self) -> Result<()> {
+        let broker = self.broker;
+        let full_name = match &self.version {
+            Some(v) => format!("v{v}.{}", self.name),
+            None => self.name.clone(),
+        };
+        if !self.dependencies.is_empty() {
+            let names: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
+            broker
+                .wait_for_services(&names, self.dependency_timeout)
+                .await?;
+        }
+        for hook in &self.started {
+            hook(broker.clone()).await?;
+        }
+        let actions: Vec<(String, ActionFn)> = self
+            .actions
+            .into_iter()
+            .map(|(name, handler)| (format!("{full_name}.{name}"), handler))
+            .collect();
+        let events: Vec<(String, String, EventFn)> = self
+            .events
+            .into_iter()
+            .map(|(name, group, handler)| {
+                (name, group.unwrap_or_else(|| full_name.clone()), handler)
+            })
+            .collect();
+        let info = ServiceInfo {
+            full_name: full_name.clone(),
+            name: self.name,
+            version: self.version,
+            actions: actions
+                .iter()
+                .map(|(name, _)| ActionInfo { name: name.clone() })
+                .collect(),
+            events: events
+                .iter()
+                .map(|(name, group, _)| EventInfo {
+                    name: name.clone(),
+                    group: group.clone(),
+                })
+                .collect(),
+            settings: self.settings,
+            metadata: self.metadata,
+        };
+        broker
+            .register_service(info, actions, events, self.stopped)
+            .await;
+        tracing::debug!(service = %full_name, "service started");
+        Ok(())
+    }
+}

@@ -1,0 +1,141 @@
+//! The one trait every transport implements, and the transports themselves.
+//!
+//! A [`Transporter`] moves [`Packet`]s between this node and others. The broker above it never
+//! knows whether a packet crossed a QUIC stream, a shared-memory ring or a NATS subject; it sees
+//! the same packets and keeps one registry.
+//!
+//! # Two shapes behind one trait
+//!
+//! * **Point-to-point links** (in-process bus, QUIC, TCP, shared memory): the transport keeps one
+//!   authenticated link per peer. [`Transporter::send`] writes to that peer's link;
+//!   [`Transporter::broadcast`] writes to every open link. When a link comes up the transport
+//!   reports [`TransportHandler::on_link_up`] (the broker then exchanges `INFO`); when it closes —
+//!   connection lost, peer crashed — it reports [`TransportHandler::on_link_down`], and the broker
+//!   fails that node's in-flight calls at once.
+//! * **A bus** (NATS): `send` publishes on the target node's subject, `broadcast` on the
+//!   namespace's broadcast subject. There are no per-peer links: `on_link_up` is not called (the
+//!   broker broadcasts `DISCOVER` after [`Transporter::start`]), and liveness comes from the
+//!   broker's heartbeat lease and `DISCONNECT` packets.
+//!
+//! Either way inbound packets arrive through [`TransportHandler::on_packet`], which never blocks:
+//! the broker completes responses in place and spawns handlers for requests and events.
+//!
+//! ```
+//! use phalanx::transport::{InProcBus, LinkKind, Transporter};
+//!
+//! let bus = InProcBus::new();
+//! let transport = bus.transport();
+//! assert_eq!(transport.kind(), LinkKind::InProc);
+//! ```
+
+mod inproc;
+
+pub use inproc::{InProcBus, InProcTransport};
+
+use crate::codec::Codec;
+use crate::error::Result;
+use crate::packet::Packet;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::sync::Arc;
+
+/// The kind of link used to reach a node, fastest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkKind {
+    /// The node is this broker itself.
+    Local,
+    /// Another broker in this process.
+    InProc,
+    /// Shared memory on this host.
+    Shm,
+    /// QUIC.
+    Quic,
+    /// TCP with TLS.
+    Tcp,
+    /// A NATS bus.
+    Nats,
+}
+
+impl LinkKind {
+    /// The lowercase name shown by the CLI and `$node.list`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Local => "local",
+            Self::InProc => "inproc",
+            Self::Shm => "shm",
+            Self::Quic => "quic",
+            Self::Tcp => "tcp",
+            Self::Nats => "nats",
+        }
+    }
+}
+
+impl fmt::Display for LinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a transport reports to the broker. Implemented by the broker.
+pub trait TransportHandler: Send + Sync + 'static {
+    /// A packet arrived over `link`. Must not block.
+    fn on_packet(&self, packet: Packet, link: LinkKind);
+    /// A point-to-point link to `node_id` is up and authenticated.
+    fn on_link_up(&self, node_id: &str, link: LinkKind);
+    /// The link to `node_id` closed.
+    fn on_link_down(&self, node_id: &str, link: LinkKind);
+}
+
+/// What a transport needs to know about the node it serves.
+#[derive(Clone)]
+pub struct TransportContext {
+    /// This node's id.
+    pub node_id: Arc<str>,
+    /// This node's namespace.
+    pub namespace: Arc<str>,
+    /// Frame limits.
+    pub codec: Codec,
+    /// Where to report packets and link changes.
+    pub handler: Arc<dyn TransportHandler>,
+}
+
+impl fmt::Debug for TransportContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TransportContext")
+            .field("node_id", &self.node_id)
+            .field("namespace", &self.namespace)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Moves packets between this node and the others.
+pub trait Transporter: Send + Sync + 'static {
+    /// The kind of link this transport provides.
+    fn kind(&self) -> LinkKind;
+
+    /// Starts listening / connecting; inbound traffic goes to `ctx.handler` from now on.
+    fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>>;
+
+    /// Sends `packet` to one node. Fails (retryable) if no link to it exists.
+    fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>>;
+
+    /// Sends `packet` to every node this transport reaches.
+    fn broadcast<'a>(&'a self, packet: &'a Packet) -> BoxFuture<'a, Result<()>>;
+
+    /// Addresses where peers can reach this node (announced in `INFO`).
+    fn addresses(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    /// Learns where a node can be reached (gossip from `INFO`); a point-to-point transport may
+    /// dial it. Buses ignore it.
+    fn learn_peer(&self, node_id: &str, addresses: &[String]) {
+        let _ = (node_id, addresses);
+    }
+
+    /// Closes every link and stops accepting new ones.
+    fn stop(&self) -> BoxFuture<'_, ()>;
+}
