@@ -15,17 +15,15 @@
 //! let broker = Broker::builder().start().await?;
 //! broker.service("greeter")
 //!     .action("hello", |ctx: Context, name: String| async move {
-//!         assert_eq!(ctx.level(), 1);
-//!         Ok(format!("hello {name}"))
+//!         Ok(format!("hello {name} at level {} from {:?}", ctx.level(), ctx.caller()))
 //!     })
-//!     .action("twice", |ctx: Context, name: String| async move {
-//!         let once: String = ctx.call("greeter.hello", name).await?;
-//!         Ok(format!("{once}, {once}"))
+//!     .action("relay", |ctx: Context, name: String| async move {
+//!         ctx.call::<String>("greeter.hello", name).await
 //!     })
 //!     .start()
 //!     .await?;
-//! let text: String = broker.call("greeter.twice", "ada".to_string()).await?;
-//! assert_eq!(text, "hello ada, hello ada");
+//! let text: String = broker.call("greeter.relay", "ada".to_string()).await?;
+//! assert_eq!(text, r#"hello ada at level 2 from Some("greeter")"#);
 //! # broker.stop().await;
 //! # Ok(()) }
 //! ```
@@ -148,7 +146,7 @@ impl Context {
         options: CallOptions,
     ) -> Result<R> {
         self.broker
-            .call_in(action, params, options, Some(self))
+            .call_in(action, params, &options, Some(self))
             .await
     }
 

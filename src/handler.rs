@@ -17,12 +17,15 @@ use std::future::Future;
 use std::sync::Arc;
 
 /// An erased action handler.
-pub(crate) type ActionFn =
-    Arc<dyn Fn(Context, Payload) -> BoxFuture<'static, Result<Payload>> + Send + Sync>;
+pub(crate) type ActionFn = Arc<
+    dyn for<'a> Fn(Context, Payload<'a>) -> BoxFuture<'static, Result<Payload<'static>>>
+        + Send
+        + Sync,
+>;
 
 /// An erased event handler.
 pub(crate) type EventFn =
-    Arc<dyn Fn(Context, Payload) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+    Arc<dyn for<'a> Fn(Context, Payload<'a>) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// Erases an action handler over `P -> R`.
 pub(crate) fn action_fn<P, R, F, Fut>(handler: F) -> ActionFn
@@ -32,10 +35,12 @@ where
     P: DeserializeOwned + Send + 'static,
     R: Serialize + Send + 'static,
 {
-    Arc::new(move |ctx, payload: Payload| match payload.decode::<P>() {
-        Ok(params) => handler(ctx, params).map(|r| r.map(Payload::local)).boxed(),
-        Err(err) => futures_util::future::ready(Err(err)).boxed(),
-    })
+    Arc::new(
+        move |ctx, payload: Payload<'_>| match payload.decode::<P>() {
+            Ok(params) => handler(ctx, params).map(|r| r.map(Payload::local)).boxed(),
+            Err(err) => futures_util::future::ready(Err(err)).boxed(),
+        },
+    )
 }
 
 /// Erases an event handler over `P`.
@@ -45,8 +50,10 @@ where
     Fut: Future<Output = Result<()>> + Send + 'static,
     P: DeserializeOwned + Send + 'static,
 {
-    Arc::new(move |ctx, payload: Payload| match payload.decode::<P>() {
-        Ok(data) => handler(ctx, data).boxed(),
-        Err(err) => futures_util::future::ready(Err(err)).boxed(),
-    })
+    Arc::new(
+        move |ctx, payload: Payload<'_>| match payload.decode::<P>() {
+            Ok(data) => handler(ctx, data).boxed(),
+            Err(err) => futures_util::future::ready(Err(err)).boxed(),
+        },
+    )
 }

@@ -26,6 +26,25 @@ use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::fmt;
 
+/// A caller's value lent to a handler: the handler takes it out when the types match.
+trait LocalSlot: Send {
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn to_msgpack(&self) -> Result<Bytes>;
+}
+
+impl<T: Serialize + Send + 'static> LocalSlot for Option<T> {
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+
+    fn to_msgpack(&self) -> Result<Bytes> {
+        match self {
+            Some(value) => encode_msgpack(value),
+            None => Err(Error::validation("payload was already taken")),
+        }
+    }
+}
+
 /// A serializable value that can also be handed over as-is.
 trait LocalValue: Send {
     fn as_any(&self) -> &dyn Any;
@@ -54,17 +73,20 @@ pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> 
         .map_err(|e| Error::validation(format!("cannot encode payload: {e}")))
 }
 
-/// Parameters or a result: a live value or encoded bytes.
-pub struct Payload(Inner);
+/// Parameters or a result: a live value (owned, or lent by the caller for the time it takes
+/// the handler to decode it) or encoded bytes.
+pub struct Payload<'a>(Inner<'a>);
 
-enum Inner {
+enum Inner<'a> {
+    Lent(&'a mut dyn LocalSlot),
     Local(Box<dyn LocalValue>),
     Encoded(Bytes, ContentType),
 }
 
-impl fmt::Debug for Payload {
+impl fmt::Debug for Payload<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
+            Inner::Lent(_) => f.write_str("Payload::Lent(..)"),
             Inner::Local(_) => f.write_str("Payload::Local(..)"),
             Inner::Encoded(bytes, ct) => {
                 write!(f, "Payload::Encoded({ct:?}, {} bytes)", bytes.len())
@@ -73,7 +95,7 @@ impl fmt::Debug for Payload {
     }
 }
 
-impl Payload {
+impl Payload<'static> {
     /// Wraps a live value; it is encoded only if it has to cross a link.
     pub fn local<T: Serialize + Send + 'static>(value: T) -> Self {
         Self(Inner::Local(Box::new(value)))
@@ -83,11 +105,30 @@ impl Payload {
     pub fn encoded(bytes: Bytes, content_type: ContentType) -> Self {
         Self(Inner::Encoded(bytes, content_type))
     }
+}
+
+impl<'a> Payload<'a> {
+    /// Lends the value in `slot` (no allocation); a handler of the same type takes it out.
+    ///
+    /// ```
+    /// let mut slot = Some(5_u8);
+    /// assert_eq!(phalanx::Payload::lend(&mut slot).decode::<u8>().unwrap(), 5);
+    /// assert_eq!(slot, None);
+    /// ```
+    pub fn lend<T: Serialize + Send + 'static>(slot: &'a mut Option<T>) -> Self {
+        Self(Inner::Lent(slot))
+    }
 
     /// Turns the payload into `T`: a downcast for a live value of the same type, decoding
     /// otherwise. Failure is a validation error (422).
     pub fn decode<T: DeserializeOwned + 'static>(self) -> Result<T> {
         match self.0 {
+            Inner::Lent(slot) => match slot.as_any_mut().downcast_mut::<Option<T>>() {
+                Some(value) => value
+                    .take()
+                    .ok_or_else(|| Error::validation("payload was already taken")),
+                None => decode_bytes(&slot.to_msgpack()?, ContentType::MsgPack),
+            },
             Inner::Local(value) if value.as_any().is::<T>() => Ok(*value
                 .into_any()
                 .downcast::<T>()
@@ -106,6 +147,7 @@ impl Payload {
     /// The payload as bytes for a link, with their content type.
     pub fn encode(&self) -> Result<(Bytes, ContentType)> {
         match &self.0 {
+            Inner::Lent(slot) => Ok((slot.to_msgpack()?, ContentType::MsgPack)),
             Inner::Local(value) => Ok((value.to_msgpack()?, ContentType::MsgPack)),
             Inner::Encoded(bytes, ct) => Ok((bytes.clone(), *ct)),
         }

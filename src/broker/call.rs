@@ -8,9 +8,15 @@ use crate::packet::{Meta, Packet, PacketBody, Request, Response};
 use crate::payload::Payload;
 use crate::registry::Target;
 use crate::transport::LinkKind;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -36,7 +42,7 @@ impl Broker {
         action: &str,
         params: impl Serialize + Send + 'static,
     ) -> Result<R> {
-        self.call_in(action, params, CallOptions::default(), None)
+        self.call_in(action, params, &CallOptions::default(), None)
             .await
     }
 
@@ -47,7 +53,7 @@ impl Broker {
         params: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> Result<R> {
-        self.call_in(action, params, options, None).await
+        self.call_in(action, params, &options, None).await
     }
 
     /// An untyped call over JSON values, for tools such as the CLI and the gateway.
@@ -77,10 +83,11 @@ impl Broker {
         &self,
         action: &str,
         params: impl Serialize + Send + 'static,
-        options: CallOptions,
+        options: &CallOptions,
         parent: Option<&Context>,
     ) -> Result<R> {
-        self.call_payload(action, Payload::local(params), options, parent)
+        let mut params = Some(params);
+        self.call_payload(action, Payload::lend(&mut params), options, parent)
             .await?
             .decode()
     }
@@ -88,26 +95,46 @@ impl Broker {
     async fn call_payload(
         &self,
         action: &str,
-        params: Payload,
-        options: CallOptions,
+        params: Payload<'_>,
+        options: &CallOptions,
         parent: Option<&Context>,
-    ) -> Result<Payload> {
+    ) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
             return Err(Error::rejected("the broker is stopped"));
         }
-        let ctx = self.child_context(&options, parent);
-        if ctx.deadline.is_some_and(|d| d <= Instant::now()) {
+        let ctx = self.child_context(options, parent);
+        if parent.is_some() && ctx.deadline.is_some_and(|d| d <= Instant::now()) {
+            // Only an inherited deadline can already have passed.
             return Err(Error::timeout(action));
         }
-        let target = self
-            .inner
-            .registry()
-            .pick(action, options.node_id.as_deref());
-        match target {
-            Some(Target::Local(handler, service)) => {
-                self.run_local(action, &handler, service, ctx, params).await
+        let _running = InFlight::enter(self);
+        match self.route(action, options.node_id.as_deref(), ctx, params)? {
+            Route::Local(work, deadline) => self.finish_local(action, work, deadline).await,
+            // Boxed so the remote path's state does not bloat every local call's future.
+            Route::Remote(node, ctx, params) => {
+                Box::pin(self.call_remote(action, node, ctx, params)).await
             }
-            Some(Target::Remote(node)) => self.call_remote(action, node, ctx, params).await,
+        }
+    }
+
+    /// Picks the endpoint. A local handler's future is created right here under the registry's
+    /// read lock (creating it is synchronous), so the local path clones nothing out of the
+    /// registry.
+    fn route<'p>(
+        &self,
+        action: &str,
+        node_id: Option<&str>,
+        ctx: Context,
+        params: Payload<'p>,
+    ) -> Result<Route<'p>> {
+        let registry = self.inner.registry();
+        match registry.pick(action, node_id) {
+            Some(Target::Local(handler, service)) => {
+                let deadline = ctx.deadline;
+                let work = start_handler(action, handler, service, ctx, params);
+                Ok(Route::Local(work, deadline))
+            }
+            Some(Target::Remote(node)) => Ok(Route::Remote(node.clone(), ctx, params)),
             None => Err(Error::service_not_found(action)),
         }
     }
@@ -157,24 +184,20 @@ impl Broker {
         }
     }
 
-    /// Runs a handler of this broker within the call's deadline.
-    async fn run_local(
+    /// Awaits a local handler within the call's deadline.
+    async fn finish_local(
         &self,
         action: &str,
-        handler: &ActionFn,
-        service: Arc<str>,
-        mut ctx: Context,
-        params: Payload,
-    ) -> Result<Payload> {
-        let _running = InFlight::enter(self);
-        ctx.service = Some(service);
-        let deadline = ctx.deadline;
-        let work = handler(ctx, params);
+        work: BoxFuture<'static, Result<Payload<'static>>>,
+        deadline: Option<Instant>,
+    ) -> Result<Payload<'static>> {
+        let work = AssertUnwindSafe(work)
+            .catch_unwind()
+            .map(|outcome| outcome.unwrap_or_else(|panic| Err(panic_error(action, &*panic))));
         let result = match deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, work).await {
-                Ok(result) => result,
-                Err(_) => Err(Error::timeout(action)),
-            },
+            Some(deadline) => LazyDeadline::new(work, deadline)
+                .await
+                .unwrap_or_else(|_| Err(Error::timeout(action))),
             None => work.await,
         };
         result.map_err(|e| e.with_node(&self.inner.node_id))
@@ -185,8 +208,8 @@ impl Broker {
         action: &str,
         node_id: Arc<str>,
         ctx: Context,
-        params: Payload,
-    ) -> Result<Payload> {
+        params: Payload<'_>,
+    ) -> Result<Payload<'static>> {
         let (params, content_type) = params.encode()?;
         let id = ctx.id;
         let (reply, response) = tokio::sync::oneshot::channel();
@@ -257,7 +280,7 @@ impl Broker {
         }
     }
 
-    async fn run_request(&self, sender: &Arc<str>, request: Request) -> Result<Payload> {
+    async fn run_request(&self, sender: &Arc<str>, request: Request) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
             return Err(Error::rejected("the node is stopping"));
         }
@@ -276,13 +299,6 @@ impl Broker {
             Some(ms) => Some(Instant::now() + Duration::from_millis(ms)),
             None => None,
         };
-        let target = self
-            .inner
-            .registry()
-            .pick(&request.action, Some(&self.inner.node_id));
-        let Some(Target::Local(handler, service)) = target else {
-            return Err(Error::service_not_found(&request.action));
-        };
         let ctx = Context {
             broker: self.clone(),
             id: self.next_id(),
@@ -297,8 +313,13 @@ impl Broker {
             deadline,
         };
         let params = Payload::encoded(request.params, request.content_type);
-        self.run_local(&request.action, &handler, service, ctx, params)
-            .await
+        let _running = InFlight::enter(self);
+        match self.route(&request.action, Some(&self.inner.node_id), ctx, params)? {
+            Route::Local(work, deadline) => {
+                self.finish_local(&request.action, work, deadline).await
+            }
+            Route::Remote(..) => Err(Error::service_not_found(&request.action)),
+        }
     }
 
     /// Completes a pending call with the RESPONSE from `sender`.
@@ -341,6 +362,53 @@ impl Broker {
     }
 }
 
+/// A deadline whose timer is armed only if the work does not finish on its first poll: most
+/// local handlers complete at once and never pay for a timer.
+struct LazyDeadline<F> {
+    work: F,
+    deadline: Instant,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<F> LazyDeadline<F> {
+    fn new(work: F, deadline: Instant) -> Self {
+        Self {
+            work,
+            deadline,
+            timer: None,
+        }
+    }
+}
+
+impl<F: Future + Unpin> Future for LazyDeadline<F> {
+    type Output = std::result::Result<F::Output, Elapsed>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        if let Poll::Ready(output) = Pin::new(&mut self.work).poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        let deadline = self.deadline;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        timer.as_mut().poll(cx).map(|()| Err(Elapsed))
+    }
+}
+
+/// The deadline of a [`LazyDeadline`] passed.
+struct Elapsed;
+
+/// Where [`Broker::route`] sends a call.
+enum Route<'p> {
+    /// A local handler, already started, and the deadline to await it by.
+    Local(
+        BoxFuture<'static, Result<Payload<'static>>>,
+        Option<Instant>,
+    ),
+    /// Another node.
+    Remote(Arc<str>, Context, Payload<'p>),
+}
+
 /// Removes a pending call when the caller stops waiting (answer, timeout or cancellation).
 struct PendingGuard<'a> {
     broker: &'a Broker,
@@ -356,6 +424,37 @@ impl Drop for PendingGuard<'_> {
             .expect("pending lock")
             .remove(&self.id);
     }
+}
+
+/// Starts `handler` (synchronously: it decodes its params and returns its future). A panic while
+/// decoding or starting is caught like one while running.
+fn start_handler(
+    action: &str,
+    handler: &ActionFn,
+    service: &Arc<str>,
+    mut ctx: Context,
+    params: Payload<'_>,
+) -> BoxFuture<'static, Result<Payload<'static>>> {
+    ctx.service = Some(service.clone());
+    match std::panic::catch_unwind(AssertUnwindSafe(|| handler(ctx, params))) {
+        Ok(work) => work,
+        Err(panic) => futures_util::future::ready(Err(panic_error(action, &*panic))).boxed(),
+    }
+}
+
+/// A panicking handler becomes an error for its caller, never a hang.
+fn panic_error(action: &str, panic: &(dyn std::any::Any + Send)) -> Error {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    tracing::error!(%action, %message, "handler panicked");
+    Error::new(
+        crate::ErrorKind::Internal,
+        format!("handler of '{action}' panicked: {message}"),
+    )
+    .with_type("HANDLER_PANIC")
 }
 
 fn merge(base: Option<Arc<Meta>>, extra: Option<&Meta>) -> Option<Arc<Meta>> {

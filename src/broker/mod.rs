@@ -177,7 +177,7 @@ impl Broker {
         let inner = &self.inner;
         if inner
             .state
-            .compare_exchange(RUNNING, STOPPING, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(RUNNING, STOPPING, Ordering::SeqCst, Ordering::Acquire)
             .is_err()
         {
             return;
@@ -189,9 +189,9 @@ impl Broker {
         let grace_end = Instant::now() + inner.timings.stop_grace;
         let drain_end = Instant::now() + inner.timings.drain_timeout;
         tokio::time::sleep_until(grace_end.min(drain_end)).await;
-        while inner.in_flight.load(Ordering::Acquire) > 0 {
+        while inner.in_flight.load(Ordering::SeqCst) > 0 {
             let drained = inner.drained.notified();
-            if inner.in_flight.load(Ordering::Acquire) == 0 {
+            if inner.in_flight.load(Ordering::SeqCst) == 0 {
                 break;
             }
             if tokio::time::timeout_at(drain_end, drained).await.is_err() {
@@ -365,7 +365,10 @@ impl<'a> InFlight<'a> {
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+        // SeqCst pairs with `stop`: either it sees the count reach zero or we see it stopping.
+        if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.0.state.load(Ordering::SeqCst) != RUNNING
+        {
             self.0.drained.notify_waiters();
         }
     }

@@ -15,8 +15,9 @@ pub use strategy::Strategy;
 use crate::handler::{ActionFn, EventFn};
 use crate::packet::{Info, ServiceInfo};
 use crate::transport::LinkKind;
+use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 use tokio::time::Instant;
@@ -32,12 +33,12 @@ pub(crate) struct NodeEntry {
     pub(crate) cpu: Option<f32>,
 }
 
-/// Where a call goes.
-pub(crate) enum Target {
+/// Where a call goes, borrowed from the registry.
+pub(crate) enum Target<'r> {
     /// A handler of this broker (and its service's full name): call it directly.
-    Local(ActionFn, Arc<str>),
+    Local(&'r ActionFn, &'r Arc<str>),
     /// Another node.
-    Remote(Arc<str>),
+    Remote(&'r Arc<str>),
 }
 
 struct ActionEndpoint {
@@ -48,6 +49,8 @@ struct ActionEndpoint {
 #[derive(Default)]
 struct ActionSet {
     endpoints: Vec<ActionEndpoint>,
+    /// How many of the endpoints are this node's own.
+    local: usize,
     counter: AtomicUsize,
 }
 
@@ -104,8 +107,8 @@ impl Registry {
         Self {
             local_id,
             strategy,
-            nodes: HashMap::new(),
-            actions: HashMap::new(),
+            nodes: HashMap::default(),
+            actions: HashMap::default(),
             events: Vec::new(),
             local_services: Vec::new(),
             event_counter: AtomicUsize::new(0),
@@ -121,14 +124,12 @@ impl Registry {
     ) {
         let service: Arc<str> = info.full_name.as_str().into();
         for (name, handler) in actions {
-            self.actions
-                .entry(name)
-                .or_default()
-                .endpoints
-                .push(ActionEndpoint {
-                    node_id: self.local_id.clone(),
-                    handler: Some((handler, service.clone())),
-                });
+            let set = self.actions.entry(name).or_default();
+            set.local += 1;
+            set.endpoints.push(ActionEndpoint {
+                node_id: self.local_id.clone(),
+                handler: Some((handler, service.clone())),
+            });
         }
         for (pattern, group, handler) in events {
             self.events.push(EventEndpoint {
@@ -254,17 +255,20 @@ impl Registry {
 
     /// Chooses the endpoint for `action`: this node's own if it has one, otherwise a remote one
     /// by strategy. `node_id` pins the call to one node.
-    pub(crate) fn pick(&self, action: &str, node_id: Option<&str>) -> Option<Target> {
+    pub(crate) fn pick(&self, action: &str, node_id: Option<&str>) -> Option<Target<'_>> {
         let set = self.actions.get(action)?;
         if let Some(wanted) = node_id {
             let ep = set.endpoints.iter().find(|ep| &*ep.node_id == wanted)?;
             return Some(target(ep));
         }
-        let local = set.endpoints.iter().filter(|ep| ep.handler.is_some());
-        let local_count = local.clone().count();
-        if local_count > 0 {
-            let i = self.strategy.pick(local_count, &set.counter);
-            return local.clone().nth(i).map(target);
+        if set.local > 0 {
+            let i = self.strategy.pick(set.local, &set.counter);
+            return set
+                .endpoints
+                .iter()
+                .filter(|ep| ep.handler.is_some())
+                .nth(i)
+                .map(target);
         }
         let i = self.strategy.pick(set.endpoints.len(), &set.counter);
         set.endpoints.get(i).map(target)
@@ -295,6 +299,10 @@ impl Registry {
         }
         let mut local = Vec::new();
         let mut remote: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
+        // One turn per emit, shared by its groups, so every group rotates through its nodes.
+        let turn = self
+            .event_counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (group, endpoints) in by_group {
             let local_eps: Vec<_> = endpoints.iter().filter(|ep| ep.handler.is_some()).collect();
             if !local_eps.is_empty() {
@@ -305,7 +313,7 @@ impl Registry {
             let mut nodes: Vec<&Arc<str>> = endpoints.iter().map(|ep| &ep.node_id).collect();
             nodes.sort();
             nodes.dedup();
-            let chosen = nodes[self.strategy.pick(nodes.len(), &self.event_counter)];
+            let chosen = nodes[self.strategy.pick_nth(nodes.len(), turn)];
             remote
                 .entry(chosen.clone())
                 .or_default()
@@ -374,9 +382,9 @@ impl Registry {
     }
 }
 
-fn target(ep: &ActionEndpoint) -> Target {
+fn target(ep: &ActionEndpoint) -> Target<'_> {
     match &ep.handler {
-        Some((handler, service)) => Target::Local(handler.clone(), service.clone()),
-        None => Target::Remote(ep.node_id.clone()),
+        Some((handler, service)) => Target::Local(handler, service),
+        None => Target::Remote(&ep.node_id),
     }
 }

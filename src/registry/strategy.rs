@@ -25,9 +25,14 @@ pub enum Strategy {
 impl Strategy {
     /// An index in `0..len` (`len` must be positive); `counter` holds round-robin state.
     pub fn pick(self, len: usize, counter: &AtomicUsize) -> usize {
+        self.pick_nth(len, counter.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// An index in `0..len` for the `turn`-th pick (`len` must be positive).
+    pub fn pick_nth(self, len: usize, turn: usize) -> usize {
         debug_assert!(len > 0);
         match self {
-            Self::RoundRobin => counter.fetch_add(1, Ordering::Relaxed) % len,
+            Self::RoundRobin => turn % len,
             Self::Random => rand::random_range(0..len),
         }
     }

@@ -18,7 +18,7 @@
 //!     .start()
 //!     .await?;
 //! a.wait_for_services(&["math"], std::time::Duration::from_secs(1)).await?;
-//! assert_eq!(a.call::<i64, _>("math.add", (2, 3)).await?, 5);
+//! assert_eq!(a.call::<i64>("math.add", (2, 3)).await?, 5);
 //! # a.stop().await; b.stop().await;
 //! # Ok(()) }
 //! ```

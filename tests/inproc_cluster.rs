@@ -1,0 +1,498 @@
+//! Multi-broker clusters over the in-process transport: every packet is encoded, framed, decoded
+//! and routed through the same registry code the network transports use.
+
+use phalanx::transport::InProcBus;
+use phalanx::{Broker, CallOptions, Context, Error, ErrorKind};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn node(bus: &InProcBus, id: &str) -> Broker {
+    Broker::builder()
+        .node_id(id)
+        .namespace("test")
+        .transport(bus.transport())
+        .stop_grace(Duration::from_millis(20))
+        .drain_timeout(Duration::from_secs(1))
+        .start()
+        .await
+        .expect("broker starts")
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Add {
+    a: i64,
+    b: i64,
+}
+
+fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
+
+/// Waits until `count` reaches `want` (events are asynchronous), then returns it.
+async fn settle(count: &AtomicUsize, want: usize) -> usize {
+    let _ = tokio::time::timeout(WAIT, async {
+        while count.load(Ordering::SeqCst) < want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Give stray deliveries a moment to show up, so "exactly" is checked, not just "at least".
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    count.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn calls_cross_brokers_and_keep_their_types() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    b.service("math")
+        .action("add", |ctx: Context, p: Add| async move {
+            assert_eq!(ctx.node_id(), Some("a"));
+            Ok(p.a + p.b)
+        })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["math"], WAIT).await.unwrap();
+
+    let sum: i64 = a.call("math.add", Add { a: 40, b: 2 }).await.unwrap();
+    assert_eq!(sum, 42);
+    let json = a
+        .call_json("math.add", serde_json::json!({"a": 1, "b": 1}))
+        .await
+        .unwrap();
+    assert_eq!(json, serde_json::json!(2));
+
+    let nodes = a
+        .call_json("$node.list", serde_json::Value::Null)
+        .await
+        .unwrap();
+    let ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(nodes[1]["link"], "inproc");
+    assert_eq!(nodes[1]["available"], true);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn remote_errors_keep_kind_code_and_node() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    b.service("pay")
+        .action("charge", |_ctx, _: serde_json::Value| async move {
+            Err::<(), _>(
+                Error::handler(402, "CARD_DECLINED", "card declined")
+                    .with_data(serde_json::json!({"card": "1234"})),
+            )
+        })
+        .action("boom", |_ctx, _: serde_json::Value| async move {
+            if true {
+                panic!("exploded");
+            }
+            Ok(())
+        })
+        .action("typed", |_ctx, p: Add| async move { Ok(p.a) })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["pay"], WAIT).await.unwrap();
+
+    let err = a.call::<()>("pay.charge", ()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Handler);
+    assert_eq!(err.code(), 402);
+    assert_eq!(err.error_type(), "CARD_DECLINED");
+    assert_eq!(err.node(), Some("b"));
+    assert_eq!(err.data(), Some(&serde_json::json!({"card": "1234"})));
+
+    let err = a.call::<()>("pay.boom", ()).await.unwrap_err();
+    assert_eq!(
+        err.kind(),
+        ErrorKind::Internal,
+        "a panic is an error, not a timeout"
+    );
+    assert!(err.message().contains("exploded"));
+
+    let err = a.call::<i64>("pay.typed", "not an Add").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    assert_eq!(err.code(), 422);
+
+    let err = a.call::<()>("pay.refund", ()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    assert_eq!(err.code(), 404);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn emit_balances_per_group_and_broadcast_reaches_everyone() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let c = node(&bus, "c").await;
+    let (mail_b, mail_c, audit) = (counter(), counter(), counter());
+    for (broker, count) in [(&b, mail_b.clone()), (&c, mail_c.clone())] {
+        broker
+            .service("mailer")
+            .event("user.created", move |_ctx, _: String| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+    }
+    let audit_count = audit.clone();
+    c.service("audit")
+        .event("user.*", move |_ctx, _: String| {
+            let count = audit_count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["mailer", "audit"], WAIT)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    for i in 0..10 {
+        a.emit("user.created", &format!("u{i}")).await.unwrap();
+    }
+    let mails = settle(&mail_b, 0).await + settle(&mail_c, 0).await;
+    let total = settle(&audit, 10).await;
+    assert_eq!(total, 10, "one audit handler per emit");
+    assert_eq!(
+        mails, 10,
+        "exactly one mailer per emit, across both replicas"
+    );
+    assert!(mail_b.load(Ordering::SeqCst) > 0 && mail_c.load(Ordering::SeqCst) > 0);
+
+    let (before_b, before_c) = (mail_b.load(Ordering::SeqCst), mail_c.load(Ordering::SeqCst));
+    a.broadcast("user.created", "all").await.unwrap();
+    assert_eq!(settle(&mail_b, before_b + 1).await, before_b + 1);
+    assert_eq!(settle(&mail_c, before_c + 1).await, before_c + 1);
+    assert_eq!(settle(&audit, 11).await, 11);
+
+    // A local broadcast stays on the node that raised it.
+    c.broadcast_local("user.removed", "x").await.unwrap();
+    assert_eq!(settle(&audit, 12).await, 12);
+    b.broadcast_local("user.removed", "x").await.unwrap();
+    assert_eq!(settle(&audit, 12).await, 12);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn wildcards_match_one_or_many_segments() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let (one, many) = (counter(), counter());
+    let (o, m) = (one.clone(), many.clone());
+    b.service("watch")
+        .event_in_group("order.*", "one", move |_ctx, _: u32| {
+            let o = o.clone();
+            async move {
+                o.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .event_in_group("order.**", "many", move |_ctx, _: u32| {
+            let m = m.clone();
+            async move {
+                m.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["watch"], WAIT).await.unwrap();
+    a.emit("order.created", &1u32).await.unwrap();
+    a.emit("order.item.added", &2u32).await.unwrap();
+    a.emit("invoice.created", &3u32).await.unwrap();
+    assert_eq!(settle(&many, 2).await, 2);
+    assert_eq!(settle(&one, 1).await, 1);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn a_node_that_vanishes_fails_its_pending_calls_at_once() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let started = counter();
+    let s = started.clone();
+    b.service("slow")
+        .action("work", move |_ctx, _: ()| {
+            let s = s.clone();
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["slow"], WAIT).await.unwrap();
+    let disconnected = counter();
+    let d = disconnected.clone();
+    a.service("watcher")
+        .event("$node.disconnected", move |_ctx, v: serde_json::Value| {
+            let d = d.clone();
+            async move {
+                assert_eq!(v["node"], "b");
+                d.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+
+    let caller = a.clone();
+    let call = tokio::spawn(async move {
+        caller
+            .call_with::<()>(
+                "slow.work",
+                (),
+                CallOptions::new().timeout(Duration::from_secs(30)),
+            )
+            .await
+    });
+    settle(&started, 1).await;
+    bus.sever("b");
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(err.is_retryable());
+    assert_eq!(settle(&disconnected, 1).await, 1);
+    let err = a.call::<()>("slow.work", ()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn deadlines_travel_with_nested_calls() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let c = node(&bus, "c").await;
+    let inner_runs = counter();
+    let runs = inner_runs.clone();
+    c.service("inner")
+        .action("remaining", move |ctx: Context, _: ()| {
+            let runs = runs.clone();
+            async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(ctx.remaining().map(|d| d.as_millis() as u64))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    b.service("outer")
+        .action("relay", |ctx: Context, delay_ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let left: Option<u64> = ctx.call("inner.remaining", ()).await?;
+            Ok((ctx.level(), left))
+        })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["outer", "inner"], WAIT)
+        .await
+        .unwrap();
+    b.wait_for_services(&["inner"], WAIT).await.unwrap();
+
+    let opts = || CallOptions::new().timeout(Duration::from_millis(400));
+    let (level, left): (u32, Option<u64>) = a.call_with("outer.relay", 0u64, opts()).await.unwrap();
+    assert_eq!(level, 1);
+    let left = left.expect("the deadline reached the inner call");
+    assert!(
+        left <= 400,
+        "inner call saw {left} ms left of a 400 ms budget"
+    );
+    assert_eq!(inner_runs.load(Ordering::SeqCst), 1);
+
+    // The outer handler outlives the deadline: the inner service must never start.
+    let err = a
+        .call_with::<(u32, Option<u64>)>("outer.relay", 600u64, opts())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        inner_runs.load(Ordering::SeqCst),
+        1,
+        "work past its deadline was started"
+    );
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn dependencies_wait_and_time_out() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let err = a
+        .service("orders")
+        .dependencies(["v2.stock"])
+        .dependency_timeout(Duration::from_millis(100))
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DependencyTimeout);
+    assert!(err.message().contains("v2.stock"));
+
+    let waiting = {
+        let a = a.clone();
+        tokio::spawn(async move {
+            a.service("orders")
+                .dependencies(["v2.stock"])
+                .action("place", |ctx: Context, _: ()| async move {
+                    ctx.call::<u32>("v2.stock.count", ()).await
+                })
+                .start()
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished());
+    b.service("stock")
+        .version(2)
+        .action("count", |_ctx, _: ()| async move { Ok(7u32) })
+        .start()
+        .await
+        .unwrap();
+    waiting.await.unwrap().unwrap();
+    assert_eq!(a.call::<u32>("orders.place", ()).await.unwrap(), 7);
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_stop_finishes_in_flight_calls_and_runs_hooks_in_reverse() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    for name in ["first", "second"] {
+        let order = order.clone();
+        b.service(name)
+            .action("work", |_ctx, ms: u64| async move {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(ms)
+            })
+            .stopped(move |_| {
+                let order = order.clone();
+                async move {
+                    order.lock().unwrap().push(name);
+                    Ok(())
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+    }
+    a.wait_for_services(&["first", "second"], WAIT)
+        .await
+        .unwrap();
+    let caller = a.clone();
+    let call = tokio::spawn(async move { caller.call::<u64>("first.work", 300u64).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    b.stop().await;
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        300,
+        "the in-flight call was answered"
+    );
+    assert_eq!(*order.lock().unwrap(), ["second", "first"]);
+    let err = a.call::<u64>("first.work", 1u64).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    a.stop().await;
+}
+
+#[tokio::test]
+async fn namespaces_do_not_see_each_other() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let other = Broker::builder()
+        .node_id("x")
+        .namespace("other")
+        .transport(bus.transport())
+        .start()
+        .await
+        .unwrap();
+    other
+        .service("secret")
+        .action("get", |_ctx, _: ()| async move { Ok(1) })
+        .start()
+        .await
+        .unwrap();
+    let err = a
+        .wait_for_services(&["secret"], Duration::from_millis(200))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DependencyTimeout);
+    let err = a.call::<i32>("secret.get", ()).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    a.stop().await;
+    other.stop().await;
+}
+
+#[tokio::test]
+async fn local_calls_prefer_this_node_and_round_robin_remote_replicas() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = node(&bus, "b").await;
+    let c = node(&bus, "c").await;
+    for n in [&b, &c] {
+        n.service("who")
+            .action("am_i", |ctx: Context, _: ()| async move {
+                Ok(ctx.broker().node_id().to_owned())
+            })
+            .start()
+            .await
+            .unwrap();
+    }
+    a.wait_for_services(&["who"], WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..10 {
+        *seen
+            .entry(a.call::<String>("who.am_i", ()).await.unwrap())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("b"), Some(&5));
+    assert_eq!(seen.get("c"), Some(&5));
+    for _ in 0..5 {
+        assert_eq!(b.call::<String>("who.am_i", ()).await.unwrap(), "b");
+    }
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
