@@ -55,3 +55,8 @@ pub use context::{CallOptions, Context};
 pub use error::{Error, ErrorKind, Result};
 pub use payload::Payload;
 pub use service::ServiceBuilder;
+
+/// The README's examples, compiled as doctests so they cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,143 @@
+//! Quick start: three nodes, four services, calls that cross nodes, events, and an error that
+//! reaches its caller with its code.
+//!
+//! Run: `cargo run --release --example quickstart`
+#![allow(clippy::print_stdout)]
+
+use phalanx::transport::InProcBus;
+use phalanx::{Broker, Context, Error};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    item: String,
+    qty: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Placed {
+    order_id: u64,
+    item: String,
+    left_in_stock: u32,
+}
+
+async fn node(bus: &InProcBus, id: &str) -> phalanx::Result<Broker> {
+    Broker::builder()
+        .node_id(id)
+        .namespace("shop")
+        .transport(bus.transport())
+        .start()
+        .await
+}
+
+#[tokio::main]
+async fn main() -> phalanx::Result<()> {
+    let bus = InProcBus::new();
+    let api = node(&bus, "api-node").await?;
+    let warehouse = node(&bus, "warehouse-node").await?;
+    let notifier = node(&bus, "notifier-node").await?;
+
+    // warehouse-node: stock keeping.
+    let stock = Arc::new(AtomicU32::new(5));
+    warehouse
+        .service("stock")
+        .action("reserve", move |ctx: Context, order: Order| {
+            let stock = stock.clone();
+            async move {
+                let left = stock
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                        s.checked_sub(order.qty)
+                    })
+                    .map_err(|have| {
+                        Error::handler(
+                            409,
+                            "OUT_OF_STOCK",
+                            format!("only {have} {} left", order.item),
+                        )
+                    })?;
+                println!(
+                    "[warehouse-node] reserved {} x {} for {:?} (call level {})",
+                    order.qty,
+                    order.item,
+                    ctx.caller(),
+                    ctx.level()
+                );
+                Ok(left - order.qty)
+            }
+        })
+        .start()
+        .await?;
+
+    // api-node: orders, which depends on stock living somewhere in the cluster.
+    api.service("orders")
+        .dependencies(["stock"])
+        .action("place", |ctx: Context, order: Order| async move {
+            let left: u32 = ctx.call("stock.reserve", order.clone()).await?;
+            let placed = Placed {
+                order_id: ctx.request_id(),
+                item: order.item,
+                left_in_stock: left,
+            };
+            ctx.emit("order.placed", &placed).await?;
+            Ok(placed)
+        })
+        .start()
+        .await?;
+
+    // notifier-node: two listeners, each in its own group, one with a wildcard.
+    notifier
+        .service("mailer")
+        .event("order.placed", |_ctx: Context, p: Placed| async move {
+            println!(
+                "[notifier-node] mailer: order {} for {} confirmed",
+                p.order_id, p.item
+            );
+            Ok(())
+        })
+        .start()
+        .await?;
+    notifier
+        .service("audit")
+        .event("order.*", |ctx: Context, p: serde_json::Value| async move {
+            println!("[notifier-node] audit: {p} from {:?}", ctx.node_id());
+            Ok(())
+        })
+        .start()
+        .await?;
+    api.wait_for_services(&["orders", "mailer", "audit"], Duration::from_secs(5))
+        .await?;
+
+    for qty in [2, 2, 2] {
+        let order = Order {
+            item: "teapot".into(),
+            qty,
+        };
+        match api.call::<Placed>("orders.place", order).await {
+            Ok(placed) => println!("[api-node] placed: {placed:?}"),
+            Err(err) => println!(
+                "[api-node] failed with code {} ({}) from node {:?}: {}",
+                err.code(),
+                err.error_type(),
+                err.node(),
+                err.message()
+            ),
+        }
+    }
+
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let nodes = api.call_json("$node.list", serde_json::Value::Null).await?;
+    for n in nodes.as_array().into_iter().flatten() {
+        println!(
+            "[api-node] knows {} via {}: services {}",
+            n["id"], n["link"], n["services"]
+        );
+    }
+
+    for broker in [api, warehouse, notifier] {
+        broker.stop().await;
+    }
+    Ok(())
+}
