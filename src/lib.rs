@@ -43,6 +43,7 @@ pub mod codec;
 pub mod context;
 pub mod error;
 mod handler;
+pub mod membership;
 mod node_service;
 pub mod packet;
 pub mod payload;

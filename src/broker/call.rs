@@ -258,6 +258,8 @@ impl Broker {
 
     /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`.
     pub(crate) async fn serve_request(&self, sender: Arc<str>, request: Request, link: LinkKind) {
+        // Counted until the response is handed to the transport, so a graceful stop waits for it.
+        let _running = InFlight::enter(self);
         let id = request.id;
         let result = self.run_request(&sender, request).await;
         let mut response = Response {
@@ -313,7 +315,6 @@ impl Broker {
             deadline,
         };
         let params = Payload::encoded(request.params, request.content_type);
-        let _running = InFlight::enter(self);
         match self.route(&request.action, Some(&self.inner.node_id), ctx, params)? {
             Route::Local(work, deadline) => {
                 self.finish_local(&request.action, work, deadline).await

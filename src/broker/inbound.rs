@@ -125,10 +125,25 @@ impl Broker {
             NodeChange::Joined => {
                 tracing::info!(peer = %sender, %link, services, "node connected");
                 self.internal_event("$node.connected", &sender);
+                self.gossip();
             }
             NodeChange::Updated => self.internal_event("$services.changed", &sender),
             NodeChange::Unchanged => {}
         }
+    }
+
+    /// Passes on the peers we know (our INFO, same seq) so a newcomer and the rest of the mesh
+    /// find each other even when they joined through different seeds.
+    fn gossip(&self) {
+        let info = Packet::new(self.inner.node_id.clone(), PacketBody::Info(self.info()));
+        let broker = self.clone();
+        tokio::spawn(async move {
+            for transport in &broker.inner.transports {
+                if let Err(err) = transport.broadcast(&info).await {
+                    tracing::debug!(%err, "gossip not sent");
+                }
+            }
+        });
     }
 
     /// Declares `node_id` down: endpoints leave the registry, waiting calls fail at once.

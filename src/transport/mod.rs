@@ -29,8 +29,10 @@
 //! ```
 
 mod inproc;
+mod quic;
 
 pub use inproc::{InProcBus, InProcTransport};
+pub use quic::{QuicConfig, QuicTransport, QuicTransportBuilder};
 
 use crate::codec::Codec;
 use crate::error::Result;

@@ -1,0 +1,414 @@
+//! Cluster membership: who may join the mesh, and the TLS credentials that prove it.
+//!
+//! Every link is mutually authenticated TLS 1.3. A node's identity is a fresh Ed25519 key; its
+//! membership is a certificate for that key signed by the cluster CA. The CA comes from, in order:
+//!
+//! 1. **CA files** (production): the CA certificate plus this node's certificate and key, issued
+//!    by your own PKI — [`Membership::files`].
+//! 2. **A cluster secret** (`PHALANX_SECRET` / `--secret`): the CA key is derived from the secret
+//!    with HKDF-SHA256, so every node that knows the secret derives the same CA and issues its own
+//!    node certificate — [`Membership::secret`].
+//! 3. **Zero config**: a random secret created on first run in `$XDG_CONFIG_HOME/phalanx/secret`
+//!    (or `~/.config/phalanx/secret`, mode 0600) and shared by every node of that user on the
+//!    host. Copy that file (or its contents as `PHALANX_SECRET`) to other machines to let them
+//!    join — [`Membership::local`].
+//!
+//! A node without the membership cannot complete a handshake: it never reaches a registry and can
+//! neither call nor be called.
+//!
+//! ```
+//! use phalanx::membership::Membership;
+//!
+//! let a = Membership::secret("correct horse battery staple").credentials("node-a").unwrap();
+//! let b = Membership::secret("correct horse battery staple").credentials("node-b").unwrap();
+//! assert_eq!(a.ca_fingerprint(), b.ca_fingerprint());   // same secret, same CA
+//! assert_ne!(a.fingerprint(), b.fingerprint());         // each node has its own key
+//! ```
+
+use crate::error::{Error, ErrorKind, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ED25519, SerialNumber,
+};
+use rustls::RootCertStore;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// The name every node certificate carries and every client verifies.
+pub const CLUSTER_SERVER_NAME: &str = "phalanx.cluster";
+
+/// ALPN protocol id of Phalanx links.
+pub const ALPN: &[u8] = b"phalanx/1";
+
+/// Where the cluster CA comes from.
+#[derive(Clone)]
+pub enum Membership {
+    /// CA certificate plus this node's certificate chain and private key, as PEM files.
+    Files {
+        /// The cluster CA certificate.
+        ca_cert: PathBuf,
+        /// This node's certificate (chain), signed by the CA.
+        cert: PathBuf,
+        /// This node's private key (PKCS#8).
+        key: PathBuf,
+    },
+    /// A CA derived from a shared secret.
+    Secret(String),
+}
+
+impl fmt::Debug for Membership {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Files { ca_cert, cert, key } => f
+                .debug_struct("Files")
+                .field("ca_cert", ca_cert)
+                .field("cert", cert)
+                .field("key", key)
+                .finish(),
+            Self::Secret(_) => f.write_str("Secret(..)"),
+        }
+    }
+}
+
+impl Membership {
+    /// Membership by CA-issued files.
+    pub fn files(
+        ca_cert: impl Into<PathBuf>,
+        cert: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        Self::Files {
+            ca_cert: ca_cert.into(),
+            cert: cert.into(),
+            key: key.into(),
+        }
+    }
+
+    /// Membership by a shared secret.
+    pub fn secret(secret: impl Into<String>) -> Self {
+        Self::Secret(secret.into())
+    }
+
+    /// The zero-config membership: `PHALANX_SECRET` if set, otherwise the user's secret file,
+    /// created on first use.
+    pub fn local() -> Result<Self> {
+        if let Ok(secret) = std::env::var("PHALANX_SECRET")
+            && !secret.is_empty()
+        {
+            return Ok(Self::Secret(secret));
+        }
+        let path = secret_file_path()?;
+        read_or_create_secret(&path).map(Self::Secret)
+    }
+
+    /// Issues this node's credentials: a fresh key and a certificate signed by the cluster CA.
+    pub fn credentials(&self, node_id: &str) -> Result<Credentials> {
+        match self {
+            Self::Secret(secret) => credentials_from_secret(secret, node_id),
+            Self::Files { ca_cert, cert, key } => credentials_from_files(ca_cert, cert, key),
+        }
+    }
+}
+
+/// This node's TLS identity and the CA it trusts.
+#[derive(Clone)]
+pub struct Credentials {
+    ca: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: Arc<PrivatePkcs8KeyDer<'static>>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Credentials")
+            .field("fingerprint", &self.fingerprint())
+            .field("ca_fingerprint", &self.ca_fingerprint())
+            .finish()
+    }
+}
+
+impl Credentials {
+    /// SHA-256 of this node's certificate, hex (announced by mDNS).
+    pub fn fingerprint(&self) -> String {
+        sha256_hex(&self.chain[0])
+    }
+
+    /// SHA-256 of the CA certificate, hex.
+    pub fn ca_fingerprint(&self) -> String {
+        sha256_hex(&self.ca)
+    }
+
+    /// TLS server side: our certificate, and client certificates must chain to the CA.
+    pub fn server_config(&self) -> Result<rustls::ServerConfig> {
+        let provider = provider();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            self.roots()?,
+            provider.clone(),
+        )
+        .build()
+        .map_err(tls_error)?;
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.private_key())
+            .map_err(tls_error)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    /// TLS client side: the server must chain to the CA; we present our certificate.
+    pub fn client_config(&self) -> Result<rustls::ClientConfig> {
+        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(tls_error)?
+            .with_root_certificates(self.roots()?)
+            .with_client_auth_cert(self.chain.clone(), self.private_key())
+            .map_err(tls_error)?;
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        Ok(config)
+    }
+
+    fn roots(&self) -> Result<Arc<RootCertStore>> {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.clone()).map_err(tls_error)?;
+        Ok(Arc::new(roots))
+    }
+
+    fn private_key(&self) -> PrivateKeyDer<'static> {
+        PrivateKeyDer::Pkcs8(self.key.clone_key())
+    }
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn tls_error(err: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Authentication,
+        format!("TLS setup failed: {err}"),
+    )
+}
+
+fn cert_error(err: impl fmt::Display) -> Error {
+    Error::new(
+        ErrorKind::Authentication,
+        format!("certificate error: {err}"),
+    )
+}
+
+/// The PKCS#8 v1 wrapping of an Ed25519 seed (RFC 8410).
+fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
+    const PREFIX: [u8; 16] = [
+        0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04,
+        0x20,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(seed);
+    der
+}
+
+/// The CA as every holder of `secret` derives it: same key, same certificate.
+fn derived_ca(secret: &str) -> Result<(CertificateParams, KeyPair, CertificateDer<'static>)> {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/cluster-ca/v1");
+    let prk = salt.extract(secret.as_bytes());
+    let mut seed = [0u8; 32];
+    prk.expand(&[b"ed25519 seed"], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut seed))
+        .map_err(|_| cert_error("key derivation failed"))?;
+    let pkcs8 = PrivatePkcs8KeyDer::from(ed25519_pkcs8(&seed));
+    let key = KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8, &PKCS_ED25519).map_err(cert_error)?;
+    let mut params = CertificateParams::default();
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, "phalanx cluster CA");
+    params.distinguished_name = name;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params.serial_number = Some(SerialNumber::from(1u64));
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let cert = params.self_signed(&key).map_err(cert_error)?;
+    Ok((params, key, cert.der().clone()))
+}
+
+fn credentials_from_secret(secret: &str, node_id: &str) -> Result<Credentials> {
+    if secret.is_empty() {
+        return Err(cert_error("the cluster secret is empty"));
+    }
+    let (ca_params, ca_key, ca_der) = derived_ca(secret)?;
+    let issuer = Issuer::new(ca_params, ca_key);
+    let node_key = KeyPair::generate_for(&PKCS_ED25519).map_err(cert_error)?;
+    let mut params =
+        CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()]).map_err(cert_error)?;
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, node_id);
+    params.distinguished_name = name;
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(24 * 3600);
+    params.not_after = now + std::time::Duration::from_secs(365 * 24 * 3600);
+    let cert = params.signed_by(&node_key, &issuer).map_err(cert_error)?;
+    Ok(Credentials {
+        ca: ca_der,
+        chain: vec![cert.der().clone()],
+        key: Arc::new(PrivatePkcs8KeyDer::from(node_key.serialize_der())),
+    })
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+fn credentials_from_files(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Credentials> {
+    let pem = |path: &Path, e: rustls::pki_types::pem::Error| {
+        cert_error(format!("{}: {e}", path.display()))
+    };
+    let ca = CertificateDer::from_pem_file(ca_cert).map_err(|e| pem(ca_cert, e))?;
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| pem(cert, e))?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| pem(cert, e))?;
+    if chain.is_empty() {
+        return Err(cert_error(format!("no certificate in {}", cert.display())));
+    }
+    let key_der = PrivatePkcs8KeyDer::from_pem_file(key).map_err(|e| pem(key, e))?;
+    Ok(Credentials {
+        ca,
+        chain,
+        key: Arc::new(key_der),
+    })
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, data)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `$PHALANX_SECRET_FILE`, else `$XDG_CONFIG_HOME/phalanx/secret`, else `~/.config/phalanx/secret`.
+pub fn secret_file_path() -> Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PHALANX_SECRET_FILE") {
+        return Ok(PathBuf::from(path));
+    }
+    let config = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .ok_or_else(|| cert_error("neither XDG_CONFIG_HOME nor HOME is set; pass a secret"))?;
+    Ok(config.join("phalanx").join("secret"))
+}
+
+/// Reads the secret file, creating it (atomically, mode 0600) with a random secret if missing.
+fn read_or_create_secret(path: &Path) -> Result<String> {
+    let io = |e: std::io::Error| cert_error(format!("secret file {}: {e}", path.display()));
+    if let Ok(secret) = std::fs::read_to_string(path) {
+        let secret = secret.trim().to_owned();
+        if !secret.is_empty() {
+            return Ok(secret);
+        }
+    }
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let secret = format!(
+        "{:032x}{:032x}",
+        rand::random::<u128>(),
+        rand::random::<u128>()
+    );
+    let tmp = dir.join(format!(".secret.{}.tmp", std::process::id()));
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io)?;
+        file.write_all(secret.as_bytes()).map_err(io)?;
+        file.sync_all().map_err(io)?;
+    }
+    // A hard link never replaces an existing file: if another node won the race, use its secret.
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {
+            tracing::info!(path = %path.display(), "created a new cluster secret");
+            Ok(secret)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(path)
+            .map(|s| s.trim().to_owned())
+            .map_err(io),
+        Err(e) => Err(io(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_secret_derives_the_same_ca() {
+        let a = credentials_from_secret("s3cret", "a").unwrap();
+        let b = credentials_from_secret("s3cret", "b").unwrap();
+        let c = credentials_from_secret("other", "c").unwrap();
+        assert_eq!(a.ca, b.ca);
+        assert_ne!(a.ca, c.ca);
+        assert!(a.server_config().is_ok() && a.client_config().is_ok());
+    }
+
+    #[test]
+    fn secret_file_is_created_once_and_private() {
+        let dir = std::env::temp_dir().join(format!("phalanx-secret-{}", rand::random::<u64>()));
+        let path = dir.join("secret");
+        let first = read_or_create_secret(&path).unwrap();
+        let second = read_or_create_secret(&path).unwrap();
+        assert_eq!(first, second);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn files_round_trip_through_pem() {
+        let (ca_params, ca_key, ca_der) = derived_ca("x").unwrap();
+        let issuer = Issuer::new(ca_params, ca_key);
+        let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
+        let cert = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let dir = std::env::temp_dir().join(format!("phalanx-pem-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_pem = rcgen::CertifiedIssuer::self_signed(
+            derived_ca("x").unwrap().0,
+            derived_ca("x").unwrap().1,
+        )
+        .unwrap()
+        .pem();
+        std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
+        std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+        let creds = Membership::files(
+            dir.join("ca.pem"),
+            dir.join("node.pem"),
+            dir.join("node.key"),
+        )
+        .credentials("n")
+        .unwrap();
+        assert_eq!(creds.ca, ca_der);
+        assert_eq!(creds.chain[0], *cert.der());
+        assert!(creds.server_config().is_ok());
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}
