@@ -1,0 +1,98 @@
+//! `phalanx demo`: a node serving demo services, until Ctrl-C or SIGTERM.
+
+use super::MeshArgs;
+use clap::Args;
+use phalanx::{Broker, Context, Error, Result};
+use serde::Deserialize;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    #[command(flatten)]
+    mesh: MeshArgs,
+}
+
+#[derive(Debug, Deserialize)]
+struct Add {
+    a: f64,
+    b: f64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Sleep {
+    ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Fail {
+    #[serde(default = "default_code")]
+    code: u16,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+fn default_code() -> u16 {
+    500
+}
+
+pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
+    let (broker, quic) = args.mesh.join(Broker::builder()).await?;
+    let events = Arc::new(AtomicU64::new(0));
+    let counted = events.clone();
+    broker
+        .service("demo")
+        .action(
+            "echo",
+            |_ctx: Context, params: serde_json::Value| async move { Ok(params) },
+        )
+        .action("add", |_ctx: Context, p: Add| async move { Ok(p.a + p.b) })
+        .action("sleep", |_ctx: Context, p: Sleep| async move {
+            tokio::time::sleep(Duration::from_millis(p.ms)).await;
+            Ok(p.ms)
+        })
+        .action("fail", |_ctx: Context, p: Fail| async move {
+            let message = p.message.unwrap_or_else(|| "demo failure".into());
+            Err::<(), _>(Error::handler(p.code, "DEMO_FAILURE", message))
+        })
+        .action("events", move |_ctx: Context, _: serde::de::IgnoredAny| {
+            let events = events.clone();
+            async move { Ok(events.load(Ordering::Relaxed)) }
+        })
+        .event("demo.**", move |_ctx: Context, _: serde::de::IgnoredAny| {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        })
+        .start()
+        .await?;
+    println!(
+        "node {} listening on {}",
+        broker.node_id(),
+        quic_addresses(&quic).join(", ")
+    );
+    shutdown_signal().await;
+    broker.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quic_addresses(quic: &phalanx::transport::QuicTransport) -> Vec<String> {
+    use phalanx::transport::Transporter;
+    quic.addresses()
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,304 @@
+//! Command-line arguments and the commands that join the mesh as an observer.
+
+mod bench;
+mod demo;
+
+use clap::{Args, Parser, Subcommand};
+use phalanx::membership::Membership;
+use phalanx::transport::QuicTransport;
+use phalanx::{Broker, CallOptions, Error, Result};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Phalanx: a microservices mesh with no broker.
+#[derive(Debug, Parser)]
+#[command(name = "phalanx", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node serving the demo services (demo.echo, demo.add, demo.sleep, demo.fail).
+    Demo(demo::DemoArgs),
+    /// Call an action and print its JSON result.
+    Call {
+        /// Full action name, e.g. `demo.add`.
+        action: String,
+        /// Parameters as JSON.
+        #[arg(default_value = "null")]
+        params: String,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        timeout: u64,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// List the nodes of the mesh.
+    Nodes {
+        /// One JSON object per node.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Emit an event (one handler per listening group).
+    Emit {
+        /// Event name.
+        event: String,
+        /// Payload as JSON.
+        #[arg(default_value = "null")]
+        data: String,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Broadcast an event to every listener on every node.
+    Broadcast {
+        /// Event name.
+        event: String,
+        /// Payload as JSON.
+        #[arg(default_value = "null")]
+        data: String,
+        #[command(flatten)]
+        mesh: MeshArgs,
+    },
+    /// Call an action in a closed loop and print calls/s, p50, p99 and errors.
+    Bench(bench::BenchArgs),
+}
+
+/// How a command joins the mesh.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct MeshArgs {
+    /// A node to dial first (`host:port`); repeat for more. Also `PHALANX_SEEDS=a:1,b:2`.
+    #[arg(long = "seed", env = "PHALANX_SEEDS", value_delimiter = ',')]
+    seeds: Vec<String>,
+    /// Cluster secret (default: the user's secret file). Also `PHALANX_SECRET`.
+    #[arg(long, env = "PHALANX_SECRET", hide_env_values = true)]
+    secret: Option<String>,
+    /// Namespace; nodes only see nodes of the same namespace.
+    #[arg(long, env = "PHALANX_NAMESPACE", default_value = "")]
+    namespace: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    /// Node id (default: host name and a random suffix).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// How long to wait for the mesh (and the target action) to appear, in milliseconds.
+    #[arg(long, default_value_t = 5_000)]
+    wait: u64,
+}
+
+impl MeshArgs {
+    /// Starts a broker on the QUIC mesh.
+    pub(crate) async fn join(
+        &self,
+        builder: phalanx::BrokerBuilder,
+    ) -> Result<(Broker, QuicTransport)> {
+        let membership = match &self.secret {
+            Some(secret) => Membership::secret(secret.clone()),
+            None => Membership::local()?,
+        };
+        let quic = QuicTransport::builder()
+            .listen(self.listen)
+            .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
+            .membership(membership)
+            .build();
+        let mut builder = builder
+            .namespace(self.namespace.clone())
+            .transport(quic.clone());
+        if let Some(id) = &self.node_id {
+            builder = builder.node_id(id.clone());
+        }
+        Ok((builder.start().await?, quic))
+    }
+
+    fn wait(&self) -> Duration {
+        Duration::from_millis(self.wait)
+    }
+}
+
+pub(crate) fn init_logging(cli: &Cli) {
+    let default = match cli.command {
+        Command::Demo(_) => "info",
+        _ => "warn",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let json = std::env::var("PHALANX_LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Demo(args) => demo::run(args).await,
+        Command::Call {
+            action,
+            params,
+            timeout,
+            mesh,
+        } => {
+            let params = parse_json(&params)?;
+            let (broker, quic) = mesh.join(Broker::builder()).await?;
+            let result = async {
+                wait_for_action(&broker, &quic, &action, mesh.wait()).await?;
+                let options = CallOptions::new().timeout(Duration::from_millis(timeout));
+                broker
+                    .call_with::<serde_json::Value>(&action, params, options)
+                    .await
+            }
+            .await;
+            broker.stop().await;
+            print_json(&result?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Nodes { json, mesh } => {
+            let (broker, quic) = mesh.join(Broker::builder()).await?;
+            settle(&broker, &quic, mesh.wait()).await;
+            let nodes = broker
+                .call_json("$node.list", serde_json::Value::Null)
+                .await;
+            broker.stop().await;
+            let nodes: Vec<serde_json::Value> = nodes?
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|n| n["local"] != true)
+                .collect();
+            if json {
+                print_json(&serde_json::Value::Array(nodes));
+            } else {
+                println!("{:<28} {:<10} {:<7} SERVICES", "NODE", "AVAILABLE", "LINK");
+                for n in nodes {
+                    let services: Vec<&str> = n["services"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|s| s.as_str())
+                        .collect();
+                    println!(
+                        "{:<28} {:<10} {:<7} {}",
+                        n["id"].as_str().unwrap_or("?"),
+                        n["available"],
+                        n["link"].as_str().unwrap_or("?"),
+                        services.join(", ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Emit { event, data, mesh } => publish(&event, &data, &mesh, false).await,
+        Command::Broadcast { event, data, mesh } => publish(&event, &data, &mesh, true).await,
+        Command::Bench(args) => bench::run(args).await,
+    }
+}
+
+async fn publish(event: &str, data: &str, mesh: &MeshArgs, broadcast: bool) -> Result<ExitCode> {
+    let data = parse_json(data)?;
+    let (broker, quic) = mesh.join(Broker::builder()).await?;
+    settle(&broker, &quic, mesh.wait()).await;
+    let sent = if broadcast {
+        broker.broadcast(event, &data).await
+    } else {
+        broker.emit(event, &data).await
+    };
+    broker.stop().await;
+    sent?;
+    if let Some(err) = quic.membership_error() {
+        return Err(err);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn parse_json(text: &str) -> Result<serde_json::Value> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::validation(format!("parameters are not JSON: {e}")))
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}
+
+/// Waits until `action` is served somewhere; explains why not when it never is.
+pub(crate) async fn wait_for_action(
+    broker: &Broker,
+    quic: &QuicTransport,
+    action: &str,
+    wait: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    loop {
+        let actions = broker
+            .call_json("$node.actions", serde_json::Value::Null)
+            .await?;
+        let served = actions
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["name"] == action);
+        if served {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(quic
+                .membership_error()
+                .unwrap_or_else(|| Error::service_not_found(action)));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the set of known nodes has stopped changing (or `wait` passes).
+pub(crate) async fn settle(broker: &Broker, quic: &QuicTransport, wait: Duration) {
+    let deadline = Instant::now() + wait;
+    let quiet = Duration::from_millis(400);
+    let mut last = Vec::new();
+    let mut since = Instant::now();
+    while Instant::now() < deadline {
+        let known = quic.linked_nodes();
+        if known != last {
+            last = known;
+            since = Instant::now();
+        } else if !last.is_empty() && since.elapsed() >= quiet {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // INFO follows the link: wait until every linked node is in the registry.
+    while Instant::now() < deadline {
+        let Ok(nodes) = broker
+            .call_json("$node.list", serde_json::Value::Null)
+            .await
+        else {
+            break;
+        };
+        let known = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["available"] == true && n["local"] != true)
+            .count();
+        if known >= last.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(err) = quic.membership_error() {
+        tracing::warn!(%err, "could not join the mesh");
+    }
+}
