@@ -1,10 +1,12 @@
-//! Quick start: three nodes, four services, calls that cross nodes, events, and an error that
-//! reaches its caller with its code.
+//! Quick start: three nodes linked by the QUIC mesh on loopback (mutual TLS, one seed each, no
+//! broker, no config), four services, calls that cross nodes, events, and an error that reaches
+//! its caller with its code.
 //!
 //! Run: `cargo run --release --example quickstart`
 #![allow(clippy::print_stdout)]
 
-use phalanx::transport::InProcBus;
+use phalanx::membership::Membership;
+use phalanx::transport::QuicTransport;
 use phalanx::{Broker, Context, Error};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -24,21 +26,30 @@ struct Placed {
     left_in_stock: u32,
 }
 
-async fn node(bus: &InProcBus, id: &str) -> phalanx::Result<Broker> {
-    Broker::builder()
+/// A node on the QUIC mesh, listening on a free loopback port, dialing `seed` if given.
+async fn node(id: &str, seed: Option<&QuicTransport>) -> phalanx::Result<(Broker, QuicTransport)> {
+    let mut quic = QuicTransport::builder()
+        .listen("127.0.0.1:0".parse().expect("address"))
+        // Zero config: the user's cluster secret file, created on first run.
+        .membership(Membership::local()?);
+    if let Some(addr) = seed.and_then(QuicTransport::local_addr) {
+        quic = quic.seed(addr.to_string());
+    }
+    let quic = quic.build();
+    let broker = Broker::builder()
         .node_id(id)
         .namespace("shop")
-        .transport(bus.transport())
+        .transport(quic.clone())
         .start()
-        .await
+        .await?;
+    Ok((broker, quic))
 }
 
 #[tokio::main]
 async fn main() -> phalanx::Result<()> {
-    let bus = InProcBus::new();
-    let api = node(&bus, "api-node").await?;
-    let warehouse = node(&bus, "warehouse-node").await?;
-    let notifier = node(&bus, "notifier-node").await?;
+    let (api, api_quic) = node("api-node", None).await?;
+    let (warehouse, warehouse_quic) = node("warehouse-node", Some(&api_quic)).await?;
+    let (notifier, _) = node("notifier-node", Some(&warehouse_quic)).await?;
 
     // warehouse-node: stock keeping.
     let stock = Arc::new(AtomicU32::new(5));

@@ -41,6 +41,7 @@
 pub mod broker;
 pub mod codec;
 pub mod context;
+mod deadline;
 pub mod error;
 mod handler;
 pub mod membership;

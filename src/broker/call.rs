@@ -2,6 +2,7 @@
 
 use super::{Broker, InFlight, PendingCall};
 use crate::context::{CallOptions, Context};
+use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::handler::ActionFn;
 use crate::packet::{Meta, Packet, PacketBody, Request, Response};
@@ -12,11 +13,8 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::future::Future;
 use std::panic::AssertUnwindSafe;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -362,42 +360,6 @@ impl Broker {
         }
     }
 }
-
-/// A deadline whose timer is armed only if the work does not finish on its first poll: most
-/// local handlers complete at once and never pay for a timer.
-struct LazyDeadline<F> {
-    work: F,
-    deadline: Instant,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-impl<F> LazyDeadline<F> {
-    fn new(work: F, deadline: Instant) -> Self {
-        Self {
-            work,
-            deadline,
-            timer: None,
-        }
-    }
-}
-
-impl<F: Future + Unpin> Future for LazyDeadline<F> {
-    type Output = std::result::Result<F::Output, Elapsed>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
-        if let Poll::Ready(output) = Pin::new(&mut self.work).poll(cx) {
-            return Poll::Ready(Ok(output));
-        }
-        let deadline = self.deadline;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        timer.as_mut().poll(cx).map(|()| Err(Elapsed))
-    }
-}
-
-/// The deadline of a [`LazyDeadline`] passed.
-struct Elapsed;
 
 /// Where [`Broker::route`] sends a call.
 enum Route<'p> {

@@ -61,10 +61,10 @@ impl Broker {
             }
             PacketBody::Info(info) => self.apply_info(sender, info, link),
             PacketBody::Heartbeat(beat) => {
-                let known = self
-                    .inner
-                    .registry_mut()
-                    .touch(&sender, Some((beat.in_flight, beat.cpu)));
+                let known =
+                    self.inner
+                        .registry_mut()
+                        .record_load(&sender, beat.in_flight, beat.cpu);
                 if known.is_none_or(|seq| seq < beat.seq) {
                     let discover = Packet::new(
                         self.inner.node_id.clone(),
@@ -74,13 +74,15 @@ impl Broker {
                 }
             }
             PacketBody::Request(request) => {
-                self.inner.registry_mut().touch(&sender, None);
+                self.inner.registry().touch(&sender);
                 let broker = self.clone();
-                tokio::spawn(async move { broker.serve_request(sender, request, link).await });
+                run_inline_then_spawn(
+                    async move { broker.serve_request(sender, request, link).await },
+                );
             }
             PacketBody::Response(response) => self.complete(&sender, response),
             PacketBody::Event(event) => {
-                if self.inner.registry_mut().touch(&sender, None).is_some() {
+                if self.inner.registry().touch(&sender).is_some() {
                     self.serve_event(sender, event);
                 }
             }
@@ -150,6 +152,9 @@ impl Broker {
     pub(crate) fn node_lost(&self, node_id: &str, reason: &str) {
         let was_available = self.inner.registry_mut().node_down(node_id);
         self.fail_pending(node_id, reason);
+        for transport in &self.inner.transports {
+            transport.drop_peer(node_id);
+        }
         if was_available {
             tracing::info!(peer = %node_id, reason, "node disconnected");
             self.internal_event("$node.disconnected", node_id);
@@ -224,11 +229,16 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
                         in_flight: broker.in_flight() as u32,
                     }),
                 );
-                for transport in &broker.inner.transports {
-                    if let Err(err) = transport.broadcast(&beat).await {
-                        tracing::debug!(%err, "heartbeat not sent");
+                // Not awaited here: a peer that stopped reading must not delay the lease checks
+                // (or the heartbeats to everyone else).
+                let sender = broker.clone();
+                tokio::spawn(async move {
+                    for transport in &sender.inner.transports {
+                        if let Err(err) = transport.broadcast(&beat).await {
+                            tracing::debug!(%err, "heartbeat not sent");
+                        }
                     }
-                }
+                });
             }
             let Some(cutoff) = Instant::now().checked_sub(timings.heartbeat_timeout) else {
                 continue;
@@ -245,6 +255,20 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
         .lock()
         .expect("tasks lock")
         .push(task);
+}
+
+/// Polls `work` once right here, on the transport's reader; only if it is not done at once is it
+/// spawned as a task. A handler that answers immediately then writes its response from the
+/// reader, where it batches with its neighbours, instead of paying a task hop per request.
+///
+/// The first poll uses a no-op waker; the spawned task polls again with its real one, which is
+/// what every future must honour (wakers may change between polls).
+fn run_inline_then_spawn(work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut work = Box::pin(work);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    if work.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(work);
+    }
 }
 
 fn unix_micros() -> u64 {

@@ -90,6 +90,12 @@ pub(crate) struct MeshArgs {
     /// How long to wait for the mesh (and the target action) to appear, in milliseconds.
     #[arg(long, default_value_t = 5_000)]
     wait: u64,
+    /// Heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 2_000)]
+    heartbeat_ms: u64,
+    /// A peer silent this long (milliseconds) is declared down.
+    #[arg(long, default_value_t = 6_000)]
+    lease_ms: u64,
 }
 
 impl MeshArgs {
@@ -109,6 +115,10 @@ impl MeshArgs {
             .build();
         let mut builder = builder
             .namespace(self.namespace.clone())
+            .heartbeat(
+                Duration::from_millis(self.heartbeat_ms),
+                Duration::from_millis(self.lease_ms),
+            )
             .transport(quic.clone());
         if let Some(id) = &self.node_id {
             builder = builder.node_id(id.clone());

@@ -19,7 +19,8 @@ use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::time::Instant;
 
 /// A node as the registry knows it.
@@ -28,7 +29,8 @@ pub(crate) struct NodeEntry {
     pub(crate) info: Info,
     pub(crate) link: LinkKind,
     pub(crate) available: bool,
-    pub(crate) last_seen: Instant,
+    /// Milliseconds since the registry's epoch when the node was last heard from.
+    last_seen_ms: Arc<AtomicU64>,
     pub(crate) in_flight: u32,
     pub(crate) cpu: Option<f32>,
 }
@@ -100,6 +102,7 @@ pub(crate) struct Registry {
     events: Vec<EventEndpoint>,
     local_services: Vec<ServiceInfo>,
     event_counter: AtomicUsize,
+    epoch: Instant,
 }
 
 impl Registry {
@@ -112,6 +115,7 @@ impl Registry {
             events: Vec::new(),
             local_services: Vec::new(),
             event_counter: AtomicUsize::new(0),
+            epoch: Instant::now(),
         }
     }
 
@@ -196,7 +200,7 @@ impl Registry {
                 info,
                 link,
                 available: true,
-                last_seen: Instant::now(),
+                last_seen_ms: Arc::new(AtomicU64::new(self.now_ms())),
                 in_flight: 0,
                 cpu: None,
             },
@@ -229,21 +233,40 @@ impl Registry {
 
     /// Records traffic from an available node (heartbeat lease); returns its INFO seq, or `None`
     /// when the node is unknown or was declared down.
-    pub(crate) fn touch(&mut self, node_id: &str, load: Option<(u32, Option<f32>)>) -> Option<u64> {
-        let node = self.nodes.get_mut(node_id).filter(|n| n.available)?;
-        node.last_seen = Instant::now();
-        if let Some((in_flight, cpu)) = load {
+    pub(crate) fn touch(&self, node_id: &str) -> Option<u64> {
+        let node = self.nodes.get(node_id).filter(|n| n.available)?;
+        node.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
+        Some(node.info.seq)
+    }
+
+    /// Records a heartbeat's load figures along with the traffic.
+    pub(crate) fn record_load(
+        &mut self,
+        node_id: &str,
+        in_flight: u32,
+        cpu: Option<f32>,
+    ) -> Option<u64> {
+        let seq = self.touch(node_id)?;
+        if let Some(node) = self.nodes.get_mut(node_id) {
             node.in_flight = in_flight;
             node.cpu = cpu;
         }
-        Some(node.info.seq)
+        Some(seq)
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Available remote nodes silent since before `cutoff`.
     pub(crate) fn expired(&self, cutoff: Instant) -> Vec<Arc<str>> {
         self.nodes
             .iter()
-            .filter(|(_, n)| n.available && n.last_seen < cutoff)
+            .filter(|(_, n)| {
+                let last_seen =
+                    self.epoch + Duration::from_millis(n.last_seen_ms.load(Ordering::Relaxed));
+                n.available && last_seen < cutoff
+            })
             .map(|(id, _)| id.clone())
             .collect()
     }

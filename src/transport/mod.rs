@@ -138,6 +138,12 @@ pub trait Transporter: Send + Sync + 'static {
         let _ = (node_id, addresses);
     }
 
+    /// The broker declared `node_id` down (e.g. its heartbeat lease expired): close any link to
+    /// it, so writes waiting on it fail now. Buses ignore it.
+    fn drop_peer(&self, node_id: &str) {
+        let _ = node_id;
+    }
+
     /// Closes every link and stops accepting new ones.
     fn stop(&self) -> BoxFuture<'_, ()>;
 }

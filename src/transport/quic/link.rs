@@ -2,6 +2,7 @@
 
 use super::{Mesh, QuicConfig};
 use crate::codec::FrameDecoder;
+use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::packet::{Discover, Packet, PacketBody};
 use crate::transport::LinkKind;
@@ -78,7 +79,8 @@ impl Link {
                 main.write_all(&frame).await.map_err(|e| e.to_string())
             }
         };
-        match tokio::time::timeout(config.write_timeout, write).await {
+        let deadline = tokio::time::Instant::now() + config.write_timeout;
+        match LazyDeadline::new(Box::pin(write), deadline).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(Error::transport(format!(
                 "QUIC link to '{}' failed: {err}",

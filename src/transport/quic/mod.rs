@@ -287,6 +287,14 @@ impl Transporter for QuicTransport {
         }
     }
 
+    fn drop_peer(&self, node_id: &str) {
+        let Some(mesh) = self.mesh.get() else { return };
+        let link = mesh.links.lock().expect("links lock").get(node_id).cloned();
+        if let Some(link) = link {
+            link.close(link::CLOSE_BYE, "declared down");
+        }
+    }
+
     fn stop(&self) -> BoxFuture<'_, ()> {
         async move {
             let Some(mesh) = self.mesh.get() else { return };

@@ -1,0 +1,425 @@
+//! Real `phalanx demo` processes on loopback, driven by the CLI and by a broker in this test.
+
+use phalanx::membership::{CLUSTER_SERVER_NAME, Membership};
+use phalanx::transport::QuicTransport;
+use phalanx::{Broker, CallOptions, ErrorKind};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
+
+/// A `phalanx demo` process, killed when dropped.
+struct Demo {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn secret() -> String {
+    format!("test-{:x}", rand_u64())
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(std::time::SystemTime::now())
+}
+
+fn demo(id: &str, secret: &str, seeds: &[&str]) -> Demo {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--node-id",
+        id,
+        "--secret",
+        secret,
+    ])
+    .args(["--heartbeat-ms", "300", "--lease-ms", "1500"])
+    .env(
+        "RUST_LOG",
+        std::env::var("DEMO_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::inherit());
+    for seed in seeds {
+        cmd.args(["--seed", seed]);
+    }
+    let mut child = cmd.spawn().expect("phalanx demo starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("demo prints its address");
+    let addr = line
+        .trim()
+        .rsplit(' ')
+        .next()
+        .expect("an address")
+        .to_owned();
+    assert!(addr.starts_with("127.0.0.1:"), "unexpected banner {line:?}");
+    Demo { child, addr }
+}
+
+/// Runs a CLI command; returns (exit success, stdout).
+fn cli(args: &[&str], secret: &str, seed: &str) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .args([
+            "--secret",
+            secret,
+            "--seed",
+            seed,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("phalanx runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+async fn observer(secret: &str, seed: &str) -> Broker {
+    Broker::builder()
+        .node_id(format!("observer-{:x}", rand_u64() % 0xffff))
+        .heartbeat(Duration::from_millis(300), Duration::from_millis(1500))
+        .transport(
+            QuicTransport::builder()
+                .listen("127.0.0.1:0".parse().unwrap())
+                .seed(seed)
+                .membership(Membership::secret(secret))
+                .build(),
+        )
+        .start()
+        .await
+        .expect("observer")
+}
+
+async fn wait_for_nodes(broker: &Broker, ids: &[&str]) {
+    let ok = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let list = broker
+                .call_json("$node.list", serde_json::Value::Null)
+                .await
+                .unwrap();
+            let up: Vec<String> = list
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["available"] == true && n["services"].to_string().contains("demo"))
+                .map(|n| n["id"].as_str().unwrap().to_owned())
+                .collect();
+            if ids.iter().all(|id| up.iter().any(|u| u == id)) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "nodes {ids:?} never all appeared");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_with_one_seed_each_form_a_mesh_that_the_cli_drives() {
+    let s = secret();
+    let n1 = demo("n1", &s, &[]);
+    let n2 = demo("n2", &s, &[&n1.addr]);
+    let n3 = demo("n3", &s, &[&n2.addr]);
+
+    let (ok, out) = cli(&["nodes", "--json"], &s, &n3.addr);
+    assert!(ok, "{out}");
+    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<&str> = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["n1", "n2", "n3"]);
+    assert!(
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|n| n["link"] == "quic" && n["available"] == true)
+    );
+
+    // Each node knows the two others although it was given at most one seed.
+    let probe = observer(&s, &n1.addr).await;
+    wait_for_nodes(&probe, &["n1", "n2", "n3"]).await;
+    for id in ["n1", "n2", "n3"] {
+        let list = probe
+            .call_with::<serde_json::Value>("$node.list", (), CallOptions::new().node(id))
+            .await
+            .unwrap();
+        let known = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|n| n["available"] == true)
+            .count();
+        assert!(known >= 3, "{id} knows {known} nodes: {list}");
+    }
+
+    let (ok, out) = cli(&["call", "demo.add", r#"{"a":2,"b":3}"#], &s, &n1.addr);
+    assert!(ok);
+    assert_eq!(out.trim(), "5.0");
+    let (ok, out) = cli(&["call", "demo.fail", r#"{"code":418}"#], &s, &n2.addr);
+    assert!(!ok, "a failed call exits non-zero");
+    let err: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(err["code"], 418);
+    assert_eq!(err["type"], "DEMO_FAILURE");
+
+    // Events cross: a broadcast reaches every node, an emit exactly one.
+    let counts = |probe: Broker| async move {
+        let mut total = 0;
+        for id in ["n1", "n2", "n3"] {
+            total += probe
+                .call_with::<u64>("demo.events", (), CallOptions::new().node(id))
+                .await
+                .unwrap();
+        }
+        total
+    };
+    assert!(cli(&["broadcast", "demo.ping"], &s, &n3.addr).0);
+    assert!(cli(&["emit", "demo.ping"], &s, &n3.addr).0);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while counts(probe.clone()).await < 4 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        counts(probe.clone()).await,
+        4,
+        "3 from the broadcast + 1 from the emit"
+    );
+
+    let (ok, out) = cli(
+        &[
+            "bench",
+            "demo.echo",
+            "{}",
+            "--concurrency",
+            "8",
+            "--duration",
+            "1",
+            "--json",
+        ],
+        &s,
+        &n1.addr,
+    );
+    assert!(ok);
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert!(report["calls_per_sec"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["errors"], 0);
+    probe.stop().await;
+    drop((n1, n2, n3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_secret_stays_out() {
+    let s = secret();
+    let n1 = demo("n1", &s, &[]);
+    let intruder = demo("intruder", "not-the-secret", &[&n1.addr]);
+    let (ok, out) = cli(
+        &["call", "demo.add", r#"{"a":1,"b":1}"#, "--wait", "1500"],
+        "not-the-secret",
+        &n1.addr,
+    );
+    assert!(!ok);
+    let err: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(err["name"], "AuthenticationError", "{out}");
+    let (ok, out) = cli(&["nodes", "--json", "--wait", "1500"], &s, &n1.addr);
+    assert!(ok);
+    assert!(!out.contains("intruder"), "{out}");
+    drop((n1, intruder));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_fails_calls_only_until_the_lease_and_graceful_stop_loses_nothing() {
+    let s = secret();
+    let n1 = demo("n1", &s, &[]);
+    let mut n2 = demo("n2", &s, &[&n1.addr]);
+    let probe = observer(&s, &n1.addr).await;
+    wait_for_nodes(&probe, &["n1", "n2"]).await;
+
+    let errors_after_down = Arc::new(AtomicU64::new(0));
+    let down_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    let (oks, errs) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load = |stop: Instant| {
+        let (probe, oks, errs, after, down_at) = (
+            probe.clone(),
+            oks.clone(),
+            errs.clone(),
+            errors_after_down.clone(),
+            down_at.clone(),
+        );
+        tokio::spawn(async move {
+            while Instant::now() < stop {
+                let opts = CallOptions::new().timeout(Duration::from_millis(500));
+                match probe
+                    .call_with::<f64>("demo.add", serde_json::json!({"a": 1, "b": 1}), opts)
+                    .await
+                {
+                    Ok(_) => oks.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => {
+                        if down_at.lock().unwrap().is_some() {
+                            after.fetch_add(1, Ordering::Relaxed);
+                        }
+                        errs.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    let stop = Instant::now() + Duration::from_secs(5);
+    let workers: Vec<_> = (0..4).map(|_| load(stop)).collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // kill -9: no goodbye, no connection close.
+    let pid = n2.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _ = n2.child.wait();
+    // Wait until the registry declares n2 down, then no call may fail any more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let list = probe
+            .call_json("$node.list", serde_json::Value::Null)
+            .await
+            .unwrap();
+        let n2_up = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "n2" && n["available"] == true);
+        if !n2_up {
+            *down_at.lock().unwrap() = Some(Instant::now());
+            break;
+        }
+        assert!(Instant::now() < deadline, "n2 was never declared down");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        errors_after_down.load(Ordering::Relaxed),
+        0,
+        "calls failed after n2 was declared down"
+    );
+    assert!(oks.load(Ordering::Relaxed) > 100);
+
+    // Graceful stop (SIGTERM) of a replica under load: not a single failed call.
+    let n3 = demo("n3", &s, &[&n1.addr]);
+    wait_for_nodes(&probe, &["n1", "n3"]).await;
+    errs.store(0, Ordering::Relaxed);
+    *down_at.lock().unwrap() = None;
+    let stop = Instant::now() + Duration::from_secs(3);
+    let workers: Vec<_> = (0..4).map(|_| load(stop)).collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let pid = n3.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(
+        errs.load(Ordering::Relaxed),
+        0,
+        "a graceful stop lost calls"
+    );
+    probe.stop().await;
+    drop((n1, n3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_malformed_frames_leave_the_node_serving() {
+    let s = secret();
+    let n1 = demo("n1", &s, &[]);
+    let target: std::net::SocketAddr = n1.addr.parse().unwrap();
+
+    // Raw UDP garbage at the QUIC port.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..200u32 {
+        let junk: Vec<u8> = (0..(i % 1200 + 1)).map(|b| (b * 31 + i) as u8).collect();
+        udp.send_to(&junk, target).unwrap();
+    }
+
+    // A member that breaks the protocol in several ways, one connection each.
+    let creds = Membership::secret(s.clone()).credentials("rogue").unwrap();
+    let client_crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
+    let codec = phalanx::codec::Codec::default();
+    let hello = codec
+        .encode(&phalanx::packet::Packet::new(
+            "rogue",
+            phalanx::packet::PacketBody::Discover(Default::default()),
+        ))
+        .unwrap();
+    let spoofed = codec
+        .encode(&phalanx::packet::Packet::new(
+            "n1",
+            phalanx::packet::PacketBody::Disconnect(Default::default()),
+        ))
+        .unwrap();
+    let attacks: Vec<Vec<u8>> = vec![
+        vec![0, 0xff, 0xff, 0xff, 0xff], // main stream, 4 GiB frame
+        [&[0u8][..], &hello[..], &[0, 0, 0, 3, 1, 99, 0]].concat(), // unknown packet kind
+        [&[0u8][..], &hello[..], &[0, 0, 0, 3, 7, 4, 0]].concat(), // wrong protocol version
+        [&[0u8][..], &hello[..], &spoofed[..]].concat(), // claims to be the node itself
+        (0..5000).map(|i| (i * 7) as u8).collect(), // noise
+    ];
+    for attack in attacks {
+        let conn = endpoint
+            .connect(target, CLUSTER_SERVER_NAME)
+            .unwrap()
+            .await
+            .unwrap();
+        let mut send = conn.open_uni().await.unwrap();
+        let _ = send.write_all(&attack).await;
+        let _ = send.finish();
+        let closed = tokio::time::timeout(Duration::from_secs(6), conn.closed()).await;
+        assert!(
+            closed.is_ok(),
+            "the node kept a link that broke the protocol"
+        );
+    }
+
+    let (ok, out) = cli(&["call", "demo.add", r#"{"a":20,"b":22}"#], &s, &n1.addr);
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "42.0");
+    let probe = observer(&s, &n1.addr).await;
+    wait_for_nodes(&probe, &["n1"]).await;
+    let err = probe
+        .call_with::<f64>("demo.add", "not an object", CallOptions::new())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Validation);
+    probe.stop().await;
+    drop(n1);
+}
