@@ -146,7 +146,8 @@ async fn phalanx_pair() -> (Broker, Broker) {
     let quic = |seed: Option<SocketAddr>| {
         let mut b = QuicTransport::builder()
             .listen("127.0.0.1:0".parse().expect("addr"))
-            .membership(Membership::secret("bench"));
+            .membership(Membership::secret("bench"))
+            .mdns(false);
         if let Some(seed) = seed {
             b = b.seed(seed.to_string());
         }

@@ -31,7 +31,9 @@ async fn node(id: &str, seed: Option<&QuicTransport>) -> phalanx::Result<(Broker
     let mut quic = QuicTransport::builder()
         .listen("127.0.0.1:0".parse().expect("address"))
         // Zero config: the user's cluster secret file, created on first run.
-        .membership(Membership::local()?);
+        .membership(Membership::local()?)
+        // Seeds keep this demo deterministic; on a LAN, mDNS (on by default) finds nodes too.
+        .mdns(false);
     if let Some(addr) = seed.and_then(QuicTransport::local_addr) {
         quic = quic.seed(addr.to_string());
     }

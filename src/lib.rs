@@ -42,6 +42,7 @@ pub mod broker;
 pub mod codec;
 pub mod context;
 mod deadline;
+pub mod discovery;
 pub mod error;
 mod handler;
 pub mod membership;

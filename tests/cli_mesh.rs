@@ -45,7 +45,7 @@ fn demo(id: &str, secret: &str, seeds: &[&str]) -> Demo {
         "--secret",
         secret,
     ])
-    .args(["--heartbeat-ms", "300", "--lease-ms", "1500"])
+    .args(["--heartbeat-ms", "300", "--lease-ms", "1500", "--no-mdns"])
     .env(
         "RUST_LOG",
         std::env::var("DEMO_LOG").unwrap_or_else(|_| "warn".into()),
@@ -81,6 +81,7 @@ fn cli(args: &[&str], secret: &str, seed: &str) -> (bool, String) {
             seed,
             "--listen",
             "127.0.0.1:0",
+            "--no-mdns",
         ])
         .env("RUST_LOG", "error")
         .output()
@@ -100,6 +101,7 @@ async fn observer(secret: &str, seed: &str) -> Broker {
                 .listen("127.0.0.1:0".parse().unwrap())
                 .seed(seed)
                 .membership(Membership::secret(secret))
+                .mdns(false)
                 .build(),
         )
         .start()

@@ -17,6 +17,7 @@ async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, QuicTranspor
         .listen("127.0.0.1:0".parse().unwrap())
         .seeds(seeds.iter().cloned())
         .membership(Membership::secret(secret))
+        .mdns(false)
         .build();
     let broker = Broker::builder()
         .node_id(id)

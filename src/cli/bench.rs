@@ -2,9 +2,11 @@
 
 use super::{MeshArgs, parse_json, wait_for_action};
 use clap::Args;
-use phalanx::{Broker, Result};
+use phalanx::{Broker, CallOptions, Result};
 use serde::Serialize;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -21,6 +23,12 @@ pub(crate) struct BenchArgs {
     /// Seconds to run.
     #[arg(long, default_value_t = 3.0)]
     duration: f64,
+    /// Stop after this many calls instead (across all workers).
+    #[arg(long)]
+    calls: Option<u64>,
+    /// Per-call timeout in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    timeout: u64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -35,45 +43,75 @@ struct Report {
     calls_per_sec: f64,
     p50_us: u64,
     p99_us: u64,
+    /// Milliseconds from the start to the first and the last failed call.
+    first_error_ms: Option<u64>,
+    last_error_ms: Option<u64>,
+    /// The first error, as the caller saw it.
+    first_error: Option<String>,
+}
+
+/// What one worker saw.
+#[derive(Debug, Default)]
+struct Outcome {
+    latencies: Vec<u64>,
+    errors: Vec<(u64, String)>,
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let params = parse_json(&args.params)?;
     let (broker, quic) = args.mesh.join(Broker::builder()).await?;
-    if let Err(err) = wait_for_action(&broker, &quic, &args.action, args.mesh.wait()).await {
+    if let Err(err) = wait_for_action(&broker, &quic, &args.action, None, args.mesh.wait()).await {
         broker.stop().await;
         return Err(err);
     }
     let duration = Duration::from_secs_f64(args.duration.max(0.0));
     let started = Instant::now();
     let end = started + duration;
+    let budget = Arc::new(AtomicU64::new(args.calls.unwrap_or(u64::MAX)));
+    let timeout = Duration::from_millis(args.timeout);
     let workers = (0..args.concurrency.max(1)).map(|_| {
         let broker = broker.clone();
         let action = args.action.clone();
         let params = params.clone();
+        let budget = budget.clone();
+        let bounded = args.calls.is_some();
         tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut errors = 0u64;
-            while Instant::now() < end {
+            let mut outcome = Outcome::default();
+            loop {
+                if bounded {
+                    if budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_err()
+                    {
+                        break;
+                    }
+                } else if Instant::now() >= end {
+                    break;
+                }
                 let sent = Instant::now();
+                let options = CallOptions::new().timeout(timeout);
                 match broker
-                    .call::<serde_json::Value>(&action, params.clone())
+                    .call_with::<serde_json::Value>(&action, params.clone(), options)
                     .await
                 {
-                    Ok(_) => latencies.push(sent.elapsed().as_micros() as u64),
-                    Err(_) => errors += 1,
+                    Ok(_) => outcome.latencies.push(sent.elapsed().as_micros() as u64),
+                    Err(err) => {
+                        let at = started.elapsed().as_millis() as u64;
+                        outcome.errors.push((at, err.to_string()));
+                    }
                 }
             }
-            (latencies, errors)
+            outcome
         })
     });
     let mut latencies = Vec::new();
-    let mut errors = 0;
+    let mut errors: Vec<(u64, String)> = Vec::new();
     for worker in futures_util::future::join_all(workers).await {
-        let (l, e) = worker.unwrap_or_default();
-        latencies.extend(l);
-        errors += e;
+        let outcome = worker.unwrap_or_default();
+        latencies.extend(outcome.latencies);
+        errors.extend(outcome.errors);
     }
+    errors.sort();
     let elapsed = started.elapsed().as_secs_f64();
     broker.stop().await;
     latencies.sort_unstable();
@@ -85,10 +123,13 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     };
     let report = Report {
         calls: latencies.len() as u64,
-        errors,
         calls_per_sec: latencies.len() as f64 / elapsed.max(f64::EPSILON),
         p50_us: pct(0.50),
         p99_us: pct(0.99),
+        first_error_ms: errors.first().map(|e| e.0),
+        last_error_ms: errors.last().map(|e| e.0),
+        first_error: errors.first().map(|e| e.1.clone()),
+        errors: errors.len() as u64,
     };
     if args.json {
         println!("{}", serde_json::to_string(&report).unwrap_or_default());

@@ -34,6 +34,9 @@ enum Command {
         /// Give up after this many milliseconds.
         #[arg(long, default_value_t = 10_000)]
         timeout: u64,
+        /// Call this node's endpoint only.
+        #[arg(long)]
+        node: Option<String>,
         #[command(flatten)]
         mesh: MeshArgs,
     },
@@ -96,6 +99,9 @@ pub(crate) struct MeshArgs {
     /// A peer silent this long (milliseconds) is declared down.
     #[arg(long, default_value_t = 6_000)]
     lease_ms: u64,
+    /// Do not announce or browse by mDNS.
+    #[arg(long)]
+    no_mdns: bool,
 }
 
 impl MeshArgs {
@@ -112,6 +118,7 @@ impl MeshArgs {
             .listen(self.listen)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
             .membership(membership)
+            .mdns(!self.no_mdns)
             .build();
         let mut builder = builder
             .namespace(self.namespace.clone())
@@ -157,13 +164,17 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             action,
             params,
             timeout,
+            node,
             mesh,
         } => {
             let params = parse_json(&params)?;
             let (broker, quic) = mesh.join(Broker::builder()).await?;
             let result = async {
-                wait_for_action(&broker, &quic, &action, mesh.wait()).await?;
-                let options = CallOptions::new().timeout(Duration::from_millis(timeout));
+                wait_for_action(&broker, &quic, &action, node.as_deref(), mesh.wait()).await?;
+                let mut options = CallOptions::new().timeout(Duration::from_millis(timeout));
+                if let Some(node) = node {
+                    options = options.node(node);
+                }
                 broker
                     .call_with::<serde_json::Value>(&action, params, options)
                     .await
@@ -244,11 +255,12 @@ fn print_json(value: &serde_json::Value) {
     );
 }
 
-/// Waits until `action` is served somewhere; explains why not when it never is.
+/// Waits until `action` is served (by `node`, if given); explains why not when it never is.
 pub(crate) async fn wait_for_action(
     broker: &Broker,
     quic: &QuicTransport,
     action: &str,
+    node: Option<&str>,
     wait: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + wait;
@@ -256,11 +268,10 @@ pub(crate) async fn wait_for_action(
         let actions = broker
             .call_json("$node.actions", serde_json::Value::Null)
             .await?;
-        let served = actions
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|a| a["name"] == action);
+        let served = actions.as_array().into_iter().flatten().any(|a| {
+            a["name"] == action
+                && node.is_none_or(|n| a["nodes"].as_array().into_iter().flatten().any(|x| x == n))
+        });
         if served {
             return Ok(());
         }

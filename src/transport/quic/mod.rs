@@ -42,6 +42,7 @@ mod dial;
 mod link;
 
 use super::{LinkKind, TransportContext, Transporter};
+use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
 use crate::membership::{Credentials, Membership};
 use crate::packet::Packet;
@@ -74,6 +75,8 @@ pub struct QuicConfig {
     pub large_frame: usize,
     /// Most streams a peer may have open towards us at once. Default 64.
     pub max_peer_streams: u32,
+    /// Announce and browse by mDNS on the interfaces we listen on. Default on.
+    pub mdns: bool,
 }
 
 impl Default for QuicConfig {
@@ -87,6 +90,7 @@ impl Default for QuicConfig {
             idle_timeout: Duration::from_secs(10),
             large_frame: 64 * 1024,
             max_peer_streams: 64,
+            mdns: true,
         }
     }
 }
@@ -119,6 +123,12 @@ impl QuicTransportBuilder {
     /// How this node proves membership (default: [`Membership::local`]).
     pub fn membership(mut self, membership: Membership) -> Self {
         self.config.membership = Some(membership);
+        self
+    }
+
+    /// Turns mDNS discovery on or off (default on).
+    pub fn mdns(mut self, enabled: bool) -> Self {
+        self.config.mdns = enabled;
         self
     }
 
@@ -156,6 +166,7 @@ pub(crate) struct Mesh {
     auth_failures: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     addresses: Vec<String>,
+    mdns: Mutex<Option<Arc<Mdns>>>,
 }
 
 impl std::fmt::Debug for Mesh {
@@ -231,6 +242,9 @@ impl Transporter for QuicTransport {
                 .set(mesh.clone())
                 .map_err(|_| Error::transport("QUIC transport started twice"))?;
             mesh.spawn_background();
+            if self.config.mdns {
+                mesh.start_mdns(credentials.fingerprint())?;
+            }
             tracing::info!(addresses = ?mesh.addresses, fingerprint = %credentials.fingerprint(), "QUIC mesh listening");
             Ok(())
         }
@@ -298,6 +312,10 @@ impl Transporter for QuicTransport {
     fn stop(&self) -> BoxFuture<'_, ()> {
         async move {
             let Some(mesh) = self.mesh.get() else { return };
+            let mdns = mesh.mdns.lock().expect("mdns lock").take();
+            if let Some(mdns) = mdns {
+                mdns.stop().await;
+            }
             for task in std::mem::take(&mut *mesh.tasks.lock().expect("tasks lock")) {
                 task.abort();
             }
@@ -357,7 +375,30 @@ impl Mesh {
             auth_failures: AtomicU64::new(0),
             tasks: Mutex::default(),
             addresses,
+            mdns: Mutex::default(),
         }))
+    }
+
+    fn start_mdns(self: &Arc<Self>, fingerprint: String) -> Result<()> {
+        let me = Announcement {
+            node_id: self.ctx.node_id.to_string(),
+            namespace: self.ctx.namespace.to_string(),
+            fingerprint,
+            addresses: self
+                .addresses
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect(),
+        };
+        let mesh = Arc::downgrade(self);
+        let on_found: OnFound = Arc::new(move |node_id, addresses| {
+            if let Some(mesh) = mesh.upgrade() {
+                mesh.dialer.learn(node_id, &addresses);
+            }
+        });
+        let mdns = Mdns::start(me, on_found)?;
+        *self.mdns.lock().expect("mdns lock") = Some(Arc::new(mdns));
+        Ok(())
     }
 
     fn spawn_background(self: &Arc<Self>) {
