@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The node with the larger id waits this long for the smaller one to dial a gossiped peer.
 const DEFER_TO_SMALLER: Duration = Duration::from_secs(2);
 const TICK: Duration = Duration::from_millis(100);

@@ -1,0 +1,389 @@
+//! The scenarios: each builds its own network, measures, and judges against its threshold.
+
+use crate::net::{Net, unix_ms};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// One line of the summary table.
+pub struct Row {
+    pub scenario: String,
+    pub figure: String,
+    pub threshold: String,
+    pub pass: bool,
+}
+
+fn row(scenario: &str, figure: String, threshold: &str, pass: bool) -> Row {
+    println!(
+        "  {scenario}: {figure} (threshold {threshold}) → {}",
+        if pass { "pass" } else { "FAIL" }
+    );
+    Row {
+        scenario: scenario.to_owned(),
+        figure,
+        threshold: threshold.to_owned(),
+        pass,
+    }
+}
+
+type Scenario = fn(&str, &Path) -> Result<Vec<Row>, String>;
+
+/// Every scenario, by name.
+pub const ALL: &[(&str, Scenario)] = &[
+    ("mdns", mdns_discovery),
+    ("gossip", seed_gossip),
+    ("loss", calls_under_loss),
+    ("partition", partition_and_heal),
+    ("crash", crash_under_load),
+    ("intruder", wrong_secret),
+    ("rolling", rolling_restart),
+];
+
+fn all(n: usize) -> Vec<usize> {
+    (0..n).collect()
+}
+
+/// 1. Eight hosts, mDNS only (no seeds): every registry full within 3 s.
+fn mdns_discovery(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 1, 8, bin.to_owned())?;
+    let started = unix_ms();
+    for i in 0..8 {
+        net.start(i, &[])?;
+    }
+    let done = net.converge(&all(8), Duration::from_secs(10));
+    let figure = done.map(|t| t.saturating_sub(started));
+    Ok(vec![row(
+        "1. mDNS discovery, 8 hosts",
+        figure.map_or("no convergence in 10 s".into(), |ms| {
+            format!("full registries in {ms} ms")
+        }),
+        "≤ 3000 ms",
+        figure.is_some_and(|ms| ms <= 3000),
+    )])
+}
+
+/// 2. Eight hosts, multicast dropped, one seed each (a chain): full mesh by gossip within 5 s.
+fn seed_gossip(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 2, 8, bin.to_owned())?;
+    for i in 0..8 {
+        net.nft(
+            i,
+            "table inet netsim {
+                chain out { type filter hook output priority 0; meta pkttype multicast drop; }
+                chain in { type filter hook input priority 0; meta pkttype multicast drop; }
+            }",
+        )?;
+    }
+    let started = unix_ms();
+    for i in 0..8 {
+        let seed = if i == 0 { None } else { Some(net.addr(i - 1)) };
+        match seed {
+            Some(seed) => net.start(i, &["--seed", &seed])?,
+            None => net.start(i, &[])?,
+        }
+    }
+    let done = net.converge(&all(8), Duration::from_secs(15));
+    let figure = done.map(|t| t.saturating_sub(started));
+    Ok(vec![row(
+        "2. seed + gossip, multicast dropped, 8 hosts",
+        figure.map_or("no convergence in 15 s".into(), |ms| {
+            format!("full mesh in {ms} ms")
+        }),
+        "≤ 5000 ms",
+        figure.is_some_and(|ms| ms <= 5000),
+    )])
+}
+
+fn loss_rules(percent: u32) -> String {
+    format!(
+        "table inet netsim {{\n chain in {{ type filter hook input priority 0; iifname != \"lo\" meta l4proto udp numgen random mod 100 < {percent} drop; }}\n}}"
+    )
+}
+
+fn bench_json(out: &std::process::Output) -> Result<serde_json::Value, String> {
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).map_err(|e| format!("bench printed {text:?}: {e}"))
+}
+
+/// 3. 5 000 calls across hosts at 5 % and at 20 % packet loss: every call succeeds.
+fn calls_under_loss(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 3, 4, bin.to_owned())?;
+    for i in 0..4 {
+        net.start(i, &[])?;
+    }
+    net.converge(&all(4), Duration::from_secs(10))
+        .ok_or("mesh never formed")?;
+    let mut rows = Vec::new();
+    for percent in [5, 20] {
+        for i in 0..4 {
+            net.nft_clear(i);
+            net.nft(i, &loss_rules(percent))?;
+        }
+        let out = net.cli(
+            0,
+            &[
+                "bench",
+                "demo.echo",
+                "{}",
+                "--calls",
+                "5000",
+                "--concurrency",
+                "16",
+                "--timeout",
+                "30000",
+                "--json",
+            ],
+            None,
+        );
+        let report = bench_json(&out)?;
+        let errors = report["errors"].as_u64().unwrap_or(u64::MAX);
+        let calls = report["calls"].as_u64().unwrap_or(0);
+        rows.push(row(
+            &format!("3. 5000 calls at {percent} % loss"),
+            format!(
+                "{calls} ok, {errors} failed, p50 {} µs, p99 {} µs",
+                report["p50_us"], report["p99_us"]
+            ),
+            "0 failed",
+            errors == 0 && calls == 5000,
+        ));
+    }
+    Ok(rows)
+}
+
+fn partition_rules(far: &[String]) -> String {
+    let set = far.join(", ");
+    format!(
+        "table inet netsim {{
+            chain in {{ type filter hook input priority 0; ip saddr {{ {set} }} drop; }}
+            chain out {{ type filter hook output priority 0; ip daddr {{ {set} }} drop; }}
+        }}"
+    )
+}
+
+/// 4. Partition 6 hosts 3 | 3: pinned calls to the far side fail fast once the lease expires;
+///    after heal the mesh re-forms within 5 s and calls succeed.
+fn partition_and_heal(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 4, 6, bin.to_owned())?;
+    for i in 0..6 {
+        net.start(i, &[])?;
+    }
+    net.converge(&all(6), Duration::from_secs(10))
+        .ok_or("mesh never formed")?;
+    let (left, right) = ([0usize, 1, 2], [3usize, 4, 5]);
+    let ips = |side: &[usize]| {
+        side.iter()
+            .map(|&i| net.hosts[i].ip.clone())
+            .collect::<Vec<_>>()
+    };
+    let (left_ips, right_ips) = (ips(&left), ips(&right));
+    let cut = Instant::now();
+    for &i in &left {
+        net.nft(i, &partition_rules(&right_ips))?;
+    }
+    for &i in &right {
+        net.nft(i, &partition_rules(&left_ips))?;
+    }
+    let split = net.converge(&left, Duration::from_secs(10)).is_some()
+        && net.converge(&right, Duration::from_secs(10)).is_some();
+    let lease_seen = cut.elapsed();
+    let asked = Instant::now();
+    let out = net.cli(
+        0,
+        &[
+            "call",
+            "demo.echo",
+            "{}",
+            "--node",
+            "h5",
+            "--wait",
+            "300",
+            "--timeout",
+            "1000",
+        ],
+        None,
+    );
+    let answered = asked.elapsed();
+    let err = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fast = !out.status.success()
+        && err.contains("ServiceNotFoundError")
+        && answered < Duration::from_secs(2);
+    let mut rows = vec![row(
+        "4a. partition 3|3: far-side call after the lease",
+        format!(
+            "sides split {} ms after the cut; call failed in {} ms with {}",
+            lease_seen.as_millis(),
+            answered.as_millis(),
+            if err.contains("ServiceNotFoundError") {
+                "ServiceNotFoundError (404)"
+            } else {
+                "something else"
+            }
+        ),
+        "split seen, clear error < 2000 ms",
+        split && fast,
+    )];
+    let healed_at = unix_ms();
+    for i in 0..6 {
+        net.nft_clear(i);
+    }
+    let done = net.converge(&all(6), Duration::from_secs(15));
+    let figure = done.map(|t| t.saturating_sub(healed_at));
+    let out = net.cli(
+        0,
+        &["call", "demo.echo", r#"{"after":"heal"}"#, "--node", "h5"],
+        None,
+    );
+    rows.push(row(
+        "4b. partition heal",
+        figure.map_or("no re-formation in 15 s".into(), |ms| {
+            format!(
+                "mesh re-formed in {ms} ms; far-side call {}",
+                if out.status.success() { "ok" } else { "FAILED" }
+            )
+        }),
+        "≤ 5000 ms, call ok",
+        figure.is_some_and(|ms| ms <= 5000) && out.status.success(),
+    ));
+    Ok(rows)
+}
+
+/// 5. `kill -9` of a replica under load: the error window is bounded by the lease.
+fn crash_under_load(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 5, 4, bin.to_owned())?;
+    for i in 0..4 {
+        net.start(i, &[])?;
+    }
+    net.converge(&all(4), Duration::from_secs(10))
+        .ok_or("mesh never formed")?;
+    let bench = net.cli_spawn(
+        0,
+        &[
+            "bench",
+            "demo.echo",
+            "{}",
+            "--duration",
+            "8",
+            "--concurrency",
+            "8",
+            "--timeout",
+            "1000",
+            "--json",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    net.kill9(2);
+    let out = bench.wait_with_output().map_err(|e| e.to_string())?;
+    let report = bench_json(&out)?;
+    let window = match (
+        report["first_error_ms"].as_u64(),
+        report["last_error_ms"].as_u64(),
+    ) {
+        (Some(first), Some(last)) => last - first,
+        _ => 0,
+    };
+    // Lease (2 s) plus one call timeout (1 s) for calls already sent, plus scheduling slack.
+    let bound = 2000 + 1000 + 500;
+    Ok(vec![row(
+        "5. kill -9 of a replica under load",
+        format!(
+            "{} calls ok, {} failed, error window {window} ms",
+            report["calls"], report["errors"]
+        ),
+        "window ≤ 3500 ms (lease 2 s + call timeout 1 s)",
+        window <= bound && report["calls"].as_u64().unwrap_or(0) > 0,
+    )])
+}
+
+/// 6. A host with the wrong secret on the same LAN never appears in any registry.
+fn wrong_secret(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 6, 4, bin.to_owned())?;
+    for i in 0..3 {
+        net.start(i, &[])?;
+    }
+    let real = std::mem::replace(&mut net.secret, "the-wrong-secret".into());
+    net.start(3, &["--seed", &format!("{}:7000", net.hosts[0].ip)])?;
+    net.secret = real;
+    net.converge(&[0, 1, 2], Duration::from_secs(10))
+        .ok_or("mesh never formed")?;
+    std::thread::sleep(Duration::from_secs(3));
+    let seen_by = (0..3)
+        .filter(|&i| {
+            net.peers(i)
+                .is_some_and(|(p, _)| p.iter().any(|n| n == "h4"))
+        })
+        .count();
+    let intruder_sees = net.peers(3).map_or(0, |(p, _)| p.len());
+    // From the intruder's host, with its secret, through a member: the handshake is refused.
+    let member = net.addr(0);
+    let out = net.cli_via(
+        3,
+        &member,
+        &["call", "demo.echo", "{}", "--wait", "2000"],
+        Some("the-wrong-secret"),
+    );
+    let auth = String::from_utf8_lossy(&out.stdout).contains("AuthenticationError")
+        && !out.status.success();
+    Ok(vec![row(
+        "6. wrong secret on the LAN",
+        format!(
+            "seen by {seen_by} members; it sees {intruder_sees}; its call → {}",
+            if auth { "AuthenticationError" } else { "other" }
+        ),
+        "seen by 0, sees 0, authentication error",
+        seen_by == 0 && intruder_sees == 0 && auth,
+    )])
+}
+
+/// 7. Rolling restart (graceful stop/start) of 3 replicas under steady load: zero failed calls.
+fn rolling_restart(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 7, 4, bin.to_owned())?;
+    for i in 0..4 {
+        net.start(i, &[])?;
+    }
+    net.converge(&all(4), Duration::from_secs(10))
+        .ok_or("mesh never formed")?;
+    let bench = net.cli_spawn(
+        0,
+        &[
+            "bench",
+            "demo.echo",
+            "{}",
+            "--duration",
+            "14",
+            "--concurrency",
+            "8",
+            "--timeout",
+            "5000",
+            "--json",
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let mut restart = || -> Result<(), String> {
+        for i in 1..4 {
+            net.stop(i);
+            net.start(i, &[])?;
+            net.converge(&all(4), Duration::from_secs(10))
+                .ok_or("node never rejoined")?;
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        Ok(())
+    };
+    let restarted = restart();
+    let out = bench.wait_with_output().map_err(|e| e.to_string())?;
+    restarted?;
+    let report = bench_json(&out)?;
+    let errors = report["errors"].as_u64().unwrap_or(u64::MAX);
+    Ok(vec![row(
+        "7. rolling restart of 3 replicas under load",
+        format!(
+            "{} calls ok, {errors} failed{}",
+            report["calls"],
+            report["first_error"]
+                .as_str()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        ),
+        "0 failed",
+        errors == 0,
+    )])
+}
