@@ -13,15 +13,14 @@ use phalanx::transport::QuicTransport;
 use phalanx::{Broker, Context};
 use serde_bytes::ByteBuf;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
-const SEQUENTIAL_CALLS: usize = 20_000;
-const IN_FLIGHT: usize = 64;
+mod support;
+
+use support::{IN_FLIGHT, closed_loop, sequential};
 
 fn main() {
     let mut seconds = 3.0;
@@ -93,53 +92,6 @@ async fn run(duration: Duration, payload: usize) {
         ph_seq.1 - raw_seq.1,
         100.0 * ph_rps / raw_rps
     );
-}
-
-/// p50 and p99 in µs of sequential calls.
-async fn sequential<F, Fut>(mut call: F) -> (f64, f64)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = usize>,
-{
-    for _ in 0..SEQUENTIAL_CALLS / 10 {
-        call().await;
-    }
-    let mut micros = Vec::with_capacity(SEQUENTIAL_CALLS);
-    for _ in 0..SEQUENTIAL_CALLS {
-        let start = Instant::now();
-        call().await;
-        micros.push(start.elapsed().as_secs_f64() * 1e6);
-    }
-    micros.sort_by(f64::total_cmp);
-    (micros[micros.len() / 2], micros[micros.len() * 99 / 100])
-}
-
-/// Calls per second with `IN_FLIGHT` callers in a closed loop.
-async fn closed_loop<F, Fut>(duration: Duration, call: F) -> f64
-where
-    F: Fn(usize) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = usize> + Send,
-{
-    let end = Instant::now() + duration;
-    let start = Instant::now();
-    let workers: Vec<_> = (0..IN_FLIGHT)
-        .map(|i| {
-            let call = call.clone();
-            tokio::spawn(async move {
-                let mut done = 0u64;
-                while Instant::now() < end {
-                    call(i).await;
-                    done += 1;
-                }
-                done
-            })
-        })
-        .collect();
-    let mut total = 0;
-    for w in workers {
-        total += w.await.expect("worker");
-    }
-    total as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn phalanx_pair() -> (Broker, Broker) {

@@ -260,6 +260,22 @@ async fn kill_9_fails_calls_only_until_the_lease_and_graceful_stop_loses_nothing
 
     let errors_after_down = Arc::new(AtomicU64::new(0));
     let down_at = Arc::new(std::sync::Mutex::new(None::<Instant>));
+    // The moment the probe's registry declares n2 down, from its own `$node.disconnected`.
+    let declared = down_at.clone();
+    probe
+        .service("watch")
+        .event("$node.disconnected", move |_ctx, v: serde_json::Value| {
+            let declared = declared.clone();
+            async move {
+                if v["node"] == "n2" {
+                    declared.lock().unwrap().get_or_insert_with(Instant::now);
+                }
+                Ok(())
+            }
+        })
+        .start()
+        .await
+        .unwrap();
     let (oks, errs) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let load = |stop: Instant| {
         let (probe, oks, errs, after, down_at) = (
@@ -272,13 +288,15 @@ async fn kill_9_fails_calls_only_until_the_lease_and_graceful_stop_loses_nothing
         tokio::spawn(async move {
             while Instant::now() < stop {
                 let opts = CallOptions::new().timeout(Duration::from_millis(500));
+                let started = Instant::now();
                 match probe
                     .call_with::<f64>("demo.add", serde_json::json!({"a": 1, "b": 1}), opts)
                     .await
                 {
                     Ok(_) => oks.fetch_add(1, Ordering::Relaxed),
                     Err(_) => {
-                        if down_at.lock().unwrap().is_some() {
+                        // A call started after the node was declared down must not fail.
+                        if down_at.lock().unwrap().is_some_and(|d| started > d) {
                             after.fetch_add(1, Ordering::Relaxed);
                         }
                         errs.fetch_add(1, Ordering::Relaxed)
@@ -312,8 +330,7 @@ async fn kill_9_fails_calls_only_until_the_lease_and_graceful_stop_loses_nothing
             .unwrap()
             .iter()
             .any(|n| n["id"] == "n2" && n["available"] == true);
-        if !n2_up {
-            *down_at.lock().unwrap() = Some(Instant::now());
+        if !n2_up && down_at.lock().unwrap().is_some() {
             break;
         }
         assert!(Instant::now() < deadline, "n2 was never declared down");

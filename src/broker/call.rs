@@ -341,6 +341,14 @@ impl Broker {
 
     /// Fails every call waiting on `node_id` at once with a retryable error.
     pub(crate) fn fail_pending(&self, node_id: &str, reason: &str) {
+        self.fail_pending_with(
+            node_id,
+            Error::rejected(format!("node '{node_id}' {reason} before answering")),
+        );
+    }
+
+    /// Fails every call waiting on `node_id` at once with `error`.
+    pub(crate) fn fail_pending_with(&self, node_id: &str, error: Error) {
         let failed: Vec<PendingCall> = {
             let mut pending = self.inner.pending.lock().expect("pending lock");
             let ids: Vec<u64> = pending
@@ -353,10 +361,7 @@ impl Broker {
                 .collect()
         };
         for call in failed {
-            let _ = call.reply.send(Err(Error::rejected(format!(
-                "node '{node_id}' {reason} before answering"
-            ))
-            .with_node(node_id)));
+            let _ = call.reply.send(Err(error.clone().with_node(node_id)));
         }
     }
 }

@@ -46,6 +46,11 @@ impl TransportHandler for Inbound {
         tracing::debug!(peer = %node_id, %link, "link down");
         broker.node_lost(node_id, "lost its link");
     }
+
+    fn on_bus(&self, link: LinkKind, up: bool) {
+        let Some(broker) = self.broker() else { return };
+        broker.bus_state(link, up);
+    }
 }
 
 impl Broker {
@@ -131,6 +136,41 @@ impl Broker {
             }
             NodeChange::Updated => self.internal_event("$services.changed", &sender),
             NodeChange::Unchanged => {}
+        }
+    }
+
+    /// A bus went down or came back. Down: calls waiting on its nodes fail now with a transport
+    /// error, and its nodes' leases are frozen (the bus, not the nodes, failed). Up: re-announce
+    /// at once and restart the leases.
+    fn bus_state(&self, link: LinkKind, up: bool) {
+        let nodes: Vec<Arc<str>> = {
+            let mut registry = self.inner.registry_mut();
+            registry.set_bus_down(link, !up);
+            registry
+                .nodes()
+                .filter(|(_, n)| n.available && n.link == link)
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        if up {
+            tracing::info!(%link, "bus reconnected: announcing");
+            let registry = self.inner.registry();
+            for node in &nodes {
+                registry.touch(node);
+            }
+            drop(registry);
+            let broker = self.clone();
+            tokio::spawn(async move { broker.discover_all().await });
+        } else {
+            tracing::warn!(%link, "bus connection lost");
+            for node in &nodes {
+                self.fail_pending_with(
+                    node,
+                    crate::Error::transport(format!(
+                        "{link} transport unavailable: connection lost"
+                    )),
+                );
+            }
         }
     }
 

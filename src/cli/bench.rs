@@ -59,8 +59,9 @@ struct Outcome {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let params = parse_json(&args.params)?;
-    let (broker, quic) = args.mesh.join(Broker::builder()).await?;
-    if let Err(err) = wait_for_action(&broker, &quic, &args.action, None, args.mesh.wait()).await {
+    let joined = args.mesh.join(Broker::builder()).await?;
+    let broker = joined.broker.clone();
+    if let Err(err) = wait_for_action(&joined, &args.action, None, args.mesh.wait()).await {
         broker.stop().await;
         return Err(err);
     }

@@ -42,7 +42,8 @@ fn default_code() -> u16 {
 }
 
 pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
-    let (broker, quic) = args.mesh.join(Broker::builder()).await?;
+    let joined = args.mesh.join(Broker::builder()).await?;
+    let broker = joined.broker.clone();
     let events = Arc::new(AtomicU64::new(0));
     let counted = events.clone();
     broker
@@ -76,7 +77,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     println!(
         "node {} listening on {}",
         broker.node_id(),
-        quic_addresses(&quic).join(", ")
+        joined.addresses().join(", ")
     );
     let status = args
         .status_file
@@ -122,11 +123,6 @@ async fn write_status(broker: Broker, path: std::path::PathBuf) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn quic_addresses(quic: &phalanx::transport::QuicTransport) -> Vec<String> {
-    use phalanx::transport::Transporter;
-    quic.addresses()
 }
 
 async fn shutdown_signal() {

@@ -102,14 +102,55 @@ pub(crate) struct MeshArgs {
     /// Do not announce or browse by mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Use a NATS server instead of the QUIC mesh, e.g. `nats://user:pass@host:4222` or
+    /// `tls://host:4222`. Also `PHALANX_NATS`.
+    #[arg(long, env = "PHALANX_NATS")]
+    nats: Option<String>,
+    /// A NATS credentials file.
+    #[arg(long, env = "PHALANX_NATS_CREDS")]
+    nats_creds: Option<std::path::PathBuf>,
+}
+
+/// A broker that joined the mesh, and the QUIC transport it joined with (none on NATS).
+pub(crate) struct Joined {
+    pub(crate) broker: Broker,
+    quic: Option<QuicTransport>,
+}
+
+impl Joined {
+    /// An authentication error when this node's membership does not match the mesh.
+    pub(crate) fn membership_error(&self) -> Option<Error> {
+        self.quic.as_ref().and_then(QuicTransport::membership_error)
+    }
+
+    /// Where peers can reach this node.
+    pub(crate) fn addresses(&self) -> Vec<String> {
+        use phalanx::transport::Transporter;
+        self.quic
+            .as_ref()
+            .map(|q| q.addresses())
+            .unwrap_or_default()
+    }
 }
 
 impl MeshArgs {
-    /// Starts a broker on the QUIC mesh.
-    pub(crate) async fn join(
-        &self,
-        builder: phalanx::BrokerBuilder,
-    ) -> Result<(Broker, QuicTransport)> {
+    /// Starts a broker on the QUIC mesh, or on NATS when `--nats` is given.
+    pub(crate) async fn join(&self, builder: phalanx::BrokerBuilder) -> Result<Joined> {
+        let mut builder = builder.namespace(self.namespace.clone()).heartbeat(
+            Duration::from_millis(self.heartbeat_ms),
+            Duration::from_millis(self.lease_ms),
+        );
+        if let Some(id) = &self.node_id {
+            builder = builder.node_id(id.clone());
+        }
+        if let Some(url) = &self.nats {
+            let mut nats = phalanx::transport::NatsTransport::builder(url.clone());
+            if let Some(creds) = &self.nats_creds {
+                nats = nats.credentials_file(creds.clone());
+            }
+            let broker = builder.transport(nats.build()).start().await?;
+            return Ok(Joined { broker, quic: None });
+        }
         let membership = match &self.secret {
             Some(secret) => Membership::secret(secret.clone()),
             None => Membership::local()?,
@@ -120,17 +161,11 @@ impl MeshArgs {
             .membership(membership)
             .mdns(!self.no_mdns)
             .build();
-        let mut builder = builder
-            .namespace(self.namespace.clone())
-            .heartbeat(
-                Duration::from_millis(self.heartbeat_ms),
-                Duration::from_millis(self.lease_ms),
-            )
-            .transport(quic.clone());
-        if let Some(id) = &self.node_id {
-            builder = builder.node_id(id.clone());
-        }
-        Ok((builder.start().await?, quic))
+        let broker = builder.transport(quic.clone()).start().await?;
+        Ok(Joined {
+            broker,
+            quic: Some(quic),
+        })
     }
 
     fn wait(&self) -> Duration {
@@ -168,9 +203,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             mesh,
         } => {
             let params = parse_json(&params)?;
-            let (broker, quic) = mesh.join(Broker::builder()).await?;
+            let joined = mesh.join(Broker::builder()).await?;
+            let broker = &joined.broker;
             let result = async {
-                wait_for_action(&broker, &quic, &action, node.as_deref(), mesh.wait()).await?;
+                wait_for_action(&joined, &action, node.as_deref(), mesh.wait()).await?;
                 let mut options = CallOptions::new().timeout(Duration::from_millis(timeout));
                 if let Some(node) = node {
                     options = options.node(node);
@@ -185,8 +221,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Nodes { json, mesh } => {
-            let (broker, quic) = mesh.join(Broker::builder()).await?;
-            settle(&broker, &quic, mesh.wait()).await;
+            let joined = mesh.join(Broker::builder()).await?;
+            let broker = &joined.broker;
+            settle(&joined, mesh.wait()).await;
             let nodes = broker
                 .call_json("$node.list", serde_json::Value::Null)
                 .await;
@@ -228,8 +265,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
 
 async fn publish(event: &str, data: &str, mesh: &MeshArgs, broadcast: bool) -> Result<ExitCode> {
     let data = parse_json(data)?;
-    let (broker, quic) = mesh.join(Broker::builder()).await?;
-    settle(&broker, &quic, mesh.wait()).await;
+    let joined = mesh.join(Broker::builder()).await?;
+    let broker = &joined.broker;
+    settle(&joined, mesh.wait()).await;
     let sent = if broadcast {
         broker.broadcast(event, &data).await
     } else {
@@ -237,7 +275,7 @@ async fn publish(event: &str, data: &str, mesh: &MeshArgs, broadcast: bool) -> R
     };
     broker.stop().await;
     sent?;
-    if let Some(err) = quic.membership_error() {
+    if let Some(err) = joined.membership_error() {
         return Err(err);
     }
     Ok(ExitCode::SUCCESS)
@@ -257,15 +295,15 @@ fn print_json(value: &serde_json::Value) {
 
 /// Waits until `action` is served (by `node`, if given); explains why not when it never is.
 pub(crate) async fn wait_for_action(
-    broker: &Broker,
-    quic: &QuicTransport,
+    joined: &Joined,
     action: &str,
     node: Option<&str>,
     wait: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + wait;
     loop {
-        let actions = broker
+        let actions = joined
+            .broker
             .call_json("$node.actions", serde_json::Value::Null)
             .await?;
         let served = actions.as_array().into_iter().flatten().any(|a| {
@@ -276,7 +314,7 @@ pub(crate) async fn wait_for_action(
             return Ok(());
         }
         if Instant::now() >= deadline {
-            return Err(quic
+            return Err(joined
                 .membership_error()
                 .unwrap_or_else(|| Error::service_not_found(action)));
         }
@@ -284,14 +322,27 @@ pub(crate) async fn wait_for_action(
     }
 }
 
-/// Waits until the set of known nodes has stopped changing (or `wait` passes).
-pub(crate) async fn settle(broker: &Broker, quic: &QuicTransport, wait: Duration) {
+/// Waits until the set of available nodes has stopped changing (or `wait` passes).
+pub(crate) async fn settle(joined: &Joined, wait: Duration) {
     let deadline = Instant::now() + wait;
     let quiet = Duration::from_millis(400);
     let mut last = Vec::new();
     let mut since = Instant::now();
     while Instant::now() < deadline {
-        let known = quic.linked_nodes();
+        let Ok(nodes) = joined
+            .broker
+            .call_json("$node.list", serde_json::Value::Null)
+            .await
+        else {
+            break;
+        };
+        let known: Vec<String> = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|n| n["available"] == true && n["local"] != true)
+            .filter_map(|n| n["id"].as_str().map(str::to_owned))
+            .collect();
         if known != last {
             last = known;
             since = Instant::now();
@@ -300,26 +351,7 @@ pub(crate) async fn settle(broker: &Broker, quic: &QuicTransport, wait: Duration
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // INFO follows the link: wait until every linked node is in the registry.
-    while Instant::now() < deadline {
-        let Ok(nodes) = broker
-            .call_json("$node.list", serde_json::Value::Null)
-            .await
-        else {
-            break;
-        };
-        let known = nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["available"] == true && n["local"] != true)
-            .count();
-        if known >= last.len() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    if let Some(err) = quic.membership_error() {
+    if let Some(err) = joined.membership_error() {
         tracing::warn!(%err, "could not join the mesh");
     }
 }

@@ -103,6 +103,8 @@ pub(crate) struct Registry {
     local_services: Vec<ServiceInfo>,
     event_counter: AtomicUsize,
     epoch: Instant,
+    /// Buses whose connection is down: their nodes' leases do not run.
+    buses_down: Vec<LinkKind>,
 }
 
 impl Registry {
@@ -116,6 +118,7 @@ impl Registry {
             local_services: Vec::new(),
             event_counter: AtomicUsize::new(0),
             epoch: Instant::now(),
+            buses_down: Vec::new(),
         }
     }
 
@@ -258,6 +261,14 @@ impl Registry {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    /// Records whether the bus of link kind `link` is down.
+    pub(crate) fn set_bus_down(&mut self, link: LinkKind, down: bool) {
+        self.buses_down.retain(|l| *l != link);
+        if down {
+            self.buses_down.push(link);
+        }
+    }
+
     /// Available remote nodes silent since before `cutoff`.
     pub(crate) fn expired(&self, cutoff: Instant) -> Vec<Arc<str>> {
         self.nodes
@@ -265,7 +276,7 @@ impl Registry {
             .filter(|(_, n)| {
                 let last_seen =
                     self.epoch + Duration::from_millis(n.last_seen_ms.load(Ordering::Relaxed));
-                n.available && last_seen < cutoff
+                n.available && last_seen < cutoff && !self.buses_down.contains(&n.link)
             })
             .map(|(id, _)| id.clone())
             .collect()

@@ -29,9 +29,13 @@
 //! ```
 
 mod inproc;
+#[cfg(feature = "nats")]
+mod nats;
 mod quic;
 
 pub use inproc::{InProcBus, InProcTransport};
+#[cfg(feature = "nats")]
+pub use nats::{NatsTransport, NatsTransportBuilder};
 pub use quic::{QuicConfig, QuicTransport, QuicTransportBuilder};
 
 use crate::codec::Codec;
@@ -88,6 +92,8 @@ pub trait TransportHandler: Send + Sync + 'static {
     fn on_link_up(&self, node_id: &str, link: LinkKind);
     /// The link to `node_id` closed.
     fn on_link_down(&self, node_id: &str, link: LinkKind);
+    /// A bus transport lost (`up == false`) or regained its connection.
+    fn on_bus(&self, link: LinkKind, up: bool);
 }
 
 /// What a transport needs to know about the node it serves.

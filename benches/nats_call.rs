@@ -1,0 +1,149 @@
+//! A call over the NATS transport next to a raw async-nats request-reply, in the same run,
+//! against a `nats-server` this bench starts on a free loopback port.
+//!
+//! Run: `cargo bench --bench nats_call` (options: `-- --seconds 3 --payload 64`)
+#![allow(clippy::print_stdout)]
+
+mod support;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use phalanx::transport::NatsTransport;
+use phalanx::{Broker, Context};
+use serde_bytes::ByteBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+use support::{IN_FLIGHT, closed_loop, sequential};
+
+fn main() {
+    let mut seconds = 3.0;
+    let mut payload = 64;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
+            "--payload" => payload = args.next().and_then(|s| s.parse().ok()).unwrap_or(payload),
+            _ => {}
+        }
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
+    let mut server = Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server (apt-get install nats-server)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run(
+        format!("nats://127.0.0.1:{port}"),
+        Duration::from_secs_f64(seconds),
+        payload,
+    ));
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+async fn run(url: String, duration: Duration, payload: usize) {
+    let body = Bytes::from(vec![7u8; payload]);
+
+    // Raw: a responder that echoes, a client doing request-reply.
+    let responder = async_nats::connect(&url).await.expect("connect");
+    let mut requests = responder.subscribe("bench.echo").await.expect("subscribe");
+    let replier = responder.clone();
+    tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            if let Some(reply) = message.reply {
+                let _ = replier.publish(reply, message.payload).await;
+            }
+        }
+    });
+    let client = async_nats::connect(&url).await.expect("connect");
+    let raw_call = {
+        let (client, body) = (client.clone(), body.clone());
+        move |_: usize| {
+            let (client, body) = (client.clone(), body.clone());
+            async move {
+                client
+                    .request("bench.echo", body)
+                    .await
+                    .expect("reply")
+                    .payload
+                    .len()
+            }
+        }
+    };
+    let raw_seq = sequential(|| raw_call(0)).await;
+    let raw_rps = closed_loop(duration, raw_call).await;
+
+    let callee = Broker::builder()
+        .node_id("callee")
+        .transport(NatsTransport::builder(url.clone()).build())
+        .start()
+        .await
+        .expect("callee");
+    callee
+        .service("echo")
+        .action(
+            "bytes",
+            |_ctx: Context, body: ByteBuf| async move { Ok(body) },
+        )
+        .start()
+        .await
+        .expect("service");
+    let caller = Broker::builder()
+        .node_id("caller")
+        .transport(NatsTransport::builder(url).build())
+        .start()
+        .await
+        .expect("caller");
+    caller
+        .wait_for_services(&["echo"], Duration::from_secs(10))
+        .await
+        .expect("cluster");
+    let call = {
+        let (caller, body) = (caller.clone(), body.clone());
+        move |_: usize| {
+            let caller = caller.clone();
+            let body = ByteBuf::from(body.to_vec());
+            async move {
+                caller
+                    .call::<ByteBuf>("echo.bytes", body)
+                    .await
+                    .expect("echo")
+                    .len()
+            }
+        }
+    };
+    let ph_seq = sequential(|| call(0)).await;
+    let ph_rps = closed_loop(duration, call).await;
+    caller.stop().await;
+    callee.stop().await;
+
+    println!("\nNATS call, {payload}-byte payload, nats-server on loopback, 2 worker threads");
+    println!("| what | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) |");
+    println!("|---|---|---|---|");
+    println!(
+        "| raw async-nats request-reply | {:.1} | {:.1} | {:.0} |",
+        raw_seq.0, raw_seq.1, raw_rps
+    );
+    println!(
+        "| phalanx `call` over NATS | {:.1} | {:.1} | {:.0} |",
+        ph_seq.0, ph_seq.1, ph_rps
+    );
+    println!(
+        "| phalanx vs raw | {:.2}× | {:.2}× | {:.0} % |",
+        ph_seq.0 / raw_seq.0,
+        ph_seq.1 / raw_seq.1,
+        100.0 * ph_rps / raw_rps
+    );
+}

@@ -1,0 +1,261 @@
+//! NATS transport (feature `nats`): the path for clusters that outgrow one LAN. A NATS cluster is
+//! the distributed engine; this is a bus behind the [`Transporter`] trait.
+//!
+//! # Subjects
+//! Under a prefix (default `PHX`) and the namespace (`_` when empty), so namespaces never see each
+//! other's traffic:
+//!
+//! | subject | carries |
+//! |---|---|
+//! | `PHX.<ns>.bcast` | `DISCOVER`, `INFO`, `HEARTBEAT`, `DISCONNECT`, broadcasts |
+//! | `PHX.<ns>.node.<node>` | requests, responses, events and replies addressed to one node |
+//!
+//! Payloads are the same MessagePack frames as on the mesh. A message that does not decode is
+//! dropped with a warning; the node keeps serving.
+//!
+//! # Failure
+//! While the connection to NATS is down every send fails at once with a transport error
+//! ("NATS transport unavailable"), and calls waiting on NATS-reached nodes fail immediately; the
+//! broker does not expire those nodes' leases meanwhile. When the connection returns, the node
+//! re-announces itself at once (peers need not wait for a heartbeat) and calls resume.
+//!
+//! ```no_run
+//! # #[tokio::main] async fn main() -> phalanx::Result<()> {
+//! use phalanx::{Broker, transport::NatsTransport};
+//!
+//! let nats = NatsTransport::builder("nats://127.0.0.1:4222").build();
+//! let broker = Broker::builder().namespace("shop").transport(nats).start().await?;
+//! # Ok(()) }
+//! ```
+
+use super::{LinkKind, TransportContext, Transporter};
+use crate::error::{Error, Result};
+use crate::packet::Packet;
+use futures_util::future::BoxFuture;
+use futures_util::{FutureExt, StreamExt};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// Builds a [`NatsTransport`].
+#[derive(Debug, Clone)]
+pub struct NatsTransportBuilder {
+    url: String,
+    prefix: String,
+    credentials: Option<PathBuf>,
+}
+
+impl NatsTransportBuilder {
+    /// Subject prefix (default `PHX`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// A NATS credentials (`.creds`) file.
+    pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.credentials = Some(path.into());
+        self
+    }
+
+    /// The transport.
+    pub fn build(self) -> NatsTransport {
+        NatsTransport {
+            config: Arc::new(self),
+            bus: Arc::default(),
+        }
+    }
+}
+
+/// The NATS bus transport (see the module docs). Clones share one connection.
+#[derive(Debug, Clone)]
+pub struct NatsTransport {
+    config: Arc<NatsTransportBuilder>,
+    bus: Arc<OnceLock<Bus>>,
+}
+
+#[derive(Debug)]
+struct Bus {
+    client: async_nats::Client,
+    broadcast_subject: String,
+    node_prefix: String,
+    codec: crate::codec::Codec,
+    readers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl NatsTransport {
+    /// A builder for a server URL (`nats://`, `tls://`, credentials in the URL allowed).
+    pub fn builder(url: impl Into<String>) -> NatsTransportBuilder {
+        NatsTransportBuilder {
+            url: url.into(),
+            prefix: "PHX".into(),
+            credentials: None,
+        }
+    }
+
+    fn bus(&self) -> Result<&Bus> {
+        let bus = self
+            .bus
+            .get()
+            .ok_or_else(|| Error::transport("NATS transport is not started"))?;
+        if bus.client.connection_state() != async_nats::connection::State::Connected {
+            return Err(Error::transport(
+                "NATS transport unavailable: not connected to the server",
+            ));
+        }
+        Ok(bus)
+    }
+}
+
+/// A subject token for a node id: the id itself when it is a plain token, hex otherwise.
+fn token(id: &str) -> String {
+    let plain = !id.is_empty()
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if plain {
+        id.to_owned()
+    } else {
+        let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
+        format!("x{hex}")
+    }
+}
+
+impl Transporter for NatsTransport {
+    fn kind(&self) -> LinkKind {
+        LinkKind::Nats
+    }
+
+    fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let ns = if ctx.namespace.is_empty() {
+                "_".to_owned()
+            } else {
+                token(&ctx.namespace)
+            };
+            let base = format!("{}.{ns}", self.config.prefix);
+            let events = ctx.handler.clone();
+            let mut options = async_nats::ConnectOptions::new()
+                .name(format!("phalanx {}", ctx.node_id))
+                .connection_timeout(Duration::from_secs(2))
+                .reconnect_delay_callback(|attempts| {
+                    Duration::from_millis((attempts as u64 * 100).clamp(50, 1000))
+                })
+                .event_callback(move |event| {
+                    let events = events.clone();
+                    async move {
+                        match event {
+                            async_nats::Event::Connected => events.on_bus(LinkKind::Nats, true),
+                            async_nats::Event::Disconnected => events.on_bus(LinkKind::Nats, false),
+                            other => tracing::debug!(event = %other, "NATS event"),
+                        }
+                    }
+                });
+            if let Some(path) = &self.config.credentials {
+                options = options.credentials_file(path).await.map_err(|e| {
+                    Error::transport(format!("NATS credentials {}: {e}", path.display()))
+                })?;
+            }
+            let client = options
+                .connect(self.config.url.as_str())
+                .await
+                .map_err(|e| {
+                    Error::transport(format!(
+                        "cannot connect to NATS at {}: {e}",
+                        self.config.url
+                    ))
+                })?;
+            let broadcast_subject = format!("{base}.bcast");
+            let node_prefix = format!("{base}.node.");
+            let subjects = [
+                broadcast_subject.clone(),
+                format!("{node_prefix}{}", token(&ctx.node_id)),
+            ];
+            let mut readers = Vec::new();
+            for subject in subjects {
+                let mut subscription = client
+                    .subscribe(subject.clone())
+                    .await
+                    .map_err(|e| Error::transport(format!("cannot subscribe to {subject}: {e}")))?;
+                let ctx = ctx.clone();
+                readers.push(tokio::spawn(async move {
+                    while let Some(message) = subscription.next().await {
+                        match ctx.codec.decode_frame(&message.payload) {
+                            Ok(packet) => ctx.handler.on_packet(packet, LinkKind::Nats),
+                            Err(err) => {
+                                tracing::warn!(%subject, %err, "dropping a malformed NATS message")
+                            }
+                        }
+                    }
+                }));
+            }
+            client
+                .flush()
+                .await
+                .map_err(|e| Error::transport(format!("NATS flush failed: {e}")))?;
+            let bus = Bus {
+                client,
+                broadcast_subject,
+                node_prefix,
+                codec: ctx.codec,
+                readers: Mutex::new(readers),
+            };
+            self.bus
+                .set(bus)
+                .map_err(|_| Error::transport("NATS transport started twice"))?;
+            tracing::info!(url = %self.config.url, subjects = %base, "NATS transport connected");
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let bus = self.bus()?;
+            let frame = bus.codec.encode(packet)?;
+            bus.client
+                .publish(format!("{}{}", bus.node_prefix, token(node_id)), frame)
+                .await
+                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")))
+        }
+        .boxed()
+    }
+
+    fn broadcast<'a>(&'a self, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let bus = self.bus()?;
+            let frame = bus.codec.encode(packet)?;
+            bus.client
+                .publish(bus.broadcast_subject.clone(), frame)
+                .await
+                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")))
+        }
+        .boxed()
+    }
+
+    fn stop(&self) -> BoxFuture<'_, ()> {
+        async move {
+            if let Some(bus) = self.bus.get() {
+                // Deliver what is queued (our DISCONNECT), but never wait on a server that is gone.
+                let _ = tokio::time::timeout(Duration::from_secs(1), bus.client.flush()).await;
+                for reader in std::mem::take(&mut *bus.readers.lock().expect("readers lock")) {
+                    reader.abort();
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::token;
+
+    #[test]
+    fn node_ids_become_safe_subject_tokens() {
+        assert_eq!(token("node-1_a"), "node-1_a");
+        assert_eq!(token("a.b"), "x612e62");
+        assert_eq!(token("*"), "x2a");
+    }
+}

@@ -1,0 +1,338 @@
+//! Brokers over the NATS transport, against a real `nats-server` started by the test.
+#![cfg(feature = "nats")]
+
+use phalanx::transport::NatsTransport;
+use phalanx::{Broker, CallOptions, Context, ErrorKind};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A `nats-server` on a free loopback port, stopped by PID on drop.
+struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl NatsServer {
+    fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = Self { child: None, port };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("nats-server")
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server is installed (apt-get install nats-server)");
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+async fn node(server: &NatsServer, id: &str, namespace: &str) -> Broker {
+    Broker::builder()
+        .node_id(id)
+        .namespace(namespace)
+        .heartbeat(Duration::from_millis(200), Duration::from_millis(1000))
+        .stop_grace(Duration::from_millis(50))
+        .transport(NatsTransport::builder(server.url()).build())
+        .start()
+        .await
+        .expect("broker on NATS")
+}
+
+fn counter() -> Arc<AtomicU64> {
+    Arc::new(AtomicU64::new(0))
+}
+
+async fn settle(count: &AtomicU64, want: u64) -> u64 {
+    let _ = tokio::time::timeout(WAIT, async {
+        while count.load(Ordering::SeqCst) < want {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    count.load(Ordering::SeqCst)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_brokers_call_emit_and_broadcast_over_nats() {
+    let server = NatsServer::start();
+    let a = node(&server, "a", "shop").await;
+    let b = node(&server, "b", "shop").await;
+    let c = node(&server, "c", "shop").await;
+    let (in_b, in_c) = (counter(), counter());
+    for (broker, count) in [(&b, in_b.clone()), (&c, in_c.clone())] {
+        broker
+            .service("math")
+            .action("add", |ctx: Context, (x, y): (i64, i64)| async move {
+                Ok((x + y, ctx.broker().node_id().to_owned()))
+            })
+            .event("order.*", move |_ctx, _: serde_json::Value| {
+                let count = count.clone();
+                async move {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    Ok(())
+                }
+            })
+            .start()
+            .await
+            .unwrap();
+    }
+    a.wait_for_services(&["math"], WAIT).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut served_by = std::collections::BTreeSet::new();
+    for _ in 0..6 {
+        let (sum, node): (i64, String) = a.call("math.add", (2, 3)).await.unwrap();
+        assert_eq!(sum, 5);
+        served_by.insert(node);
+    }
+    assert_eq!(
+        served_by.len(),
+        2,
+        "calls are balanced across both replicas"
+    );
+    let list = a
+        .call_json("$node.list", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert!(
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "b" && n["link"] == "nats")
+    );
+
+    for _ in 0..4 {
+        a.emit("order.created", &serde_json::json!({}))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        settle(&in_b, 0).await + settle(&in_c, 0).await,
+        4,
+        "one handler per emit"
+    );
+    a.broadcast("order.created", &serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        settle(&in_b, 0).await + settle(&in_c, 0).await,
+        6,
+        "both on broadcast"
+    );
+
+    let err = a
+        .call::<(i64, String)>("math.missing", ())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_is_down_within_the_lease() {
+    let server = NatsServer::start();
+    let a = node(&server, "a", "").await;
+    let mut demo = Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["demo", "--node-id", "victim", "--nats", &server.url()])
+        .args(["--heartbeat-ms", "200", "--lease-ms", "1000"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    a.wait_for_services(&["demo"], WAIT).await.unwrap();
+    assert_eq!(
+        a.call::<f64>("demo.add", serde_json::json!({"a": 1, "b": 2}))
+            .await
+            .unwrap(),
+        3.0
+    );
+    let killed = Instant::now();
+    demo.kill().unwrap();
+    let _ = demo.wait();
+    loop {
+        let list = a
+            .call_json("$node.list", serde_json::Value::Null)
+            .await
+            .unwrap();
+        let up = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "victim" && n["available"] == true);
+        if !up {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(5),
+            "victim never declared down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = a
+        .call::<f64>("demo.add", serde_json::json!({"a": 1, "b": 2}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart_under_load_fails_fast_then_recovers() {
+    let mut server = NatsServer::start();
+    let a = node(&server, "a", "").await;
+    let b = node(&server, "b", "").await;
+    b.service("echo")
+        .action("say", |_ctx, s: String| async move { Ok(s) })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["echo"], WAIT).await.unwrap();
+    let (oks, errs) = (counter(), counter());
+    let slowest_error = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let stop = Instant::now() + Duration::from_secs(6);
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (a, oks, errs, slowest) =
+                (a.clone(), oks.clone(), errs.clone(), slowest_error.clone());
+            tokio::spawn(async move {
+                while Instant::now() < stop {
+                    let started = Instant::now();
+                    let opts = CallOptions::new().timeout(Duration::from_secs(5));
+                    match a
+                        .call_with::<String>("echo.say", "hi".to_string(), opts)
+                        .await
+                    {
+                        Ok(_) => oks.fetch_add(1, Ordering::SeqCst),
+                        Err(err) => {
+                            assert_ne!(err.kind(), ErrorKind::Timeout, "a call hung: {err}");
+                            let took = started.elapsed();
+                            {
+                                let mut slowest = slowest.lock().unwrap();
+                                *slowest = (*slowest).max(took);
+                            }
+                            tokio::time::sleep(Duration::from_millis(5)).await;
+                            errs.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    server.kill();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during = errs.load(Ordering::SeqCst);
+    assert!(during > 0, "calls failed while NATS was down");
+    server.spawn();
+    // Recovery without a restart: calls succeed again.
+    let recovered = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            if a.call::<String>("echo.say", "back".to_string())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        recovered.is_ok(),
+        "calls never resumed after NATS came back"
+    );
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(
+        *slowest_error.lock().unwrap() < Duration::from_secs(2),
+        "errors were not fast"
+    );
+    let err = {
+        server.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        a.call::<String>("echo.say", "x".to_string())
+            .await
+            .unwrap_err()
+    };
+    assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
+    assert!(err.message().contains("unavailable"), "{err}");
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_stay_apart_and_malformed_messages_are_dropped() {
+    let server = NatsServer::start();
+    let a = node(&server, "a", "blue").await;
+    let b = node(&server, "b", "green").await;
+    b.service("secret")
+        .action("get", |_ctx, _: ()| async move { Ok(42) })
+        .start()
+        .await
+        .unwrap();
+    let err = a
+        .wait_for_services(&["secret"], Duration::from_millis(500))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::DependencyTimeout);
+
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let junk: [&[u8]; 4] = [b"", b"garbage", &[0, 0, 0, 2, 1, 200], &[0xff; 300]];
+    for subject in ["PHX.green.bcast", "PHX.green.node.b"] {
+        for payload in junk {
+            raw.publish(subject, payload.to_vec().into()).await.unwrap();
+        }
+    }
+    raw.flush().await.unwrap();
+    let c = node(&server, "c", "green").await;
+    c.wait_for_services(&["secret"], WAIT).await.unwrap();
+    assert_eq!(
+        c.call::<i32>("secret.get", ()).await.unwrap(),
+        42,
+        "b still serves"
+    );
+    for n in [a, b, c] {
+        n.stop().await;
+    }
+}
