@@ -496,3 +496,49 @@ async fn local_calls_prefer_this_node_and_round_robin_remote_replicas() {
         n.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_flooding_peer_gets_queue_full_beyond_its_in_flight_limit() {
+    let bus = InProcBus::new();
+    let a = node(&bus, "a").await;
+    let b = Broker::builder()
+        .node_id("b")
+        .namespace("test")
+        .transport(bus.transport())
+        .max_peer_in_flight(2)
+        .start()
+        .await
+        .unwrap();
+    b.service("slow")
+        .action("work", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["slow"], WAIT).await.unwrap();
+    let calls: Vec<_> = (0..5)
+        .map(|_| {
+            let a = a.clone();
+            tokio::spawn(async move { a.call::<u64>("slow.work", 300u64).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut full = 0;
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(err) => {
+                assert_eq!(err.kind(), ErrorKind::QueueFull, "{err}");
+                assert_eq!(err.code(), 429);
+                full += 1;
+            }
+        }
+    }
+    assert_eq!((ok, full), (2, 3));
+    // Capacity comes back once the first requests are answered.
+    assert_eq!(a.call::<u64>("slow.work", 1u64).await.unwrap(), 1);
+    a.stop().await;
+    b.stop().await;
+}

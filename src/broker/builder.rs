@@ -35,6 +35,7 @@ pub struct BrokerBuilder {
     instance_id: Option<String>,
     timings: Timings,
     max_frame_len: usize,
+    max_peer_in_flight: usize,
     strategy: Strategy,
     transports: Vec<Arc<dyn Transporter>>,
 }
@@ -64,6 +65,7 @@ impl Default for BrokerBuilder {
                 stop_grace: Duration::from_millis(200),
             },
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
+            max_peer_in_flight: 1024,
             strategy: Strategy::default(),
             transports: Vec::new(),
         }
@@ -121,6 +123,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Most requests from one peer served at once; beyond that the peer gets queue-full (429)
+    /// errors at once. Default: 1024.
+    pub fn max_peer_in_flight(mut self, limit: usize) -> Self {
+        self.max_peer_in_flight = limit.max(1);
+        self
+    }
+
     /// How remote endpoints are balanced. Default: round-robin.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.strategy = strategy;
@@ -144,6 +153,7 @@ impl BrokerBuilder {
             host_id: host_id(),
             timings: self.timings,
             codec: Codec::new(self.max_frame_len),
+            max_peer_in_flight: self.max_peer_in_flight,
             registry: RwLock::new(Registry::new(node_id.clone(), self.strategy)),
             transports,
             pending: Mutex::default(),

@@ -79,11 +79,35 @@ impl Broker {
                 }
             }
             PacketBody::Request(request) => {
-                self.inner.registry().touch(&sender);
+                let serving = self.inner.registry().serving(&sender);
+                if let Some(serving) = &serving
+                    && serving.load(Ordering::Relaxed) >= self.inner.max_peer_in_flight
+                {
+                    // A flooding peer is answered at once instead of growing our task count.
+                    let busy = crate::Error::new(
+                        crate::ErrorKind::QueueFull,
+                        format!(
+                            "node '{}' has too many requests in flight from '{sender}'",
+                            self.inner.node_id
+                        ),
+                    )
+                    .with_node(&self.inner.node_id);
+                    let response = crate::packet::Response {
+                        id: request.id,
+                        error: Some(busy.body().clone()),
+                        ..Default::default()
+                    };
+                    let packet =
+                        Packet::new(self.inner.node_id.clone(), PacketBody::Response(response));
+                    self.send_control(sender, link, packet);
+                    return;
+                }
+                let permit = serving.map(PeerPermit::take);
                 let broker = self.clone();
-                run_inline_then_spawn(
-                    async move { broker.serve_request(sender, request, link).await },
-                );
+                run_inline_then_spawn(async move {
+                    broker.serve_request(sender, request, link).await;
+                    drop(permit);
+                });
             }
             PacketBody::Response(response) => self.complete(&sender, response),
             PacketBody::Event(event) => {
@@ -295,6 +319,22 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
         .lock()
         .expect("tasks lock")
         .push(task);
+}
+
+/// One request from a peer being served; counted against that peer's limit.
+struct PeerPermit(Arc<std::sync::atomic::AtomicUsize>);
+
+impl PeerPermit {
+    fn take(count: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for PeerPermit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Polls `work` once right here, on the transport's reader; only if it is not done at once is it

@@ -76,6 +76,8 @@ pub(crate) struct BrokerInner {
     pub(crate) host_id: String,
     pub(crate) timings: Timings,
     pub(crate) codec: Codec,
+    /// Most requests from one peer served at once; beyond, the peer gets queue-full errors.
+    pub(crate) max_peer_in_flight: usize,
     registry: RwLock<Registry>,
     transports: Vec<Arc<dyn Transporter>>,
     pending: Mutex<std::collections::HashMap<u64, PendingCall>>,

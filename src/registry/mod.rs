@@ -31,6 +31,8 @@ pub(crate) struct NodeEntry {
     pub(crate) available: bool,
     /// Milliseconds since the registry's epoch when the node was last heard from.
     last_seen_ms: Arc<AtomicU64>,
+    /// Requests from this node being served here right now.
+    serving: Arc<AtomicUsize>,
     pub(crate) in_flight: u32,
     pub(crate) cpu: Option<f32>,
 }
@@ -197,6 +199,11 @@ impl Registry {
             Some(known) if known.available => known.link.min(link),
             _ => link,
         };
+        let serving = self
+            .nodes
+            .get(node_id)
+            .map(|known| known.serving.clone())
+            .unwrap_or_default();
         self.nodes.insert(
             node_id.clone(),
             NodeEntry {
@@ -204,6 +211,7 @@ impl Registry {
                 link,
                 available: true,
                 last_seen_ms: Arc::new(AtomicU64::new(self.now_ms())),
+                serving,
                 in_flight: 0,
                 cpu: None,
             },
@@ -240,6 +248,13 @@ impl Registry {
         let node = self.nodes.get(node_id).filter(|n| n.available)?;
         node.last_seen_ms.store(self.now_ms(), Ordering::Relaxed);
         Some(node.info.seq)
+    }
+
+    /// Records traffic from an available node and returns the count of its requests being
+    /// served here.
+    pub(crate) fn serving(&self, node_id: &str) -> Option<Arc<AtomicUsize>> {
+        self.touch(node_id)?;
+        self.nodes.get(node_id).map(|n| n.serving.clone())
     }
 
     /// Records a heartbeat's load figures along with the traffic.
