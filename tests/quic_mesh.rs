@@ -23,7 +23,7 @@ async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, QuicTranspor
         .node_id(id)
         .namespace("quic-test")
         .transport(quic.clone())
-        .heartbeat(Duration::from_millis(200), Duration::from_millis(800))
+        .heartbeat(Duration::from_millis(200), Duration::from_millis(2000))
         .stop_grace(Duration::from_millis(50))
         .start()
         .await
@@ -76,14 +76,14 @@ async fn one_seed_each_forms_a_full_mesh_and_calls_cross_it() {
     c.service("echo")
         .action(
             "bytes",
-            |_ctx: Context, data: Vec<u8>| async move { Ok(data) },
+            |_ctx: Context, data: serde_bytes::ByteBuf| async move { Ok(data) },
         )
         .start()
         .await
         .unwrap();
     a.wait_for_services(&["echo"], WAIT).await.unwrap();
-    let big: Vec<u8> = (0..2_000_000u32).map(|i| i as u8).collect();
-    let back: Vec<u8> = a.call("echo.bytes", big.clone()).await.unwrap();
+    let big = serde_bytes::ByteBuf::from((0..2_000_000u32).map(|i| i as u8).collect::<Vec<u8>>());
+    let back: serde_bytes::ByteBuf = a.call("echo.bytes", big.clone()).await.unwrap();
     assert_eq!(back, big);
     for n in [a, b, c] {
         n.stop().await;

@@ -290,6 +290,8 @@ impl Broker {
             .node(sender)
             .is_some_and(|n| n.available);
         if !known {
+            // Ask for its INFO, so the next call finds it known.
+            self.discover(sender);
             return Err(Error::rejected(format!(
                 "node '{sender}' is not a known member of this namespace"
             )));

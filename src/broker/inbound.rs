@@ -47,6 +47,16 @@ impl TransportHandler for Inbound {
         broker.node_lost(node_id, "lost its link");
     }
 
+    fn hello(&self) -> Packet {
+        match self.broker() {
+            Some(broker) => Packet::new(
+                broker.inner.node_id.clone(),
+                PacketBody::Info(broker.info()),
+            ),
+            None => Packet::new("stopped", PacketBody::Disconnect(Default::default())),
+        }
+    }
+
     fn on_bus(&self, link: LinkKind, up: bool) {
         let Some(broker) = self.broker() else { return };
         broker.bus_state(link, up);
@@ -248,6 +258,26 @@ impl Broker {
                 tracing::debug!(peer = %node_id, %err, "control packet not sent");
             }
         });
+    }
+
+    /// Asks one node for its INFO.
+    pub(crate) fn discover(&self, node_id: &Arc<str>) {
+        let link = self.inner.registry().node(node_id).map(|n| n.link);
+        let discover = Packet::new(
+            self.inner.node_id.clone(),
+            PacketBody::Discover(Discover {}),
+        );
+        for transport in &self.inner.transports {
+            if link.is_none_or(|l| l == transport.kind()) {
+                let (transport, node_id, discover) =
+                    (transport.clone(), node_id.clone(), discover.clone());
+                tokio::spawn(async move {
+                    if let Err(err) = transport.send(&node_id, &discover).await {
+                        tracing::debug!(peer = %node_id, %err, "DISCOVER not sent");
+                    }
+                });
+            }
+        }
     }
 
     /// Asks every reachable node for its INFO and announces ours.

@@ -156,7 +156,19 @@ impl Transporter for InProcTransport {
                 ctx: ctx.clone(),
                 reader,
             });
+            let own_frames = self.bus.member(&ctx.node_id).map(|m| m.frames);
             for peer in peers {
+                // Each side's INFO goes first into the other's queue, ahead of anything it sends
+                // later, so a peer is always known before its requests arrive.
+                if let (Ok(ours), Ok(theirs)) = (
+                    ctx.codec.encode(&ctx.handler.hello()),
+                    peer.ctx.codec.encode(&peer.ctx.handler.hello()),
+                ) {
+                    let _ = peer.frames.try_send(ours);
+                    if let Some(own) = &own_frames {
+                        let _ = own.try_send(theirs);
+                    }
+                }
                 peer.ctx.handler.on_link_up(&ctx.node_id, LinkKind::InProc);
                 ctx.handler.on_link_up(&peer.ctx.node_id, LinkKind::InProc);
             }

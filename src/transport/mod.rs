@@ -94,6 +94,9 @@ pub trait TransportHandler: Send + Sync + 'static {
     fn on_link_down(&self, node_id: &str, link: LinkKind);
     /// A bus transport lost (`up == false`) or regained its connection.
     fn on_bus(&self, link: LinkKind, up: bool);
+    /// The first packet to send on a new link: this node's `INFO`, so the peer knows us before
+    /// anything else we send on that link arrives.
+    fn hello(&self) -> Packet;
 }
 
 /// What a transport needs to know about the node it serves.

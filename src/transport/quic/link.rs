@@ -4,7 +4,7 @@ use super::{Mesh, QuicConfig};
 use crate::codec::FrameDecoder;
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
-use crate::packet::{Discover, Packet, PacketBody};
+use crate::packet::Packet;
 use crate::transport::LinkKind;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
@@ -139,7 +139,7 @@ impl Mesh {
                     return None;
                 }
             };
-        let peer = hello.sender;
+        let peer = hello.sender.clone();
         if peer == self.ctx.node_id {
             conn.close(CLOSE_SELF.into(), b"self");
             self.dialer.mark_self(remote);
@@ -160,6 +160,8 @@ impl Mesh {
         if first {
             self.ctx.handler.on_link_up(&peer, LinkKind::Quic);
         }
+        // The hello is the peer's INFO: apply it before anything else it sent on this link.
+        self.ctx.handler.on_packet(hello, LinkKind::Quic);
         Some((peer, Some(link), (recv, buf)))
     }
 
@@ -198,7 +200,7 @@ impl Mesh {
         &self,
         conn: &quinn::Connection,
     ) -> std::result::Result<(quinn::SendStream, quinn::RecvStream, BytesMut, Packet), String> {
-        let hello = Packet::new(self.ctx.node_id.clone(), PacketBody::Discover(Discover {}));
+        let hello = self.ctx.handler.hello();
         let frame = self.ctx.codec.encode(&hello).map_err(|e| e.to_string())?;
         let open = async {
             let mut send = conn.open_uni().await.map_err(|e| e.to_string())?;
