@@ -77,6 +77,16 @@ async fn node(server: &NatsServer, id: &str, namespace: &str) -> Broker {
         .expect("broker on NATS")
 }
 
+/// A child process that is killed however the test ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 fn counter() -> Arc<AtomicU64> {
     Arc::new(AtomicU64::new(0))
 }
@@ -173,12 +183,14 @@ async fn three_brokers_call_emit_and_broadcast_over_nats() {
 async fn a_killed_node_is_down_within_the_lease() {
     let server = NatsServer::start();
     let a = node(&server, "a", "").await;
-    let mut demo = Command::new(env!("CARGO_BIN_EXE_phalanx"))
-        .args(["demo", "--node-id", "victim", "--nats", &server.url()])
-        .args(["--heartbeat-ms", "200", "--lease-ms", "1000"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_phalanx"))
+            .args(["demo", "--node-id", "victim", "--nats", &server.url()])
+            .args(["--heartbeat-ms", "200", "--lease-ms", "1000"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     a.wait_for_services(&["demo"], WAIT).await.unwrap();
     assert_eq!(
         a.call::<f64>("demo.add", serde_json::json!({"a": 1, "b": 2}))
@@ -187,8 +199,8 @@ async fn a_killed_node_is_down_within_the_lease() {
         3.0
     );
     let killed = Instant::now();
-    demo.kill().unwrap();
-    let _ = demo.wait();
+    demo.0.kill().unwrap();
+    let _ = demo.0.wait();
     loop {
         let list = a
             .call_json("$node.list", serde_json::Value::Null)

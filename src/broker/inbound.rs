@@ -174,8 +174,9 @@ impl Broker {
     }
 
     /// A bus went down or came back. Down: calls waiting on its nodes fail now with a transport
-    /// error, and its nodes' leases are frozen (the bus, not the nodes, failed). Up: re-announce
-    /// at once and restart the leases.
+    /// error, and its nodes' leases are frozen (the bus, not the nodes, failed). Up: its nodes
+    /// are forgotten until they answer our immediate re-announcement — a bus loses messages to
+    /// peers that have not resubscribed yet, so a call must not be sent to them blindly.
     fn bus_state(&self, link: LinkKind, up: bool) {
         let nodes: Vec<Arc<str>> = {
             let mut registry = self.inner.registry_mut();
@@ -188,11 +189,9 @@ impl Broker {
         };
         if up {
             tracing::info!(%link, "bus reconnected: announcing");
-            let registry = self.inner.registry();
             for node in &nodes {
-                registry.touch(node);
+                self.node_lost(node, "was unreachable while the bus was down");
             }
-            drop(registry);
             let broker = self.clone();
             tokio::spawn(async move { broker.discover_all().await });
         } else {
