@@ -248,11 +248,15 @@ impl Broker {
     }
 
     /// Sends a control packet without holding up the transport's reader.
+    ///
+    /// Written inline when the transport takes it at once (the usual case), so an `INFO` reply
+    /// leaves before any call this node makes next — a peer must know us before our requests
+    /// reach it; spawned only if the write has to wait.
     fn send_control(&self, node_id: Arc<str>, link: LinkKind, packet: Packet) {
         let Some(transport) = self.transport_of(link) else {
             return;
         };
-        tokio::spawn(async move {
+        run_inline_then_spawn(async move {
             if let Err(err) = transport.send(&node_id, &packet).await {
                 tracing::debug!(peer = %node_id, %err, "control packet not sent");
             }
