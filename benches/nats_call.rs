@@ -13,7 +13,7 @@ use phalanx::{Broker, Context};
 use serde_bytes::ByteBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{IN_FLIGHT, closed_loop, sequential};
+use support::{measure, measure_echo, print_table};
 
 fn main() {
     let mut seconds = 3.0;
@@ -82,8 +82,7 @@ async fn run(url: String, duration: Duration, payload: usize) {
             }
         }
     };
-    let raw_seq = sequential(|| raw_call(0)).await;
-    let raw_rps = closed_loop(duration, raw_call).await;
+    let raw = measure(duration, raw_call).await;
 
     let callee = Broker::builder()
         .node_id("callee")
@@ -110,40 +109,13 @@ async fn run(url: String, duration: Duration, payload: usize) {
         .wait_for_services(&["echo"], Duration::from_secs(10))
         .await
         .expect("cluster");
-    let call = {
-        let (caller, body) = (caller.clone(), body.clone());
-        move |_: usize| {
-            let caller = caller.clone();
-            let body = ByteBuf::from(body.to_vec());
-            async move {
-                caller
-                    .call::<ByteBuf>("echo.bytes", body)
-                    .await
-                    .expect("echo")
-                    .len()
-            }
-        }
-    };
-    let ph_seq = sequential(|| call(0)).await;
-    let ph_rps = closed_loop(duration, call).await;
+    let ours = measure_echo(&caller, &body, duration).await;
     caller.stop().await;
     callee.stop().await;
 
-    println!("\nNATS call, {payload}-byte payload, nats-server on loopback, 2 worker threads");
-    println!("| what | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) |");
-    println!("|---|---|---|---|");
-    println!(
-        "| raw async-nats request-reply | {:.1} | {:.1} | {:.0} |",
-        raw_seq.0, raw_seq.1, raw_rps
-    );
-    println!(
-        "| phalanx `call` over NATS | {:.1} | {:.1} | {:.0} |",
-        ph_seq.0, ph_seq.1, ph_rps
-    );
-    println!(
-        "| phalanx vs raw | {:.2}× | {:.2}× | {:.0} % |",
-        ph_seq.0 / raw_seq.0,
-        ph_seq.1 / raw_seq.1,
-        100.0 * ph_rps / raw_rps
+    print_table(
+        &format!("NATS call, {payload}-byte payload, nats-server on loopback, 2 worker threads"),
+        ("raw async-nats request-reply", &raw),
+        ("phalanx `call` over NATS", &ours),
     );
 }

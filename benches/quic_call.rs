@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 mod support;
 
-use support::{IN_FLIGHT, closed_loop, sequential};
+use support::{measure, measure_echo, print_table};
 
 fn main() {
     let mut seconds = 3.0;
@@ -52,45 +52,17 @@ async fn run(duration: Duration, payload: usize) {
             async move { raw.call(body).await }
         }
     };
-    let raw_seq = sequential(|| raw_call(0)).await;
-    let raw_rps = closed_loop(duration, raw_call).await;
+    let raw = measure(duration, raw_call).await;
 
     let (caller, callee) = phalanx_pair().await;
-    let call = {
-        let (caller, body) = (caller.clone(), body.clone());
-        move |_: usize| {
-            let caller = caller.clone();
-            let body = ByteBuf::from(body.to_vec());
-            async move {
-                caller
-                    .call::<ByteBuf>("echo.bytes", body)
-                    .await
-                    .expect("echo")
-                    .len()
-            }
-        }
-    };
-    let ph_seq = sequential(|| call(0)).await;
-    let ph_rps = closed_loop(duration, call).await;
+    let ours = measure_echo(&caller, &body, duration).await;
     caller.stop().await;
     callee.stop().await;
 
-    println!("\nQUIC call, {payload}-byte payload, loopback, one process, 2 worker threads");
-    println!("| what | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) |");
-    println!("|---|---|---|---|");
-    println!(
-        "| raw quinn, long-lived streams + request-id mux | {:.1} | {:.1} | {:.0} |",
-        raw_seq.0, raw_seq.1, raw_rps
-    );
-    println!(
-        "| phalanx `call` over QUIC | {:.1} | {:.1} | {:.0} |",
-        ph_seq.0, ph_seq.1, ph_rps
-    );
-    println!(
-        "| phalanx vs raw | {:+.1} µs | {:+.1} µs | {:.0} % |",
-        ph_seq.0 - raw_seq.0,
-        ph_seq.1 - raw_seq.1,
-        100.0 * ph_rps / raw_rps
+    print_table(
+        &format!("QUIC call, {payload}-byte payload, loopback, one process, 2 worker threads"),
+        ("raw quinn, long-lived streams + request-id mux", &raw),
+        ("phalanx `call` over QUIC", &ours),
     );
 }
 

@@ -1,17 +1,84 @@
 //! Measurement helpers shared by the transport benches: sequential round trips and a closed
 //! loop with a fixed number of calls in flight.
 
+use bytes::Bytes;
+use phalanx::Broker;
+use serde_bytes::ByteBuf;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// What one contender achieved.
+pub(crate) struct Figures {
+    pub(crate) p50_us: f64,
+    pub(crate) p99_us: f64,
+    pub(crate) calls_per_sec: f64,
+}
+
+/// Sequential p50/p99, then calls/s with `IN_FLIGHT` in flight for `duration`.
+pub(crate) async fn measure<F, Fut>(duration: Duration, call: F) -> Figures
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = usize> + Send,
+{
+    let (p50_us, p99_us) = sequential(|| call(0)).await;
+    let calls_per_sec = closed_loop(duration, call).await;
+    Figures {
+        p50_us,
+        p99_us,
+        calls_per_sec,
+    }
+}
+
+/// Measures `caller` calling `echo.bytes` with `body` (served by a peer broker).
+pub(crate) async fn measure_echo(caller: &Broker, body: &Bytes, duration: Duration) -> Figures {
+    let call = {
+        let (caller, body) = (caller.clone(), body.clone());
+        move |_: usize| {
+            let caller = caller.clone();
+            let body = ByteBuf::from(body.to_vec());
+            async move {
+                caller
+                    .call::<ByteBuf>("echo.bytes", body)
+                    .await
+                    .expect("echo")
+                    .len()
+            }
+        }
+    };
+    measure(duration, call).await
+}
+
+/// Prints the baseline, ours, and how ours compares (difference and ratio).
+#[allow(clippy::print_stdout)]
+pub(crate) fn print_table(title: &str, baseline: (&str, &Figures), ours: (&str, &Figures)) {
+    let ((raw_name, raw), (our_name, our)) = (baseline, ours);
+    println!("\n{title}");
+    println!("| what | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) |");
+    println!("|---|---|---|---|");
+    for (name, f) in [(raw_name, raw), (our_name, our)] {
+        println!(
+            "| {name} | {:.1} | {:.1} | {:.0} |",
+            f.p50_us, f.p99_us, f.calls_per_sec
+        );
+    }
+    println!(
+        "| ours vs baseline | {:+.1} µs ({:.2}×) | {:+.1} µs ({:.2}×) | {:.0} % |",
+        our.p50_us - raw.p50_us,
+        our.p50_us / raw.p50_us,
+        our.p99_us - raw.p99_us,
+        our.p99_us / raw.p99_us,
+        100.0 * our.calls_per_sec / raw.calls_per_sec
+    );
+}
+
 /// Sequential calls measured for p50/p99.
-pub(crate) const SEQUENTIAL_CALLS: usize = 20_000;
+const SEQUENTIAL_CALLS: usize = 20_000;
 /// Calls in flight in the closed loop.
 pub(crate) const IN_FLIGHT: usize = 64;
 
 /// p50 and p99 in µs of sequential calls.
-pub(crate) async fn sequential<F, Fut>(mut call: F) -> (f64, f64)
+async fn sequential<F, Fut>(mut call: F) -> (f64, f64)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = usize>,
@@ -30,7 +97,7 @@ where
 }
 
 /// Calls per second with `IN_FLIGHT` callers in a closed loop.
-pub(crate) async fn closed_loop<F, Fut>(duration: Duration, call: F) -> f64
+async fn closed_loop<F, Fut>(duration: Duration, call: F) -> f64
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = usize> + Send,

@@ -296,38 +296,32 @@ impl Net {
 
     /// Runs a `phalanx` CLI command on host `i`, joined through `seed`.
     pub fn cli_via(&self, i: usize, seed: &str, args: &[&str], secret: Option<&str>) -> Output {
-        Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i].ns])
-            .arg(&self.bin)
-            .args(args)
-            .args(["--seed", seed, "--no-mdns", "--listen", "0.0.0.0:0"])
-            .args(["--secret", secret.unwrap_or(&self.secret)])
-            .args(["--heartbeat-ms", "500", "--lease-ms", "2000"])
-            .env("RUST_LOG", "error")
+        self.cli_command(i, seed, args, secret)
             .output()
             .unwrap_or_else(|e| panic!("cannot run phalanx on {}: {e}", self.hosts[i].name))
     }
 
     /// Starts a `phalanx` CLI command on host `i` in the background (e.g. a bench).
     pub fn cli_spawn(&self, i: usize, args: &[&str]) -> Child {
-        let seed = format!("127.0.0.1:{PORT}");
-        Command::new("ip")
-            .args(["netns", "exec", &self.hosts[i].ns])
-            .arg(&self.bin)
-            .args(args)
-            .args(["--seed", &seed, "--no-mdns", "--listen", "0.0.0.0:0"])
-            .args([
-                "--secret",
-                &self.secret,
-                "--heartbeat-ms",
-                "500",
-                "--lease-ms",
-                "2000",
-            ])
-            .env("RUST_LOG", "error")
+        self.cli_command(i, &format!("127.0.0.1:{PORT}"), args, None)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run phalanx on {}: {e}", self.hosts[i].name))
+    }
+
+    /// `phalanx ARGS` inside host `i`'s namespace, joining through `seed` with the harness's
+    /// timings (and `secret`, or the network's own).
+    fn cli_command(&self, i: usize, seed: &str, args: &[&str], secret: Option<&str>) -> Command {
+        let mut command = Command::new("ip");
+        command
+            .args(["netns", "exec", &self.hosts[i].ns])
+            .arg(&self.bin)
+            .args(args)
+            .args(["--seed", seed, "--no-mdns", "--listen", "0.0.0.0:0"])
+            .args(["--secret", secret.unwrap_or(&self.secret)])
+            .args(["--heartbeat-ms", "500", "--lease-ms", "2000"])
+            .env("RUST_LOG", "error");
+        command
     }
 }
 

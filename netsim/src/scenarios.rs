@@ -42,6 +42,36 @@ fn all(n: usize) -> Vec<usize> {
     (0..n).collect()
 }
 
+/// `n` hosts, each running a node (mDNS on), converged into one mesh.
+fn formed_mesh(run: &str, scenario: usize, n: usize, bin: &Path) -> Result<Net, String> {
+    let mut net = Net::new(run, scenario, n, bin.to_owned())?;
+    for i in 0..n {
+        net.start(i, &[])?;
+    }
+    net.converge(&all(n), Duration::from_secs(10))
+        .ok_or("mesh never formed")?;
+    Ok(net)
+}
+
+/// A background `phalanx bench demo.echo` from host 1 for `seconds`, 8 in flight.
+fn background_bench(net: &Net, seconds: &str, timeout_ms: &str) -> std::process::Child {
+    net.cli_spawn(
+        0,
+        &[
+            "bench",
+            "demo.echo",
+            "{}",
+            "--duration",
+            seconds,
+            "--concurrency",
+            "8",
+            "--timeout",
+            timeout_ms,
+            "--json",
+        ],
+    )
+}
+
 /// 1. Eight hosts, mDNS only (no seeds): every registry full within 3 s.
 fn mdns_discovery(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let mut net = Net::new(run, 1, 8, bin.to_owned())?;
@@ -106,39 +136,34 @@ fn bench_json(out: &std::process::Output) -> Result<serde_json::Value, String> {
 
 /// 3. 5 000 calls across hosts at 5 % and at 20 % packet loss: every call succeeds.
 fn calls_under_loss(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
-    let mut net = Net::new(run, 3, 4, bin.to_owned())?;
-    for i in 0..4 {
-        net.start(i, &[])?;
-    }
-    net.converge(&all(4), Duration::from_secs(10))
-        .ok_or("mesh never formed")?;
+    let mut net = formed_mesh(run, 3, 4, bin)?;
+    // The caller runs on h1 with no node of its own there, so every call crosses the lossy LAN
+    // to h2..h4.
+    net.stop(0);
+    let via = net.addr(1);
     let mut rows = Vec::new();
     for percent in [5, 20] {
         for i in 0..4 {
             net.nft_clear(i);
             net.nft(i, &loss_rules(percent))?;
         }
-        let out = net.cli(
-            0,
-            &[
-                "bench",
-                "demo.echo",
-                "{}",
-                "--calls",
-                "5000",
-                "--concurrency",
-                "16",
-                "--timeout",
-                "30000",
-                "--json",
-            ],
-            None,
-        );
-        let report = bench_json(&out)?;
+        let bench = [
+            "bench",
+            "demo.echo",
+            "{}",
+            "--calls",
+            "5000",
+            "--concurrency",
+            "16",
+            "--timeout",
+            "30000",
+            "--json",
+        ];
+        let report = bench_json(&net.cli_via(0, &via, &bench, None))?;
         let errors = report["errors"].as_u64().unwrap_or(u64::MAX);
         let calls = report["calls"].as_u64().unwrap_or(0);
         rows.push(row(
-            &format!("3. 5000 calls at {percent} % loss"),
+            &format!("3. 5000 calls across hosts at {percent} % loss"),
             format!(
                 "{calls} ok, {errors} failed, p50 {} µs, p99 {} µs",
                 report["p50_us"], report["p99_us"]
@@ -163,12 +188,7 @@ fn partition_rules(far: &[String]) -> String {
 /// 4. Partition 6 hosts 3 | 3: pinned calls to the far side fail fast once the lease expires;
 ///    after heal the mesh re-forms within 5 s and calls succeed.
 fn partition_and_heal(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
-    let mut net = Net::new(run, 4, 6, bin.to_owned())?;
-    for i in 0..6 {
-        net.start(i, &[])?;
-    }
-    net.converge(&all(6), Duration::from_secs(10))
-        .ok_or("mesh never formed")?;
+    let net = formed_mesh(run, 4, 6, bin)?;
     let (left, right) = ([0usize, 1, 2], [3usize, 4, 5]);
     let ips = |side: &[usize]| {
         side.iter()
@@ -249,27 +269,8 @@ fn partition_and_heal(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
 
 /// 5. `kill -9` of a replica under load: the error window is bounded by the lease.
 fn crash_under_load(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
-    let mut net = Net::new(run, 5, 4, bin.to_owned())?;
-    for i in 0..4 {
-        net.start(i, &[])?;
-    }
-    net.converge(&all(4), Duration::from_secs(10))
-        .ok_or("mesh never formed")?;
-    let bench = net.cli_spawn(
-        0,
-        &[
-            "bench",
-            "demo.echo",
-            "{}",
-            "--duration",
-            "8",
-            "--concurrency",
-            "8",
-            "--timeout",
-            "1000",
-            "--json",
-        ],
-    );
+    let mut net = formed_mesh(run, 5, 4, bin)?;
+    let bench = background_bench(&net, "8", "1000");
     std::thread::sleep(Duration::from_secs(3));
     net.kill9(2);
     let out = bench.wait_with_output().map_err(|e| e.to_string())?;
@@ -336,27 +337,8 @@ fn wrong_secret(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
 
 /// 7. Rolling restart (graceful stop/start) of 3 replicas under steady load: zero failed calls.
 fn rolling_restart(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
-    let mut net = Net::new(run, 7, 4, bin.to_owned())?;
-    for i in 0..4 {
-        net.start(i, &[])?;
-    }
-    net.converge(&all(4), Duration::from_secs(10))
-        .ok_or("mesh never formed")?;
-    let bench = net.cli_spawn(
-        0,
-        &[
-            "bench",
-            "demo.echo",
-            "{}",
-            "--duration",
-            "14",
-            "--concurrency",
-            "8",
-            "--timeout",
-            "5000",
-            "--json",
-        ],
-    );
+    let mut net = formed_mesh(run, 7, 4, bin)?;
+    let bench = background_bench(&net, "14", "5000");
     std::thread::sleep(Duration::from_secs(2));
     let mut restart = || -> Result<(), String> {
         for i in 1..4 {

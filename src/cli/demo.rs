@@ -95,30 +95,20 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
 async fn write_status(broker: Broker, path: std::path::PathBuf) {
     let mut last = None;
     loop {
-        if let Ok(list) = broker
-            .call_json("$node.list", serde_json::Value::Null)
-            .await
+        if let Ok(peers) = super::available_peers(&broker).await
+            && last.as_ref() != Some(&peers)
         {
-            let mut peers: Vec<String> = list
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|n| n["available"] == true && n["local"] != true)
-                .filter_map(|n| n["id"].as_str().map(str::to_owned))
-                .collect();
-            peers.sort();
-            if last.as_ref() != Some(&peers) {
-                let unix_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_millis() as u64)
-                    .unwrap_or(0);
-                let body = serde_json::json!({"node": broker.node_id(), "peers": peers, "unix_ms": unix_ms});
-                let tmp = path.with_extension("tmp");
-                if std::fs::write(&tmp, body.to_string()).is_ok()
-                    && std::fs::rename(&tmp, &path).is_ok()
-                {
-                    last = Some(peers);
-                }
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            let body =
+                serde_json::json!({"node": broker.node_id(), "peers": peers, "unix_ms": unix_ms});
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, body.to_string()).is_ok()
+                && std::fs::rename(&tmp, &path).is_ok()
+            {
+                last = Some(peers);
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -322,6 +322,22 @@ pub(crate) async fn wait_for_action(
     }
 }
 
+/// Ids of the other nodes `broker` currently sees as available, sorted.
+pub(crate) async fn available_peers(broker: &Broker) -> Result<Vec<String>> {
+    let nodes = broker
+        .call_json("$node.list", serde_json::Value::Null)
+        .await?;
+    let mut peers: Vec<String> = nodes
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|n| n["available"] == true && n["local"] != true)
+        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .collect();
+    peers.sort();
+    Ok(peers)
+}
+
 /// Waits until the set of available nodes has stopped changing (or `wait` passes).
 pub(crate) async fn settle(joined: &Joined, wait: Duration) {
     let deadline = Instant::now() + wait;
@@ -329,20 +345,9 @@ pub(crate) async fn settle(joined: &Joined, wait: Duration) {
     let mut last = Vec::new();
     let mut since = Instant::now();
     while Instant::now() < deadline {
-        let Ok(nodes) = joined
-            .broker
-            .call_json("$node.list", serde_json::Value::Null)
-            .await
-        else {
+        let Ok(known) = available_peers(&joined.broker).await else {
             break;
         };
-        let known: Vec<String> = nodes
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|n| n["available"] == true && n["local"] != true)
-            .filter_map(|n| n["id"].as_str().map(str::to_owned))
-            .collect();
         if known != last {
             last = known;
             since = Instant::now();
