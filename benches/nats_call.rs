@@ -13,19 +13,10 @@ use phalanx::{Broker, Context};
 use serde_bytes::ByteBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{measure, measure_echo, print_table};
+use support::{Options, measure, measure_echo, print_table, runtime};
 
 fn main() {
-    let mut seconds = 3.0;
-    let mut payload = 64;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
-            "--payload" => payload = args.next().and_then(|s| s.parse().ok()).unwrap_or(payload),
-            _ => {}
-        }
-    }
+    let options = Options::from_args();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -39,15 +30,10 @@ fn main() {
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(
+    runtime().block_on(run(
         format!("nats://127.0.0.1:{port}"),
-        Duration::from_secs_f64(seconds),
-        payload,
+        options.duration,
+        options.payload,
     ));
     let _ = server.kill();
     let _ = server.wait();

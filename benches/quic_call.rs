@@ -20,25 +20,11 @@ use tokio::sync::oneshot;
 
 mod support;
 
-use support::{measure, measure_echo, print_table};
+use support::{Options, measure, measure_echo, print_table, runtime};
 
 fn main() {
-    let mut seconds = 3.0;
-    let mut payload = 64;
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--seconds" => seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds),
-            "--payload" => payload = args.next().and_then(|s| s.parse().ok()).unwrap_or(payload),
-            _ => {} // cargo bench passes `--bench`
-        }
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(run(Duration::from_secs_f64(seconds), payload));
+    let options = Options::from_args();
+    runtime().block_on(run(options.duration, options.payload));
 }
 
 async fn run(duration: Duration, payload: usize) {

@@ -1,11 +1,14 @@
 //! Multi-broker clusters over the in-process transport: every packet is encoded, framed, decoded
 //! and routed through the same registry code the network transports use.
 
+mod common;
+
+use common::{counter, settle};
 use phalanx::transport::InProcBus;
 use phalanx::{Broker, CallOptions, Context, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -26,23 +29,6 @@ async fn node(bus: &InProcBus, id: &str) -> Broker {
 struct Add {
     a: i64,
     b: i64,
-}
-
-fn counter() -> Arc<AtomicUsize> {
-    Arc::new(AtomicUsize::new(0))
-}
-
-/// Waits until `count` reaches `want` (events are asynchronous), then returns it.
-async fn settle(count: &AtomicUsize, want: usize) -> usize {
-    let _ = tokio::time::timeout(WAIT, async {
-        while count.load(Ordering::SeqCst) < want {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
-    // Give stray deliveries a moment to show up, so "exactly" is checked, not just "at least".
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    count.load(Ordering::SeqCst)
 }
 
 #[tokio::test]

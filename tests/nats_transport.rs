@@ -1,11 +1,14 @@
 //! Brokers over the NATS transport, against a real `nats-server` started by the test.
 #![cfg(feature = "nats")]
 
+mod common;
+
+use common::{counter, settle};
 use phalanx::transport::NatsTransport;
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -85,21 +88,6 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn counter() -> Arc<AtomicU64> {
-    Arc::new(AtomicU64::new(0))
-}
-
-async fn settle(count: &AtomicU64, want: u64) -> u64 {
-    let _ = tokio::time::timeout(WAIT, async {
-        while count.load(Ordering::SeqCst) < want {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    count.load(Ordering::SeqCst)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,6 +8,44 @@ use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// Command-line options of the transport benches: `--seconds S --payload BYTES`.
+pub(crate) struct Options {
+    pub(crate) duration: Duration,
+    pub(crate) payload: usize,
+}
+
+impl Options {
+    /// Parses the process arguments (ignoring the `--bench` cargo passes).
+    pub(crate) fn from_args() -> Self {
+        let (mut seconds, mut payload) = (3.0, 64);
+        let mut args = std::env::args().skip(1);
+        while let Some(arg) = args.next() {
+            match arg.as_str() {
+                "--seconds" => {
+                    seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(seconds)
+                }
+                "--payload" => {
+                    payload = args.next().and_then(|s| s.parse().ok()).unwrap_or(payload)
+                }
+                _ => {}
+            }
+        }
+        Self {
+            duration: Duration::from_secs_f64(seconds),
+            payload,
+        }
+    }
+}
+
+/// The runtime both sides of a bench share: two worker threads, like the machine's two cores.
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// What one contender achieved.
 pub(crate) struct Figures {
     pub(crate) p50_us: f64,

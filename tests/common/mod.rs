@@ -1,0 +1,23 @@
+//! Helpers shared by the integration tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+/// A shared counter for handlers to bump.
+pub(crate) fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
+
+/// Waits (up to 10 s) until `count` reaches `want` — events are asynchronous — then a little
+/// longer, so stray extra deliveries show up and "exactly" is checked, not just "at least".
+pub(crate) async fn settle(count: &AtomicUsize, want: usize) -> usize {
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        while count.load(Ordering::SeqCst) < want {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    count.load(Ordering::SeqCst)
+}
