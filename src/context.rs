@@ -30,6 +30,7 @@
 
 use crate::broker::Broker;
 use crate::error::Result;
+use crate::middleware::FallbackFn;
 use crate::packet::{Headers, Meta};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -152,12 +153,16 @@ impl Context {
 
     /// Emits an event as part of this chain (balanced across groups).
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.broker.emit_in(event, data, false, Some(self)).await
+        self.broker
+            .emit_in(event, data, crate::middleware::EmitKind::Emit, Some(self))
+            .await
     }
 
     /// Broadcasts an event as part of this chain.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.broker.emit_in(event, data, true, Some(self)).await
+        self.broker
+            .emit_in(event, data, crate::middleware::EmitKind::Broadcast, Some(self))
+            .await
     }
 }
 
@@ -179,6 +184,8 @@ pub struct CallOptions {
     pub(crate) meta: Option<Meta>,
     pub(crate) headers: Option<Headers>,
     pub(crate) node_id: Option<String>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) fallback: Option<FallbackFn>,
 }
 
 impl CallOptions {
@@ -206,6 +213,30 @@ impl CallOptions {
         self.headers
             .get_or_insert_with(Headers::new)
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Retries for this call, with the broker's back-off (overrides
+    /// [`BrokerBuilder::retry`](crate::BrokerBuilder::retry)'s count; 0 turns retries off).
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The answer if this call fails.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::{CallOptions, middleware::FallbackFn};
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// let options = CallOptions::new().fallback(FallbackFn::value("offline"));
+    /// assert_eq!(broker.call_with::<String>("status.get", (), options).await?, "offline");
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn fallback(mut self, fallback: FallbackFn) -> Self {
+        self.fallback = Some(fallback);
         self
     }
 

@@ -34,6 +34,8 @@
 //! | [`service`] | declaring services |
 //! | [`context`] | what a handler knows; call options |
 //! | [`registry`] | nodes, endpoints, balancing, event patterns |
+//! | [`middleware`] | layers around calls and events: retries, circuit breaker, bulkhead, fallback, spans |
+//! | [`metrics`] | counters, latency histograms, Prometheus |
 //! | [`packet`], [`codec`] | protocol v1 and its framing |
 //! | [`transport`] | the `Transporter` trait and the in-process bus |
 //! | [`error`] | the one error type |
@@ -46,6 +48,8 @@ pub mod discovery;
 pub mod error;
 mod handler;
 pub mod membership;
+pub mod metrics;
+pub mod middleware;
 mod node_service;
 pub mod packet;
 pub mod payload;

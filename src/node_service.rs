@@ -7,6 +7,7 @@
 //! | `$node.actions` | every action with the nodes that serve it |
 //! | `$node.events` | every subscription with its group and nodes |
 //! | `$node.health` | this node: id, namespace, uptime, in-flight handlers, known nodes |
+//! | `$node.metrics` | this node's [`MetricsSnapshot`](crate::metrics::MetricsSnapshot) |
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -85,6 +86,10 @@ pub(crate) async fn start(broker: &Broker) -> Result<()> {
         .action(
             "health",
             |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(health(ctx.broker())) },
+        )
+        .action(
+            "metrics",
+            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(ctx.broker().metrics()) },
         )
         .start()
         .await

@@ -78,7 +78,7 @@ pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> 
 pub struct Payload<'a>(Inner<'a>);
 
 enum Inner<'a> {
-    Lent(&'a mut dyn LocalSlot),
+    Lent(&'a mut (dyn LocalSlot + 'static)),
     Local(Box<dyn LocalValue>),
     Encoded(Bytes, ContentType),
 }
@@ -141,6 +141,21 @@ impl<'a> Payload<'a> {
                 })
             }
             Inner::Encoded(bytes, content_type) => decode_bytes(&bytes, content_type),
+        }
+    }
+
+    /// A copy of an encoded payload; `None` for a live value (encode it first).
+    ///
+    /// ```
+    /// let bytes = phalanx::Payload::local(7_u8).encode().unwrap();
+    /// let encoded = phalanx::Payload::encoded(bytes.0, bytes.1);
+    /// assert_eq!(encoded.try_clone().unwrap().decode::<u8>().unwrap(), 7);
+    /// assert!(phalanx::Payload::local(7_u8).try_clone().is_none());
+    /// ```
+    pub fn try_clone(&self) -> Option<Payload<'static>> {
+        match &self.0 {
+            Inner::Encoded(bytes, ct) => Some(Payload::encoded(bytes.clone(), *ct)),
+            _ => None,
         }
     }
 

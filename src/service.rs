@@ -26,6 +26,7 @@ use crate::broker::Broker;
 use crate::context::Context;
 use crate::error::Result;
 use crate::handler::{ActionFn, EventFn, action_fn, event_fn};
+use crate::middleware::{Middleware, Stack};
 use crate::packet::{ActionInfo, EventInfo, Meta, ServiceInfo};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -53,6 +54,7 @@ pub struct ServiceBuilder {
     metadata: Meta,
     dependencies: Vec<String>,
     dependency_timeout: Duration,
+    middleware: Vec<Arc<dyn Middleware>>,
 }
 
 impl fmt::Debug for ServiceBuilder {
@@ -83,6 +85,7 @@ impl ServiceBuilder {
             metadata: Meta::new(),
             dependencies: Vec::new(),
             dependency_timeout: Duration::from_secs(30),
+            middleware: Vec::new(),
         }
     }
 
@@ -144,6 +147,13 @@ impl ServiceBuilder {
         Fut: Future<Output = Result<()>> + Send + 'static,
     {
         self.stopped.push(Arc::new(move |b| hook(b).boxed()));
+        self
+    }
+
+    /// Adds a middleware layer around this service's handlers and event handlers only (inside
+    /// the broker's layers; the first added is the outermost).
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(layer));
         self
     }
 
@@ -222,7 +232,13 @@ impl ServiceBuilder {
             metadata: self.metadata,
         };
         broker
-            .register_service(info, actions, events, self.stopped)
+            .register_service(
+                info,
+                actions,
+                events,
+                Stack::new(self.middleware),
+                self.stopped,
+            )
             .await;
         tracing::debug!(service = %full_name, "service started");
         Ok(())

@@ -3,7 +3,13 @@
 use super::{Broker, BrokerInner, RUNNING, Timings};
 use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::error::Result;
+use crate::metrics::{BrokerMetrics, Metrics};
+use crate::middleware::{
+    BreakerConfig, CircuitBreaker, Fallback, FallbackFn, Middleware, Retry, RetryPolicy, Stack,
+    Tracing,
+};
 use crate::registry::{Registry, Strategy};
+use rustc_hash::FxHashMap as HashMap;
 use crate::transport::{TransportContext, Transporter};
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,7 +43,13 @@ pub struct BrokerBuilder {
     max_frame_len: usize,
     max_peer_in_flight: usize,
     strategy: Strategy,
+    action_strategies: HashMap<String, Strategy>,
     transports: Vec<Arc<dyn Transporter>>,
+    default_middleware: bool,
+    retry: RetryPolicy,
+    breaker: Option<BreakerConfig>,
+    fallbacks: Vec<(String, FallbackFn)>,
+    middleware: Vec<Arc<dyn Middleware>>,
 }
 
 impl std::fmt::Debug for BrokerBuilder {
@@ -67,7 +79,13 @@ impl Default for BrokerBuilder {
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
             max_peer_in_flight: 1024,
             strategy: Strategy::default(),
+            action_strategies: HashMap::default(),
             transports: Vec::new(),
+            default_middleware: true,
+            retry: RetryPolicy::default(),
+            breaker: None,
+            fallbacks: Vec::new(),
+            middleware: Vec::new(),
         }
     }
 }
@@ -136,6 +154,88 @@ impl BrokerBuilder {
         self
     }
 
+    /// The strategy for one action, over the broker's.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::registry::Strategy;
+    /// let broker = phalanx::Broker::builder()
+    ///     .strategy(Strategy::LeastLatency)
+    ///     .action_strategy("carts.get", Strategy::shard("#user"))
+    ///     .start().await?;
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn action_strategy(mut self, action: impl Into<String>, strategy: Strategy) -> Self {
+        self.action_strategies.insert(action.into(), strategy);
+        self
+    }
+
+    /// Retries for every call of this broker (a call may override the count with
+    /// [`CallOptions::retries`](crate::CallOptions::retries)). Default: none.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::middleware::RetryPolicy;
+    /// let broker = phalanx::Broker::builder().retry(RetryPolicy::new(3)).start().await?;
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Turns on a circuit breaker per remote endpoint.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::middleware::BreakerConfig;
+    /// let broker = phalanx::Broker::builder()
+    ///     .circuit_breaker(BreakerConfig::default().min_requests(5))
+    ///     .start().await?;
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+        self.breaker = Some(config);
+        self
+    }
+
+    /// The answer for calls of `action` that fail (a call's own fallback wins).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::middleware::FallbackFn;
+    /// let broker = phalanx::Broker::builder()
+    ///     .fallback("prices.get", FallbackFn::value(0.0))
+    ///     .start().await?;
+    /// assert_eq!(broker.call::<f64>("prices.get", "apple").await?, 0.0); // nobody serves it
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn fallback(mut self, action: impl Into<String>, fallback: FallbackFn) -> Self {
+        self.fallbacks.push((action.into(), fallback));
+        self
+    }
+
+    /// Adds a middleware layer (see [`middleware`](crate::middleware) for hooks and order).
+    pub fn middleware(mut self, layer: impl Middleware) -> Self {
+        self.middleware.push(Arc::new(layer));
+        self
+    }
+
+    /// Leaves out the built-in layers (tracing spans, metrics, fallback, retry): the bare call
+    /// path, for the last nanoseconds. Retries, fallbacks and metrics then do nothing.
+    pub fn without_default_middleware(mut self) -> Self {
+        self.default_middleware = false;
+        self
+    }
+
     /// Adds a transport; several may be added (fastest link kind wins per peer).
     pub fn transport(mut self, transport: impl Transporter) -> Self {
         self.transports.push(Arc::new(transport));
@@ -147,14 +247,33 @@ impl BrokerBuilder {
         let node_id: Arc<str> = self.node_id.unwrap_or_else(default_node_id).into();
         let mut transports = self.transports;
         transports.sort_by_key(|t| t.kind());
+        let mut layers: Vec<Arc<dyn Middleware>> = Vec::new();
+        if self.default_middleware {
+            layers.push(Arc::new(Tracing));
+            layers.push(Arc::new(Metrics));
+            layers.push(Arc::new(Fallback::new(self.fallbacks)));
+            layers.push(Arc::new(Retry::new(self.retry)));
+        }
+        if let Some(config) = self.breaker {
+            layers.push(Arc::new(CircuitBreaker::new(config)));
+        }
+        layers.extend(self.middleware);
+        let host_id = host_id();
         let inner = Arc::new(BrokerInner {
             namespace: self.namespace.into(),
             instance_id: self.instance_id.unwrap_or_else(random_hex),
-            host_id: host_id(),
+            host_id: host_id.clone(),
             timings: self.timings,
             codec: Codec::new(self.max_frame_len),
             max_peer_in_flight: self.max_peer_in_flight,
-            registry: RwLock::new(Registry::new(node_id.clone(), self.strategy)),
+            registry: RwLock::new(Registry::new(
+                node_id.clone(),
+                host_id,
+                self.strategy,
+                self.action_strategies,
+            )),
+            middleware: Stack::new(layers),
+            metrics: BrokerMetrics::new(node_id.clone()),
             transports,
             pending: Mutex::default(),
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -169,6 +288,9 @@ impl BrokerBuilder {
             node_id,
         });
         let broker = Broker { inner };
+        for layer in broker.inner.middleware.layers() {
+            layer.started(&broker);
+        }
         crate::node_service::start(&broker).await?;
         let handler = super::inbound::handler(&broker);
         for transport in &broker.inner.transports {

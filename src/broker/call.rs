@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::handler::ActionFn;
 use crate::packet::{Meta, Packet, PacketBody, Request, Response};
 use crate::payload::Payload;
-use crate::registry::Target;
+use crate::middleware::{Call, LocalCall, RemoteCall, hooks};
+use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
 use crate::transport::LinkKind;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -106,34 +107,60 @@ impl Broker {
             return Err(Error::timeout(action));
         }
         let _running = InFlight::enter(self);
-        match self.route(action, options.node_id.as_deref(), ctx, params)? {
-            Route::Local(work, deadline) => self.finish_local(action, work, deadline).await,
-            // Boxed so the remote path's state does not bloat every local call's future.
-            Route::Remote(node, ctx, params) => {
-                Box::pin(self.call_remote(action, node, ctx, params)).await
-            }
+        let call = Call {
+            action,
+            ctx,
+            params,
+            options,
+            avoid: Vec::new(),
+        };
+        let stack = &self.inner.middleware;
+        if stack.is_empty() {
+            return self.attempt(call).await;
         }
+        let end = |call| self.attempt(call).boxed();
+        stack.next(hooks::call, &end).run(call).await
     }
 
-    /// Picks the endpoint. A local handler's future is created right here under the registry's
-    /// read lock (creating it is synchronous), so the local path clones nothing out of the
-    /// registry.
-    fn route<'p>(
-        &self,
-        action: &str,
-        node_id: Option<&str>,
-        ctx: Context,
-        params: Payload<'p>,
-    ) -> Result<Route<'p>> {
-        let registry = self.inner.registry();
-        match registry.pick(action, node_id) {
-            Some(Target::Local(handler, service)) => {
-                let deadline = ctx.deadline;
-                let work = start_handler(action, handler, service, ctx, params);
-                Ok(Route::Local(work, deadline))
+    /// One attempt: picks an endpoint and calls it.
+    async fn attempt(&self, call: Call<'_>) -> Result<Payload<'static>> {
+        let Call {
+            action,
+            ctx,
+            params,
+            options,
+            avoid,
+        } = call;
+        let shard_key = self.shard_key(action, &ctx, &params);
+        let picked = {
+            let registry = self.inner.registry();
+            let pick = Pick {
+                action,
+                node_id: options.node_id.as_deref(),
+                avoid: &avoid,
+                middleware: &self.inner.middleware,
+                shard_key: shard_key.as_deref(),
+            };
+            match registry.pick(&pick) {
+                Some(Target::Local(local)) => Ok(Picked::Local(local.clone())),
+                Some(Target::Remote(node, stats)) => {
+                    Ok(Picked::Remote(node.clone(), stats.clone()))
+                }
+                None if options.node_id.is_none() && registry.has_action(action) => {
+                    Err(Error::rejected(format!(
+                        "every endpoint of '{action}' is unavailable (open circuit)"
+                    ))
+                    .with_type("CIRCUIT_OPEN"))
+                }
+                None => Err(Error::service_not_found(action)),
             }
-            Some(Target::Remote(node)) => Ok(Route::Remote(node.clone(), ctx, params)),
-            None => Err(Error::service_not_found(action)),
+        }?;
+        match picked {
+            Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
+            // Boxed so the remote path's state does not bloat every local call's future.
+            Picked::Remote(node_id, stats) => {
+                Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
+            }
         }
     }
 
@@ -182,11 +209,66 @@ impl Broker {
         }
     }
 
+    /// The shard key of a call when its action is balanced by [`Strategy::Shard`](crate::registry::Strategy::Shard).
+    fn shard_key(&self, action: &str, ctx: &Context, params: &Payload<'_>) -> Option<String> {
+        let key = self
+            .inner
+            .registry()
+            .strategy_for(action)
+            .shard_key()?
+            .to_owned();
+        let value = match key.strip_prefix('#') {
+            Some(meta_key) => ctx.meta().get(meta_key).cloned()?,
+            None => {
+                let (bytes, content_type) = params.encode().ok()?;
+                Payload::encoded(bytes, content_type)
+                    .decode::<serde_json::Value>()
+                    .ok()?
+                    .get(&key)?
+                    .clone()
+            }
+        };
+        Some(match value {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+    }
+
+    /// Runs a handler of this node inside the broker's and its service's middleware, within the
+    /// call's deadline.
+    async fn run_local(
+        &self,
+        action: &str,
+        local: &LocalHandler,
+        ctx: Context,
+        params: Payload<'_>,
+    ) -> Result<Payload<'static>> {
+        let deadline = ctx.deadline;
+        let call = LocalCall {
+            action,
+            service: &local.service,
+            ctx,
+            params,
+        };
+        let outer = &self.inner.middleware;
+        let inner = &local.middleware;
+        let handler = |call: LocalCall<'_>| {
+            start_handler(call.action, &local.handler, call.service, call.ctx, call.params)
+        };
+        let service_layers = |call| inner.next(hooks::local_action, &handler).run(call);
+        let work = if outer.is_empty() && inner.is_empty() {
+            handler(call)
+        } else {
+            outer.next(hooks::local_action, &service_layers).run(call)
+        };
+        self.finish_local(action, work, deadline).await
+    }
+
     /// Awaits a local handler within the call's deadline.
     async fn finish_local(
         &self,
         action: &str,
-        work: BoxFuture<'static, Result<Payload<'static>>>,
+        work: BoxFuture<'_, Result<Payload<'static>>>,
         deadline: Option<Instant>,
     ) -> Result<Payload<'static>> {
         let work = AssertUnwindSafe(work)
@@ -201,13 +283,37 @@ impl Broker {
         result.map_err(|e| e.with_node(&self.inner.node_id))
     }
 
-    async fn call_remote(
+    /// One attempt at another node, inside the `remote_call` middleware.
+    async fn attempt_remote(
         &self,
         action: &str,
         node_id: Arc<str>,
+        stats: &EndpointStats,
         ctx: Context,
         params: Payload<'_>,
     ) -> Result<Payload<'static>> {
+        let _measured = stats.begin();
+        let call = RemoteCall {
+            action,
+            node_id,
+            ctx,
+            params,
+        };
+        let stack = &self.inner.middleware;
+        if stack.is_empty() {
+            return self.call_remote(call).await;
+        }
+        let end = |call| self.call_remote(call).boxed();
+        stack.next(hooks::remote_call, &end).run(call).await
+    }
+
+    async fn call_remote(&self, call: RemoteCall<'_>) -> Result<Payload<'static>> {
+        let RemoteCall {
+            action,
+            node_id,
+            ctx,
+            params,
+        } = call;
         let (params, content_type) = params.encode()?;
         let id = ctx.id;
         let (reply, response) = tokio::sync::oneshot::channel();
@@ -315,12 +421,21 @@ impl Broker {
             deadline,
         };
         let params = Payload::encoded(request.params, request.content_type);
-        match self.route(&request.action, Some(&self.inner.node_id), ctx, params)? {
-            Route::Local(work, deadline) => {
-                self.finish_local(&request.action, work, deadline).await
+        let local = {
+            let registry = self.inner.registry();
+            let pick = Pick {
+                action: &request.action,
+                node_id: Some(&self.inner.node_id),
+                avoid: &[],
+                middleware: &self.inner.middleware,
+                shard_key: None,
+            };
+            match registry.pick(&pick) {
+                Some(Target::Local(local)) => local.clone(),
+                _ => return Err(Error::service_not_found(&request.action)),
             }
-            Route::Remote(..) => Err(Error::service_not_found(&request.action)),
-        }
+        };
+        self.run_local(&request.action, &local, ctx, params).await
     }
 
     /// Completes a pending call with the RESPONSE from `sender`.
@@ -368,15 +483,10 @@ impl Broker {
     }
 }
 
-/// Where [`Broker::route`] sends a call.
-enum Route<'p> {
-    /// A local handler, already started, and the deadline to await it by.
-    Local(
-        BoxFuture<'static, Result<Payload<'static>>>,
-        Option<Instant>,
-    ),
-    /// Another node.
-    Remote(Arc<str>, Context, Payload<'p>),
+/// The endpoint an attempt goes to, taken out of the registry.
+enum Picked {
+    Local(LocalHandler),
+    Remote(Arc<str>, Arc<EndpointStats>),
 }
 
 /// Removes a pending call when the caller stops waiting (answer, timeout or cancellation).

@@ -6,7 +6,10 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::packet::{ContentType, Event, Packet, PacketBody};
 use crate::payload::{Payload, encode_msgpack};
+use crate::middleware::{Emit, EmitKind, LocalEvent, hooks};
 use crate::registry::LocalListeners;
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
 use bytes::Bytes;
 use serde::Serialize;
 use std::sync::Arc;
@@ -43,12 +46,12 @@ impl Broker {
     /// # Ok(()) }
     /// ```
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.emit_in(event, data, false, None).await
+        self.emit_in(event, data, EmitKind::Emit, None).await
     }
 
     /// Broadcasts `event` to every listening service on every node.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.emit_in(event, data, true, None).await
+        self.emit_in(event, data, EmitKind::Broadcast, None).await
     }
 
     /// Broadcasts `event` to the listening services of this node only.
@@ -57,9 +60,12 @@ impl Broker {
         event: &str,
         data: &T,
     ) -> Result<()> {
-        self.broadcast_local_now(event, data)
+        self.emit_in(event, data, EmitKind::BroadcastLocal, None)
+            .await
     }
 
+    /// Broadcasts a broker event (`$node.*`, `$services.changed`) on this node right away,
+    /// outside the emit middleware.
     pub(crate) fn broadcast_local_now<T: Serialize + ?Sized>(
         &self,
         event: &str,
@@ -76,20 +82,47 @@ impl Broker {
         &self,
         event: &str,
         data: &T,
-        broadcast: bool,
+        kind: EmitKind,
         parent: Option<&Context>,
     ) -> Result<()> {
-        let data = encode_msgpack(data)?;
+        let emit = Emit {
+            event,
+            kind,
+            data: encode_msgpack(data)?,
+            parent,
+            broker: self,
+        };
+        let stack = &self.inner.middleware;
+        if stack.is_empty() {
+            return self.deliver(emit).await;
+        }
+        let end = |emit| self.deliver(emit).boxed();
+        stack.next(hooks::emit, &end).run(emit).await
+    }
+
+    /// Hands an event to this node's listeners and to the nodes that should get it.
+    async fn deliver(&self, emit: Emit<'_>) -> Result<()> {
+        let Emit {
+            event,
+            kind,
+            data,
+            parent,
+            ..
+        } = emit;
         let (local, remote) = {
             let registry = self.inner.registry();
-            if broadcast {
-                let nodes = registry.broadcast_targets(event);
-                let remote = nodes.into_iter().map(|n| (n, None)).collect::<Vec<_>>();
-                (registry.local_listeners(event, None), remote)
-            } else {
-                let (local, remote) = registry.emit_targets(event);
-                let remote = remote.into_iter().map(|(n, g)| (n, Some(g))).collect();
-                (local, remote)
+            match kind {
+                EmitKind::BroadcastLocal => (registry.local_listeners(event, None), Vec::new()),
+                EmitKind::Broadcast => {
+                    let nodes = registry.broadcast_targets(event);
+                    let remote = nodes.into_iter().map(|n| (n, None)).collect::<Vec<_>>();
+                    (registry.local_listeners(event, None), remote)
+                }
+                EmitKind::Emit => {
+                    let (local, remote) = registry.emit_targets(event);
+                    let remote = remote.into_iter().map(|(n, g)| (n, Some(g))).collect();
+                    (local, remote)
+                }
             }
         };
         let origin = self.origin(parent);
@@ -103,7 +136,7 @@ impl Broker {
                     data: data.clone(),
                     content_type: ContentType::MsgPack,
                     groups,
-                    broadcast,
+                    broadcast: kind == EmitKind::Broadcast,
                     meta: origin.meta.as_deref().cloned(),
                     headers: origin.headers.as_deref().cloned(),
                     level: origin.level,
@@ -179,14 +212,14 @@ impl Broker {
         content_type: ContentType,
         origin: &Origin,
     ) {
-        for (handler, service) in listeners {
+        for listener in listeners {
             let ctx = Context {
                 broker: self.clone(),
                 id: self.next_id(),
                 request_id: origin.request_id,
                 parent_id: origin.parent_id,
                 caller: origin.caller.clone(),
-                service: Some(service.clone()),
+                service: Some(listener.service.clone()),
                 node_id: origin.node_id.clone(),
                 level: origin.level,
                 meta: origin.meta.clone(),
@@ -198,8 +231,26 @@ impl Broker {
             tokio::spawn(async move {
                 let broker = ctx.broker.clone();
                 let _running = InFlight::enter(&broker);
-                if let Err(err) = handler(ctx, payload).await {
-                    tracing::warn!(%event, %service, %err, "event handler failed");
+                let call = LocalEvent {
+                    event: &event,
+                    service: &listener.service,
+                    ctx,
+                    data: payload,
+                };
+                let handler = |e: LocalEvent<'_>| (listener.handler)(e.ctx, e.data);
+                let service_layers =
+                    |e| listener.middleware.next(hooks::event, &handler).run(e);
+                let result = broker
+                    .inner
+                    .middleware
+                    .next(hooks::event, &service_layers)
+                    .run(call);
+                if let Err(err) = AssertUnwindSafe(result)
+                    .catch_unwind()
+                    .await
+                    .unwrap_or_else(|_| Err(crate::Error::new(crate::ErrorKind::Internal, "event handler panicked")))
+                {
+                    tracing::warn!(%event, service = %listener.service, %err, "event handler failed");
                 }
             });
         }

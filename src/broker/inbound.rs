@@ -4,7 +4,7 @@
 use super::{Broker, BrokerInner};
 use crate::packet::{Discover, Heartbeat, Info, PROTOCOL_VERSION, Packet, PacketBody, Pong};
 use crate::registry::NodeChange;
-use crate::transport::{LinkKind, TransportHandler};
+use crate::transport::{Direction, LinkKind, TransportHandler};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,6 +60,14 @@ impl TransportHandler for Inbound {
     fn on_bus(&self, link: LinkKind, up: bool) {
         let Some(broker) = self.broker() else { return };
         broker.bus_state(link, up);
+    }
+
+    fn on_traffic(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
+        let Some(broker) = self.broker() else { return };
+        broker
+            .inner
+            .metrics
+            .traffic(link, peer, direction == Direction::Sent, bytes);
     }
 }
 
@@ -236,6 +244,7 @@ impl Broker {
 
     fn internal_event(&self, event: &str, node_id: &str) {
         self.inner.registry_changed.notify_waiters();
+        self.report_registry_sizes();
         let data = serde_json::json!({ "node": node_id });
         if let Err(err) = self.broadcast_local_now(event, &data) {
             tracing::warn!(%event, %err, "internal event failed");
@@ -312,6 +321,7 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
         let mut tick = tokio::time::interval(check_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_beat = Instant::now();
+        let mut cpu = CpuSampler::default();
         loop {
             tick.tick().await;
             let Some(inner) = weak.upgrade() else { break };
@@ -322,7 +332,7 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
                     broker.inner.node_id.clone(),
                     PacketBody::Heartbeat(Heartbeat {
                         seq: broker.inner.info_seq.load(Ordering::Acquire),
-                        cpu: None,
+                        cpu: cpu.sample(),
                         in_flight: broker.in_flight() as u32,
                     }),
                 );
@@ -381,6 +391,33 @@ fn run_inline_then_spawn(work: impl std::future::Future<Output = ()> + Send + 's
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     if work.as_mut().poll(&mut cx).is_pending() {
         tokio::spawn(work);
+    }
+}
+
+/// This host's CPU usage between two samples, from `/proc/stat` (`None` elsewhere or on the
+/// first sample).
+#[derive(Default)]
+struct CpuSampler {
+    last: Option<(u64, u64)>,
+}
+
+impl CpuSampler {
+    /// Percent busy (0–100) since the previous call.
+    fn sample(&mut self) -> Option<f32> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let total: u64 = fields.iter().sum();
+        // idle + iowait
+        let idle = fields.get(3)? + fields.get(4).copied().unwrap_or(0);
+        let (last_total, last_idle) = self.last.replace((total, idle))?;
+        let busy = (total - last_total).saturating_sub(idle - last_idle);
+        (total > last_total).then(|| 100.0 * busy as f32 / (total - last_total) as f32)
     }
 }
 

@@ -22,6 +22,8 @@ pub use builder::BrokerBuilder;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::handler::{ActionFn, EventFn};
+use crate::metrics::{BrokerMetrics, MetricsSnapshot};
+use crate::middleware::Stack;
 use crate::packet::ServiceInfo;
 use crate::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
 use crate::registry::Registry;
@@ -47,6 +49,16 @@ impl fmt::Debug for Broker {
             .field("node_id", &self.inner.node_id)
             .field("namespace", &self.inner.namespace)
             .finish_non_exhaustive()
+    }
+}
+
+/// A [`Broker`] handle that does not keep it alive (for middleware that needs to reach it).
+#[derive(Debug, Clone)]
+pub(crate) struct WeakBroker(std::sync::Weak<BrokerInner>);
+
+impl WeakBroker {
+    pub(crate) fn upgrade(&self) -> Option<Broker> {
+        self.0.upgrade().map(|inner| Broker { inner })
     }
 }
 
@@ -79,6 +91,9 @@ pub(crate) struct BrokerInner {
     /// Most requests from one peer served at once; beyond, the peer gets queue-full errors.
     pub(crate) max_peer_in_flight: usize,
     registry: RwLock<Registry>,
+    /// The broker's middleware, outermost first.
+    pub(crate) middleware: Stack,
+    pub(crate) metrics: BrokerMetrics,
     transports: Vec<Arc<dyn Transporter>>,
     pending: Mutex<std::collections::HashMap<u64, PendingCall>>,
     next_id: AtomicU64,
@@ -157,6 +172,27 @@ impl Broker {
                 .with_type("DEPENDENCY_TIMEOUT"));
             }
         }
+    }
+
+    /// This node's metrics since it started (what `$node.metrics` returns).
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.inner.metrics.snapshot(self)
+    }
+
+    /// Available remote nodes, distinct actions and event subscriptions in the registry.
+    pub(crate) fn registry_sizes(&self) -> (usize, usize, usize) {
+        self.inner.registry().sizes()
+    }
+
+    /// Reports the registry's new sizes after a change.
+    pub(crate) fn report_registry_sizes(&self) {
+        let (nodes, actions, _) = self.registry_sizes();
+        self.inner.metrics.registry_sizes(nodes, actions);
+    }
+
+    /// A handle that does not keep the broker alive.
+    pub(crate) fn downgrade(&self) -> WeakBroker {
+        WeakBroker(Arc::downgrade(&self.inner))
     }
 
     /// Handlers of this node running right now.
@@ -244,7 +280,12 @@ impl Broker {
                 .send(Err(Error::rejected("the calling broker stopped")));
         }
         // Handlers may hold broker clones: dropping the registry breaks those cycles.
-        *inner.registry_mut() = Registry::new(inner.node_id.clone(), Default::default());
+        *inner.registry_mut() = Registry::new(
+            inner.node_id.clone(),
+            String::new(),
+            Default::default(),
+            Default::default(),
+        );
         tracing::info!(node = %inner.node_id, "broker stopped");
     }
 
@@ -254,12 +295,17 @@ impl Broker {
         info: ServiceInfo,
         actions: Vec<(String, ActionFn)>,
         events: Vec<(String, String, EventFn)>,
+        middleware: Stack,
         stopped: Vec<Hook>,
     ) {
         let name = info.full_name.clone();
+        for layer in middleware.layers() {
+            layer.started(self);
+        }
         self.inner
             .registry_mut()
-            .add_local_service(info, actions, events);
+            .add_local_service(info, actions, events, middleware);
+        self.report_registry_sizes();
         self.inner
             .stopped_hooks
             .lock()

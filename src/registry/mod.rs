@@ -3,16 +3,19 @@
 //!
 //! Remote nodes enter with their `INFO` packet and leave when their link drops, their heartbeat
 //! lease expires or they say `DISCONNECT`; local services enter when they start. Picking an
-//! endpoint prefers this node's own (a direct call), then balances the rest with the broker's
-//! [`Strategy`].
+//! endpoint prefers this node's own (a direct call), then nodes on the same host, then the
+//! rest, and balances within that tier with the broker's [`Strategy`] (or the action's own).
 
+mod endpoint_stats;
 mod pattern;
 mod strategy;
 
+pub(crate) use endpoint_stats::EndpointStats;
 pub use pattern::pattern_matches;
-pub use strategy::Strategy;
+pub use strategy::{Candidate, Strategy};
 
 use crate::handler::{ActionFn, EventFn};
+use crate::middleware::Stack;
 use crate::packet::{Info, ServiceInfo};
 use crate::transport::LinkKind;
 use rustc_hash::FxHashMap as HashMap;
@@ -37,17 +40,39 @@ pub(crate) struct NodeEntry {
     pub(crate) cpu: Option<f32>,
 }
 
+/// A handler of this broker with its service's full name and the service's own middleware.
+#[derive(Clone)]
+pub(crate) struct LocalHandler {
+    pub(crate) handler: ActionFn,
+    pub(crate) service: Arc<str>,
+    pub(crate) middleware: Stack,
+}
+
 /// Where a call goes, borrowed from the registry.
 pub(crate) enum Target<'r> {
-    /// A handler of this broker (and its service's full name): call it directly.
-    Local(&'r ActionFn, &'r Arc<str>),
-    /// Another node.
-    Remote(&'r Arc<str>),
+    /// A handler of this broker: call it directly.
+    Local(&'r LocalHandler),
+    /// Another node, and what this node has measured of the endpoint.
+    Remote(&'r Arc<str>, &'r Arc<EndpointStats>),
+}
+
+/// What a call asks of [`Registry::pick`].
+pub(crate) struct Pick<'a> {
+    pub(crate) action: &'a str,
+    /// Only this node.
+    pub(crate) node_id: Option<&'a str>,
+    /// Nodes to skip when another can serve.
+    pub(crate) avoid: &'a [Arc<str>],
+    /// Middleware that may veto endpoints.
+    pub(crate) middleware: &'a Stack,
+    /// The shard key of the call, for [`Strategy::Shard`].
+    pub(crate) shard_key: Option<&'a str>,
 }
 
 struct ActionEndpoint {
     node_id: Arc<str>,
-    handler: Option<(ActionFn, Arc<str>)>,
+    handler: Option<LocalHandler>,
+    stats: Arc<EndpointStats>,
 }
 
 #[derive(Default)]
@@ -62,7 +87,7 @@ struct EventEndpoint {
     pattern: String,
     group: String,
     node_id: Arc<str>,
-    handler: Option<(EventFn, Arc<str>)>,
+    handler: Option<LocalListener>,
 }
 
 /// An action endpoint list entry for `$node.actions`.
@@ -92,8 +117,16 @@ pub(crate) enum NodeChange {
     Unchanged,
 }
 
+/// An event handler of this node with its service's full name and middleware.
+#[derive(Clone)]
+pub(crate) struct LocalListener {
+    pub(crate) handler: EventFn,
+    pub(crate) service: Arc<str>,
+    pub(crate) middleware: Stack,
+}
+
 /// Event handlers of this node chosen for one event.
-pub(crate) type LocalListeners = Vec<(EventFn, Arc<str>)>;
+pub(crate) type LocalListeners = Vec<LocalListener>;
 
 /// The registry of one broker.
 pub(crate) struct Registry {
@@ -103,6 +136,9 @@ pub(crate) struct Registry {
     actions: HashMap<String, ActionSet>,
     events: Vec<EventEndpoint>,
     local_services: Vec<ServiceInfo>,
+    local_host: String,
+    /// Strategies chosen for single actions.
+    overrides: HashMap<String, Strategy>,
     event_counter: AtomicUsize,
     epoch: Instant,
     /// Buses whose connection is down: their nodes' leases do not run.
@@ -110,7 +146,12 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(local_id: Arc<str>, strategy: Strategy) -> Self {
+    pub(crate) fn new(
+        local_id: Arc<str>,
+        local_host: String,
+        strategy: Strategy,
+        overrides: HashMap<String, Strategy>,
+    ) -> Self {
         Self {
             local_id,
             strategy,
@@ -118,6 +159,8 @@ impl Registry {
             actions: HashMap::default(),
             events: Vec::new(),
             local_services: Vec::new(),
+            local_host,
+            overrides,
             event_counter: AtomicUsize::new(0),
             epoch: Instant::now(),
             buses_down: Vec::new(),
@@ -130,6 +173,7 @@ impl Registry {
         info: ServiceInfo,
         actions: Vec<(String, ActionFn)>,
         events: Vec<(String, String, EventFn)>,
+        middleware: Stack,
     ) {
         let service: Arc<str> = info.full_name.as_str().into();
         for (name, handler) in actions {
@@ -137,7 +181,12 @@ impl Registry {
             set.local += 1;
             set.endpoints.push(ActionEndpoint {
                 node_id: self.local_id.clone(),
-                handler: Some((handler, service.clone())),
+                handler: Some(LocalHandler {
+                    handler,
+                    service: service.clone(),
+                    middleware: middleware.clone(),
+                }),
+                stats: Arc::default(),
             });
         }
         for (pattern, group, handler) in events {
@@ -145,7 +194,11 @@ impl Registry {
                 pattern,
                 group,
                 node_id: self.local_id.clone(),
-                handler: Some((handler, service.clone())),
+                handler: Some(LocalListener {
+                    handler,
+                    service: service.clone(),
+                    middleware: middleware.clone(),
+                }),
             });
         }
         self.local_services.push(info);
@@ -184,6 +237,7 @@ impl Registry {
                     .push(ActionEndpoint {
                         node_id: node_id.clone(),
                         handler: None,
+                        stats: Arc::default(),
                     });
             }
             for event in &service.events {
@@ -302,16 +356,31 @@ impl Registry {
         self.nodes.iter()
     }
 
-    /// Chooses the endpoint for `action`: this node's own if it has one, otherwise a remote one
-    /// by strategy. `node_id` pins the call to one node.
-    pub(crate) fn pick(&self, action: &str, node_id: Option<&str>) -> Option<Target<'_>> {
-        let set = self.actions.get(action)?;
-        if let Some(wanted) = node_id {
+    /// The strategy for `action`: its own if one was chosen, else the broker's.
+    pub(crate) fn strategy_for(&self, action: &str) -> &Strategy {
+        if self.overrides.is_empty() {
+            return &self.strategy;
+        }
+        self.overrides.get(action).unwrap_or(&self.strategy)
+    }
+
+    /// Chooses the endpoint for a call: this node's own if it has one, then one on this host,
+    /// then any, skipping avoided and vetoed endpoints while others remain.
+    pub(crate) fn pick(&self, pick: &Pick<'_>) -> Option<Target<'_>> {
+        let set = self.actions.get(pick.action)?;
+        if let Some(wanted) = pick.node_id {
             let ep = set.endpoints.iter().find(|ep| &*ep.node_id == wanted)?;
             return Some(target(ep));
         }
-        if set.local > 0 {
-            let i = self.strategy.pick(set.local, &set.counter);
+        let strategy = self.strategy_for(pick.action);
+        let simple = pick.avoid.is_empty() && !pick.middleware.vetoes();
+        if simple && set.local > 0 {
+            let turn = set.counter.fetch_add(1, Ordering::Relaxed);
+            let i = if set.local == 1 {
+                0
+            } else {
+                strategy.pick_nth(set.local, turn)
+            };
             return set
                 .endpoints
                 .iter()
@@ -319,8 +388,61 @@ impl Registry {
                 .nth(i)
                 .map(target);
         }
-        let i = self.strategy.pick(set.endpoints.len(), &set.counter);
-        set.endpoints.get(i).map(target)
+        let admitted = |ep: &&ActionEndpoint| pick.middleware.admits(pick.action, &ep.node_id);
+        let fresh = |ep: &&ActionEndpoint| !pick.avoid.contains(&ep.node_id);
+        // Preference tiers; within the first non-empty one the strategy decides.
+        let tiers: [&dyn Fn(&&ActionEndpoint) -> bool; 3] = [
+            &|ep| ep.handler.is_some(),
+            &|ep| self.same_host(&ep.node_id),
+            &|_| true,
+        ];
+        for filters in [&[&fresh as &dyn Fn(&&ActionEndpoint) -> bool, &admitted][..], &[&admitted]] {
+            for tier in tiers {
+                let chosen: Vec<&ActionEndpoint> = set
+                    .endpoints
+                    .iter()
+                    .filter(|ep| tier(ep) && filters.iter().all(|f| f(ep)))
+                    .collect();
+                if chosen.is_empty() {
+                    continue;
+                }
+                let candidates: Vec<Candidate<'_>> =
+                    chosen.iter().map(|ep| self.candidate(ep)).collect();
+                let turn = set.counter.fetch_add(1, Ordering::Relaxed);
+                let i = strategy.choose(&candidates, turn, pick.shard_key);
+                return Some(target(chosen[i]));
+            }
+        }
+        None
+    }
+
+    fn same_host(&self, node_id: &str) -> bool {
+        self.nodes
+            .get(node_id)
+            .is_some_and(|n| !n.info.host_id.is_empty() && n.info.host_id == self.local_host)
+    }
+
+    fn candidate<'e>(&self, ep: &'e ActionEndpoint) -> Candidate<'e> {
+        Candidate {
+            node_id: &ep.node_id,
+            latency: ep.stats.latency(),
+            in_flight: ep.stats.in_flight(),
+            cpu: self.nodes.get(&ep.node_id).and_then(|n| n.cpu),
+        }
+    }
+
+    /// Available remote nodes, distinct actions and event subscriptions.
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.nodes.values().filter(|n| n.available).count(),
+            self.actions.len(),
+            self.events.len(),
+        )
+    }
+
+    /// Whether any endpoint serves `action`.
+    pub(crate) fn has_action(&self, action: &str) -> bool {
+        self.actions.contains_key(action)
     }
 
     /// Whether a service named `full_name` runs on any available node (this one included).
@@ -433,7 +555,7 @@ impl Registry {
 
 fn target(ep: &ActionEndpoint) -> Target<'_> {
     match &ep.handler {
-        Some((handler, service)) => Target::Local(handler, service),
-        None => Target::Remote(&ep.node_id),
+        Some(local) => Target::Local(local),
+        None => Target::Remote(&ep.node_id, &ep.stats),
     }
 }

@@ -23,7 +23,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::{LinkKind, TransportContext, Transporter};
+use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::packet::Packet;
 use bytes::Bytes;
@@ -128,7 +128,15 @@ impl Transporter for InProcTransport {
             let reader = tokio::spawn(async move {
                 while let Some(frame) = rx.recv().await {
                     match reader_ctx.codec.decode_frame(&frame) {
-                        Ok(packet) => reader_ctx.handler.on_packet(packet, LinkKind::InProc),
+                        Ok(packet) => {
+                            reader_ctx.handler.on_traffic(
+                                &packet.sender,
+                                LinkKind::InProc,
+                                Direction::Received,
+                                frame.len(),
+                            );
+                            reader_ctx.handler.on_packet(packet, LinkKind::InProc)
+                        }
                         Err(err) => tracing::warn!(%err, "dropping malformed in-process frame"),
                     }
                 }
@@ -185,6 +193,8 @@ impl Transporter for InProcTransport {
                 .bus
                 .member(node_id)
                 .ok_or_else(|| Error::transport(format!("no link to node '{node_id}'")))?;
+            ctx.handler
+                .on_traffic(node_id, LinkKind::InProc, Direction::Sent, frame.len());
             member
                 .frames
                 .send(frame)
@@ -198,15 +208,17 @@ impl Transporter for InProcTransport {
         async move {
             let ctx = self.ctx()?;
             let frame = ctx.codec.encode(packet)?;
-            let peers: Vec<Member> = {
+            let peers: Vec<(Arc<str>, Member)> = {
                 let members = self.bus.members.lock().expect("bus lock");
                 members
                     .iter()
                     .filter(|(id, _)| **id != ctx.node_id)
-                    .map(|(_, m)| m.clone())
+                    .map(|(id, m)| (id.clone(), m.clone()))
                     .collect()
             };
-            for peer in peers {
+            for (id, peer) in peers {
+                ctx.handler
+                    .on_traffic(&id, LinkKind::InProc, Direction::Sent, frame.len());
                 // A peer leaving meanwhile is not an error for a broadcast.
                 let _ = peer.frames.send(frame.clone()).await;
             }

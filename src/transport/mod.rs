@@ -97,6 +97,20 @@ pub trait TransportHandler: Send + Sync + 'static {
     /// The first packet to send on a new link: this node's `INFO`, so the peer knows us before
     /// anything else we send on that link arrives.
     fn hello(&self) -> Packet;
+    /// One frame of `bytes` (length prefix included) went to or came from `peer` over `link`
+    /// (`*` for a bus broadcast), for traffic metrics.
+    fn on_traffic(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
+        let _ = (peer, link, direction, bytes);
+    }
+}
+
+/// Which way a frame went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// To the peer.
+    Sent,
+    /// From the peer.
+    Received,
 }
 
 /// What a transport needs to know about the node it serves.

@@ -28,7 +28,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::{LinkKind, TransportContext, Transporter};
+use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::packet::Packet;
 use futures_util::future::BoxFuture;
@@ -75,13 +75,22 @@ pub struct NatsTransport {
     bus: Arc<OnceLock<Bus>>,
 }
 
-#[derive(Debug)]
 struct Bus {
     client: async_nats::Client,
     broadcast_subject: String,
     node_prefix: String,
     codec: crate::codec::Codec,
+    handler: std::sync::Arc<dyn super::TransportHandler>,
     readers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("broadcast_subject", &self.broadcast_subject)
+            .field("node_prefix", &self.node_prefix)
+            .finish_non_exhaustive()
+    }
 }
 
 impl NatsTransport {
@@ -182,7 +191,15 @@ impl Transporter for NatsTransport {
                 readers.push(tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
                         match ctx.codec.decode_frame(&message.payload) {
-                            Ok(packet) => ctx.handler.on_packet(packet, LinkKind::Nats),
+                            Ok(packet) => {
+                                ctx.handler.on_traffic(
+                                    &packet.sender,
+                                    LinkKind::Nats,
+                                    Direction::Received,
+                                    message.payload.len(),
+                                );
+                                ctx.handler.on_packet(packet, LinkKind::Nats)
+                            }
                             Err(err) => {
                                 tracing::warn!(%subject, %err, "dropping a malformed NATS message")
                             }
@@ -199,6 +216,7 @@ impl Transporter for NatsTransport {
                 broadcast_subject,
                 node_prefix,
                 codec: ctx.codec,
+                handler: ctx.handler.clone(),
                 readers: Mutex::new(readers),
             };
             self.bus
@@ -214,6 +232,8 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
+            bus.handler
+                .on_traffic(node_id, LinkKind::Nats, Direction::Sent, frame.len());
             bus.client
                 .publish(format!("{}{}", bus.node_prefix, token(node_id)), frame)
                 .await
@@ -226,6 +246,8 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
+            bus.handler
+                .on_traffic("*", LinkKind::Nats, Direction::Sent, frame.len());
             bus.client
                 .publish(bus.broadcast_subject.clone(), frame)
                 .await

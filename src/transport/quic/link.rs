@@ -5,7 +5,7 @@ use crate::codec::FrameDecoder;
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::packet::Packet;
-use crate::transport::LinkKind;
+use crate::transport::{Direction, LinkKind};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::time::Duration;
@@ -249,8 +249,15 @@ impl Mesh {
         let mut decoder = FrameDecoder::new(self.ctx.codec);
         loop {
             loop {
+                let buffered = buf.len();
                 match decoder.decode(&mut buf) {
                     Ok(Some(packet)) => {
+                        self.ctx.handler.on_traffic(
+                            &link.node_id,
+                            LinkKind::Quic,
+                            Direction::Received,
+                            buffered - buf.len(),
+                        );
                         if !self.deliver(&link, packet) {
                             return;
                         }
@@ -284,6 +291,12 @@ impl Mesh {
         }
         let limit = self.ctx.codec.max_frame_len() + 4;
         let frame = stream.read_to_end(limit).await.map_err(|e| e.to_string())?;
+        self.ctx.handler.on_traffic(
+            &link.node_id,
+            LinkKind::Quic,
+            Direction::Received,
+            frame.len() + 1,
+        );
         let packet = self
             .ctx
             .codec

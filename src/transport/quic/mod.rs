@@ -41,7 +41,7 @@
 mod dial;
 mod link;
 
-use super::{LinkKind, TransportContext, Transporter};
+use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
 use crate::membership::{Credentials, Membership};
@@ -256,6 +256,9 @@ impl Transporter for QuicTransport {
             let mesh = self.mesh()?;
             let link = mesh.link(node_id)?;
             let frame = mesh.ctx.codec.encode(packet)?;
+            mesh.ctx
+                .handler
+                .on_traffic(node_id, LinkKind::Quic, Direction::Sent, frame.len());
             link.send(frame, &mesh.config).await
         }
         .boxed()
@@ -272,6 +275,14 @@ impl Transporter for QuicTransport {
                 .values()
                 .cloned()
                 .collect();
+            for link in &links {
+                mesh.ctx.handler.on_traffic(
+                    &link.node_id,
+                    LinkKind::Quic,
+                    Direction::Sent,
+                    frame.len(),
+                );
+            }
             // Concurrently: one stalled peer must not hold up the others.
             let sends = links
                 .iter()

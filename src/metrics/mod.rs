@@ -1,0 +1,491 @@
+//! Metrics: calls, errors and latency per action, in-flight handlers, events, traffic per link
+//! and peer, circuit states and registry sizes.
+//!
+//! Everything is reported twice, on purpose:
+//! - through the [`metrics`](https://docs.rs/metrics) facade, so any exporter sees it (install the
+//!   recorder before starting the broker; [`serve_prometheus`] does that for a `/metrics`
+//!   endpoint, behind the `prometheus` feature). Every series carries a `node` label.
+//! - into the broker's own counters, which the facade cannot read back: [`Broker::metrics`] and
+//!   the `$node.metrics` action return a [`MetricsSnapshot`] to anyone, the CLI included.
+//!
+//! | series | kind | labels |
+//! |---|---|---|
+//! | `phalanx_calls_total`, `phalanx_call_errors_total` | counter | action (errors: code) |
+//! | `phalanx_call_duration_seconds` | histogram | action |
+//! | `phalanx_handled_total`, `phalanx_handler_errors_total` | counter | action (errors: code) |
+//! | `phalanx_handler_duration_seconds` | histogram | action |
+//! | `phalanx_in_flight` | gauge | |
+//! | `phalanx_events_emitted_total`, `phalanx_events_received_total` | counter | event |
+//! | `phalanx_packets_sent_total`, `phalanx_packets_received_total` | counter | link, peer |
+//! | `phalanx_bytes_sent_total`, `phalanx_bytes_received_total` | counter | link, peer |
+//! | `phalanx_circuit_breaker_state` | gauge (0 closed, 1 half-open, 2 open) | action, peer |
+//! | `phalanx_registry_nodes`, `phalanx_registry_actions` | gauge | |
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> phalanx::Result<()> {
+//! let broker = phalanx::Broker::builder().start().await?;
+//! broker.service("math").action("inc", |_ctx, x: i32| async move { Ok(x + 1) }).start().await?;
+//! broker.call::<i32>("math.inc", 1).await?;
+//! let snapshot = broker.metrics();
+//! assert_eq!(snapshot.calls["math.inc"].total, 1);
+//! assert_eq!(snapshot.handled["math.inc"].errors, 0);
+//! # broker.stop().await;
+//! # Ok(()) }
+//! ```
+
+mod histogram;
+
+use crate::broker::Broker;
+use crate::error::Result;
+use crate::middleware::{
+    BreakerState, Call, Emit, LocalCall, LocalEvent, Middleware, Next,
+};
+use crate::payload::Payload;
+use crate::transport::LinkKind;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use histogram::Histogram;
+use rustc_hash::FxHashMap as HashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+/// Counters of one action on one side (calls made, or calls handled).
+struct ActionStats {
+    total: AtomicU64,
+    errors: AtomicU64,
+    latency: Histogram,
+    total_series: metrics::Counter,
+    latency_series: metrics::Histogram,
+}
+
+/// Traffic with one peer over one link kind.
+#[derive(Default)]
+struct LinkStats {
+    packets_sent: AtomicU64,
+    packets_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    bytes_received: AtomicU64,
+    series: Option<[metrics::Counter; 4]>,
+}
+
+/// Which side of a call a counter belongs to.
+#[derive(Clone, Copy)]
+enum Side {
+    Caller,
+    Handler,
+}
+
+impl Side {
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Caller => (
+                "phalanx_calls_total",
+                "phalanx_call_errors_total",
+                "phalanx_call_duration_seconds",
+            ),
+            Self::Handler => (
+                "phalanx_handled_total",
+                "phalanx_handler_errors_total",
+                "phalanx_handler_duration_seconds",
+            ),
+        }
+    }
+}
+
+/// The metrics of one broker.
+pub(crate) struct BrokerMetrics {
+    node_id: Arc<str>,
+    calls: RwLock<HashMap<String, Arc<ActionStats>>>,
+    handled: RwLock<HashMap<String, Arc<ActionStats>>>,
+    emitted: Mutex<BTreeMap<String, u64>>,
+    received: Mutex<BTreeMap<String, u64>>,
+    links: RwLock<HashMap<(LinkKind, Arc<str>), Arc<LinkStats>>>,
+    breakers: Mutex<BTreeMap<(String, String), BreakerState>>,
+    in_flight: metrics::Gauge,
+}
+
+impl BrokerMetrics {
+    pub(crate) fn new(node_id: Arc<str>) -> Self {
+        let in_flight = metrics::gauge!("phalanx_in_flight", "node" => node_id.to_string());
+        Self {
+            node_id,
+            calls: RwLock::default(),
+            handled: RwLock::default(),
+            emitted: Mutex::default(),
+            received: Mutex::default(),
+            links: RwLock::default(),
+            breakers: Mutex::default(),
+            in_flight,
+        }
+    }
+
+    fn stats(&self, side: Side, action: &str) -> Arc<ActionStats> {
+        let map = match side {
+            Side::Caller => &self.calls,
+            Side::Handler => &self.handled,
+        };
+        if let Some(stats) = map.read().expect("metrics lock").get(action) {
+            return stats.clone();
+        }
+        let (total, _, latency) = side.names();
+        let labels = [
+            ("node", self.node_id.to_string()),
+            ("action", action.to_owned()),
+        ];
+        map.write()
+            .expect("metrics lock")
+            .entry(action.to_owned())
+            .or_insert_with(|| {
+                Arc::new(ActionStats {
+                    total: AtomicU64::new(0),
+                    errors: AtomicU64::new(0),
+                    latency: Histogram::default(),
+                    total_series: metrics::counter!(total, &labels),
+                    latency_series: metrics::histogram!(latency, &labels),
+                })
+            })
+            .clone()
+    }
+
+    fn record(&self, side: Side, action: &str, started: Instant, result: Result<(), u16>) {
+        let stats = self.stats(side, action);
+        let elapsed = started.elapsed();
+        stats.total.fetch_add(1, Ordering::Relaxed);
+        stats.latency.record(elapsed);
+        stats.total_series.increment(1);
+        stats.latency_series.record(elapsed.as_secs_f64());
+        if let Err(code) = result {
+            stats.errors.fetch_add(1, Ordering::Relaxed);
+            let (_, errors, _) = side.names();
+            metrics::counter!(errors, "node" => self.node_id.to_string(), "action" => action.to_owned(), "code" => code.to_string())
+                .increment(1);
+        }
+    }
+
+    fn count_event(&self, emitted: bool, event: &str) {
+        let (map, name) = if emitted {
+            (&self.emitted, "phalanx_events_emitted_total")
+        } else {
+            (&self.received, "phalanx_events_received_total")
+        };
+        *map.lock()
+            .expect("metrics lock")
+            .entry(event.to_owned())
+            .or_default() += 1;
+        metrics::counter!(name, "node" => self.node_id.to_string(), "event" => event.to_owned())
+            .increment(1);
+    }
+
+    fn link(&self, link: LinkKind, peer: &str) -> Arc<LinkStats> {
+        if let Some(stats) = self
+            .links
+            .read()
+            .expect("metrics lock")
+            .get(&(link, Arc::from(peer)))
+        {
+            return stats.clone();
+        }
+        let labels = [
+            ("node", self.node_id.to_string()),
+            ("link", link.as_str().to_owned()),
+            ("peer", peer.to_owned()),
+        ];
+        self.links
+            .write()
+            .expect("metrics lock")
+            .entry((link, Arc::from(peer)))
+            .or_insert_with(|| {
+                Arc::new(LinkStats {
+                    series: Some([
+                        metrics::counter!("phalanx_packets_sent_total", &labels),
+                        metrics::counter!("phalanx_packets_received_total", &labels),
+                        metrics::counter!("phalanx_bytes_sent_total", &labels),
+                        metrics::counter!("phalanx_bytes_received_total", &labels),
+                    ]),
+                    ..LinkStats::default()
+                })
+            })
+            .clone()
+    }
+
+    /// Records one frame of `bytes` sent to or received from `peer`.
+    pub(crate) fn traffic(&self, link: LinkKind, peer: &str, sent: bool, bytes: usize) {
+        let stats = self.link(link, peer);
+        let bytes = bytes as u64;
+        let (packets, octets, series) = if sent {
+            (&stats.packets_sent, &stats.bytes_sent, 0)
+        } else {
+            (&stats.packets_received, &stats.bytes_received, 1)
+        };
+        packets.fetch_add(1, Ordering::Relaxed);
+        octets.fetch_add(bytes, Ordering::Relaxed);
+        if let Some(counters) = &stats.series {
+            counters[series].increment(1);
+            counters[series + 2].increment(bytes);
+        }
+    }
+
+    /// Records a circuit's new state.
+    pub(crate) fn breaker_changed(&self, action: &str, peer: &str, state: BreakerState) {
+        metrics::gauge!("phalanx_circuit_breaker_state", "node" => self.node_id.to_string(), "action" => action.to_owned(), "peer" => peer.to_owned())
+            .set(state.as_gauge());
+        let mut breakers = self.breakers.lock().expect("metrics lock");
+        let key = (action.to_owned(), peer.to_owned());
+        if state == BreakerState::Closed {
+            breakers.remove(&key);
+        } else {
+            breakers.insert(key, state);
+        }
+    }
+
+    /// Records the registry's sizes.
+    pub(crate) fn registry_sizes(&self, nodes: usize, actions: usize) {
+        metrics::gauge!("phalanx_registry_nodes", "node" => self.node_id.to_string())
+            .set(nodes as f64);
+        metrics::gauge!("phalanx_registry_actions", "node" => self.node_id.to_string())
+            .set(actions as f64);
+    }
+
+    pub(crate) fn snapshot(&self, broker: &Broker) -> MetricsSnapshot {
+        let actions = |map: &RwLock<HashMap<String, Arc<ActionStats>>>| {
+            map.read()
+                .expect("metrics lock")
+                .iter()
+                .map(|(name, s)| {
+                    (
+                        name.clone(),
+                        ActionMetrics {
+                            total: s.total.load(Ordering::Relaxed),
+                            errors: s.errors.load(Ordering::Relaxed),
+                            p50_ms: s.latency.quantile_ms(0.5),
+                            p99_ms: s.latency.quantile_ms(0.99),
+                        },
+                    )
+                })
+                .collect()
+        };
+        let mut links: Vec<LinkMetrics> = self
+            .links
+            .read()
+            .expect("metrics lock")
+            .iter()
+            .map(|((link, peer), s)| LinkMetrics {
+                link: link.as_str().to_owned(),
+                peer: peer.to_string(),
+                packets_sent: s.packets_sent.load(Ordering::Relaxed),
+                packets_received: s.packets_received.load(Ordering::Relaxed),
+                bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+                bytes_received: s.bytes_received.load(Ordering::Relaxed),
+            })
+            .collect();
+        links.sort_by(|a, b| (&a.link, &a.peer).cmp(&(&b.link, &b.peer)));
+        let (nodes, actions_known, subscriptions) = broker.registry_sizes();
+        MetricsSnapshot {
+            node_id: self.node_id.to_string(),
+            uptime_ms: broker.uptime().as_millis() as u64,
+            in_flight: broker.in_flight(),
+            calls: actions(&self.calls),
+            handled: actions(&self.handled),
+            events_emitted: self.emitted.lock().expect("metrics lock").clone(),
+            events_received: self.received.lock().expect("metrics lock").clone(),
+            links,
+            breakers: self
+                .breakers
+                .lock()
+                .expect("metrics lock")
+                .iter()
+                .map(|((action, node_id), state)| BreakerMetrics {
+                    action: action.clone(),
+                    node_id: node_id.clone(),
+                    state: *state,
+                })
+                .collect(),
+            registry: RegistryMetrics {
+                nodes,
+                actions: actions_known,
+                subscriptions,
+            },
+        }
+    }
+}
+
+/// What `$node.metrics` returns: this node's counters since it started.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// The node.
+    pub node_id: String,
+    /// Milliseconds since the broker started.
+    pub uptime_ms: u64,
+    /// Handlers running now.
+    pub in_flight: usize,
+    /// Calls this node made, per action.
+    pub calls: BTreeMap<String, ActionMetrics>,
+    /// Calls this node's handlers served (from anywhere), per action.
+    pub handled: BTreeMap<String, ActionMetrics>,
+    /// Events this node emitted or broadcast, per event.
+    pub events_emitted: BTreeMap<String, u64>,
+    /// Events this node's handlers received, per event.
+    pub events_received: BTreeMap<String, u64>,
+    /// Traffic per link kind and peer.
+    pub links: Vec<LinkMetrics>,
+    /// Circuits that are not closed.
+    pub breakers: Vec<BreakerMetrics>,
+    /// Registry sizes.
+    pub registry: RegistryMetrics,
+}
+
+/// Counters of one action.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct ActionMetrics {
+    /// Calls finished.
+    pub total: u64,
+    /// Of which failed.
+    pub errors: u64,
+    /// Median latency, milliseconds.
+    pub p50_ms: f64,
+    /// 99th percentile latency, milliseconds.
+    pub p99_ms: f64,
+}
+
+/// Traffic with one peer over one link kind.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct LinkMetrics {
+    /// `quic`, `nats`, `inproc`…
+    pub link: String,
+    /// The peer's node id (`*` for bus broadcasts).
+    pub peer: String,
+    /// Frames sent.
+    pub packets_sent: u64,
+    /// Frames received.
+    pub packets_received: u64,
+    /// Bytes sent (frames, with their length prefix).
+    pub bytes_sent: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+}
+
+/// One circuit that is not closed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct BreakerMetrics {
+    /// The action.
+    pub action: String,
+    /// The node serving it.
+    pub node_id: String,
+    /// Open or half-open.
+    pub state: BreakerState,
+}
+
+/// Registry sizes.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RegistryMetrics {
+    /// Available remote nodes.
+    pub nodes: usize,
+    /// Distinct actions.
+    pub actions: usize,
+    /// Event subscriptions.
+    pub subscriptions: usize,
+}
+
+/// The metrics layer: counts and times every call this broker makes, every handler it runs and
+/// every event it emits or handles. Part of the default stack.
+///
+/// ```
+/// let layer = phalanx::metrics::Metrics;
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Metrics;
+
+fn outcome<T>(result: &Result<T>) -> Result<(), u16> {
+    result.as_ref().map(|_| ()).map_err(|e| e.code())
+}
+
+impl Middleware for Metrics {
+    fn name(&self) -> &'static str {
+        "metrics"
+    }
+
+    fn call<'a>(
+        &'a self,
+        call: Call<'a>,
+        next: Next<'a, Call<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        let started = Instant::now();
+        let action = call.action;
+        let broker = call.ctx.broker.clone();
+        next.run(call)
+            .map(move |result| {
+                broker
+                    .inner
+                    .metrics
+                    .record(Side::Caller, action, started, outcome(&result));
+                result
+            })
+            .boxed()
+    }
+
+    fn local_action<'a>(
+        &'a self,
+        call: LocalCall<'a>,
+        next: Next<'a, LocalCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        let started = Instant::now();
+        let action = call.action;
+        let broker = call.ctx.broker.clone();
+        broker.inner.metrics.in_flight.increment(1.0);
+        next.run(call)
+            .map(move |result| {
+                let metrics = &broker.inner.metrics;
+                metrics.in_flight.decrement(1.0);
+                metrics.record(Side::Handler, action, started, outcome(&result));
+                result
+            })
+            .boxed()
+    }
+
+    fn event<'a>(
+        &'a self,
+        event: LocalEvent<'a>,
+        next: Next<'a, LocalEvent<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        event.ctx.broker.inner.metrics.count_event(false, event.event);
+        next.run(event)
+    }
+
+    fn emit<'a>(
+        &'a self,
+        emit: Emit<'a>,
+        next: Next<'a, Emit<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        emit.broker.inner.metrics.count_event(true, emit.event);
+        next.run(emit)
+    }
+}
+
+/// Installs a Prometheus recorder for the `metrics` facade and serves it on `addr` at
+/// `/metrics`. Call it inside a Tokio runtime, before starting brokers. Feature `prometheus`.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> phalanx::Result<()> {
+/// phalanx::metrics::serve_prometheus("127.0.0.1:9464".parse().unwrap())?;
+/// let broker = phalanx::Broker::builder().start().await?;
+/// # broker.stop().await;
+/// # Ok(()) }
+/// ```
+#[cfg(feature = "prometheus")]
+pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| crate::Error::transport(format!("cannot serve metrics on {addr}: {e}")))
+}

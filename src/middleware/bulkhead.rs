@@ -1,0 +1,128 @@
+//! The bulkhead: at most `concurrency` handlers of one action run at once, at most `queue` more
+//! wait; beyond that the caller gets a queue-full error (429, retryable) at once.
+
+use super::{LocalCall, Middleware, Next};
+use crate::error::{Error, ErrorKind, Result};
+use crate::payload::Payload;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use rustc_hash::FxHashMap as HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::Semaphore;
+
+/// Limits each action of this node (or of one service, when added to a service) on its own.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> phalanx::Result<()> {
+/// use phalanx::middleware::Bulkhead;
+///
+/// let broker = phalanx::Broker::builder().start().await?;
+/// broker.service("report")
+///     .middleware(Bulkhead::new(2, 10))       // 2 at a time, 10 waiting, then 429
+///     .action("build", |_ctx, _: ()| async move { Ok("done") })
+///     .start().await?;
+/// assert_eq!(broker.call::<String>("report.build", ()).await?, "done");
+/// # broker.stop().await;
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct Bulkhead {
+    concurrency: usize,
+    queue: usize,
+    gates: RwLock<HashMap<String, Arc<Gate>>>,
+}
+
+#[derive(Debug)]
+struct Gate {
+    running: Arc<Semaphore>,
+    waiting: AtomicUsize,
+}
+
+/// Counts a waiting call for as long as it waits (also when its caller gives up).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Bulkhead {
+    /// At most `concurrency` (at least 1) running and `queue` waiting per action.
+    pub fn new(concurrency: usize, queue: usize) -> Self {
+        Self {
+            concurrency: concurrency.max(1),
+            queue,
+            gates: RwLock::default(),
+        }
+    }
+
+    /// Calls of `action` waiting for a slot right now.
+    pub fn waiting(&self, action: &str) -> usize {
+        self.gates
+            .read()
+            .expect("bulkhead lock")
+            .get(action)
+            .map_or(0, |g| g.waiting.load(Ordering::Acquire))
+    }
+
+    fn gate(&self, action: &str) -> Arc<Gate> {
+        if let Some(gate) = self.gates.read().expect("bulkhead lock").get(action) {
+            return gate.clone();
+        }
+        self.gates
+            .write()
+            .expect("bulkhead lock")
+            .entry(action.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Gate {
+                    running: Arc::new(Semaphore::new(self.concurrency)),
+                    waiting: AtomicUsize::new(0),
+                })
+            })
+            .clone()
+    }
+}
+
+impl Middleware for Bulkhead {
+    fn name(&self) -> &'static str {
+        "bulkhead"
+    }
+
+    fn local_action<'a>(
+        &'a self,
+        call: LocalCall<'a>,
+        next: Next<'a, LocalCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        let gate = self.gate(call.action);
+        if let Ok(permit) = gate.running.clone().try_acquire_owned() {
+            return next
+                .run(call)
+                .map(move |result| {
+                    drop(permit);
+                    result
+                })
+                .boxed();
+        }
+        async move {
+            let waiting = gate.waiting.fetch_add(1, Ordering::AcqRel);
+            let _waiting = Waiting(&gate.waiting);
+            if waiting >= self.queue {
+                return Err(Error::new(
+                    ErrorKind::QueueFull,
+                    format!(
+                        "'{}' is busy: {} running, {} waiting",
+                        call.action, self.concurrency, self.queue
+                    ),
+                )
+                .with_type("BULKHEAD_FULL"));
+            }
+            let _permit = gate.running.acquire().await.expect("never closed");
+            drop(_waiting);
+            next.run(call).await
+        }
+        .boxed()
+    }
+}

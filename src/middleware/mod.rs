@@ -1,0 +1,442 @@
+//! Middleware: layers around calls, handlers and events.
+//!
+//! A [`Middleware`] wraps any of five hooks; every hook has a pass-through default, so a layer
+//! implements only what it needs:
+//!
+//! | hook | runs on | around |
+//! |---|---|---|
+//! | [`call`](Middleware::call) | the caller | a whole call, before an endpoint is chosen (retries, fallback) |
+//! | [`remote_call`](Middleware::remote_call) | the caller | one attempt sent to another node (circuit breaker) |
+//! | [`local_action`](Middleware::local_action) | the serving node | a handler of this node, whoever called it (bulkhead) |
+//! | [`event`](Middleware::event) | the serving node | an event handler of this node |
+//! | [`emit`](Middleware::emit) | the emitter | an emit, broadcast or local broadcast |
+//!
+//! A layer may also veto endpoints with [`admits`](Middleware::admits): the balancer skips a
+//! vetoed endpoint when another one can serve (that is how an open circuit moves traffic).
+//!
+//! # Order
+//! The first layer added is the outermost: it sees the call first and the result last. A broker
+//! assembles its stack as
+//!
+//! 1. the built-in layers, unless [`without_default_middleware`](crate::BrokerBuilder::without_default_middleware):
+//!    [`Tracing`] (a span per call and event), [`Metrics`](crate::metrics::Metrics),
+//!    [`Fallback`], [`Retry`];
+//! 2. [`CircuitBreaker`] when configured with
+//!    [`BrokerBuilder::circuit_breaker`](crate::BrokerBuilder::circuit_breaker);
+//! 3. layers added with [`BrokerBuilder::middleware`](crate::BrokerBuilder::middleware), in order
+//!    (a [`Bulkhead`] is one of these, or a service's own);
+//! 4. for a handler, then the layers of its own service
+//!    ([`ServiceBuilder::middleware`](crate::ServiceBuilder::middleware)), in order.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> phalanx::Result<()> {
+//! use futures_util::FutureExt;
+//! use futures_util::future::BoxFuture;
+//! use phalanx::middleware::{Call, Middleware, Next};
+//! use phalanx::{Broker, Payload, Result};
+//!
+//! /// Counts calls made by this broker.
+//! #[derive(Default)]
+//! struct CountCalls(std::sync::atomic::AtomicUsize);
+//!
+//! impl Middleware for CountCalls {
+//!     fn name(&self) -> &'static str { "count-calls" }
+//!     fn call<'a>(&'a self, call: Call<'a>, next: Next<'a, Call<'a>>) -> BoxFuture<'a, Result<Payload<'static>>> {
+//!         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+//!         next.run(call)
+//!     }
+//! }
+//!
+//! let counter = std::sync::Arc::new(CountCalls::default());
+//! let broker = Broker::builder().middleware(counter.clone()).start().await?;
+//! broker.service("math").action("neg", |_ctx, x: i32| async move { Ok(-x) }).start().await?;
+//! assert_eq!(broker.call::<i32>("math.neg", 3).await?, -3);
+//! assert_eq!(counter.0.load(std::sync::atomic::Ordering::Relaxed), 1);
+//! # broker.stop().await;
+//! # Ok(()) }
+//! ```
+
+mod breaker;
+mod bulkhead;
+mod fallback;
+mod retry;
+mod tracing_layer;
+
+pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use bulkhead::Bulkhead;
+pub use fallback::{Fallback, FallbackFn};
+pub use retry::{Retry, RetryPolicy};
+pub use tracing_layer::Tracing;
+
+use crate::broker::Broker;
+use crate::context::{CallOptions, Context};
+use crate::error::Result;
+use crate::payload::Payload;
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use std::fmt;
+use std::sync::Arc;
+
+/// A layer around calls, handlers and events; see the [module docs](self) for hooks and order.
+pub trait Middleware: Send + Sync + 'static {
+    /// A short name for logs and debugging.
+    fn name(&self) -> &'static str;
+
+    /// Called once when the broker owning this layer has started (services may not be up yet).
+    fn started(&self, broker: &Broker) {
+        let _ = broker;
+    }
+
+    /// Around a whole call made by this broker, before an endpoint is chosen. `next` may be run
+    /// more than once (a retry) once the params are [shared](Call::share_params).
+    fn call<'a>(
+        &'a self,
+        call: Call<'a>,
+        next: Next<'a, Call<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        next.run(call)
+    }
+
+    /// Around one attempt at an endpoint on another node.
+    fn remote_call<'a>(
+        &'a self,
+        call: RemoteCall<'a>,
+        next: Next<'a, RemoteCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        next.run(call)
+    }
+
+    /// Around a handler of this node, called from this node or by a peer.
+    fn local_action<'a>(
+        &'a self,
+        call: LocalCall<'a>,
+        next: Next<'a, LocalCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        next.run(call)
+    }
+
+    /// Around an event handler of this node.
+    fn event<'a>(
+        &'a self,
+        event: LocalEvent<'a>,
+        next: Next<'a, LocalEvent<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        next.run(event)
+    }
+
+    /// Around an emit, broadcast or local broadcast by this broker.
+    fn emit<'a>(
+        &'a self,
+        emit: Emit<'a>,
+        next: Next<'a, Emit<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        next.run(emit)
+    }
+
+    /// Whether the balancer may choose `action` on `node_id` now. A vetoed endpoint is skipped
+    /// unless no other can serve.
+    fn admits(&self, action: &str, node_id: &str) -> bool {
+        let _ = (action, node_id);
+        true
+    }
+
+    /// Whether this layer implements [`admits`](Middleware::admits); lets the balancer skip the
+    /// check entirely when no layer vetoes.
+    fn vetoes_endpoints(&self) -> bool {
+        false
+    }
+}
+
+impl<M: Middleware> Middleware for Arc<M> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn started(&self, broker: &Broker) {
+        (**self).started(broker)
+    }
+    fn call<'a>(
+        &'a self,
+        call: Call<'a>,
+        next: Next<'a, Call<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        (**self).call(call, next)
+    }
+    fn remote_call<'a>(
+        &'a self,
+        call: RemoteCall<'a>,
+        next: Next<'a, RemoteCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        (**self).remote_call(call, next)
+    }
+    fn local_action<'a>(
+        &'a self,
+        call: LocalCall<'a>,
+        next: Next<'a, LocalCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        (**self).local_action(call, next)
+    }
+    fn event<'a>(
+        &'a self,
+        event: LocalEvent<'a>,
+        next: Next<'a, LocalEvent<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        (**self).event(event, next)
+    }
+    fn emit<'a>(
+        &'a self,
+        emit: Emit<'a>,
+        next: Next<'a, Emit<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        (**self).emit(emit, next)
+    }
+    fn admits(&self, action: &str, node_id: &str) -> bool {
+        (**self).admits(action, node_id)
+    }
+    fn vetoes_endpoints(&self) -> bool {
+        (**self).vetoes_endpoints()
+    }
+}
+
+/// The rest of the stack after a layer: [`Next::run`] hands the request on. Cheap to copy.
+pub struct Next<'a, R, O = Result<Payload<'static>>> {
+    layers: &'a [Arc<dyn Middleware>],
+    hook: Hook<'a, R, O>,
+    end: &'a (dyn Fn(R) -> BoxFuture<'a, O> + Send + Sync + 'a),
+}
+
+type Hook<'a, R, O> = fn(&'a dyn Middleware, R, Next<'a, R, O>) -> BoxFuture<'a, O>;
+
+impl<R, O> Clone for Next<'_, R, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R, O> Copy for Next<'_, R, O> {}
+
+impl<R, O> fmt::Debug for Next<'_, R, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Next")
+            .field("layers", &self.layers.iter().map(|l| l.name()).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a, R, O> Next<'a, R, O> {
+    /// Runs the remaining layers, then the call itself.
+    pub fn run(self, request: R) -> BoxFuture<'a, O> {
+        match self.layers.split_first() {
+            Some((layer, rest)) => (self.hook)(
+                &**layer,
+                request,
+                Next {
+                    layers: rest,
+                    ..self
+                },
+            ),
+            None => (self.end)(request),
+        }
+    }
+}
+
+/// A whole call, as the [`call`](Middleware::call) hook sees it.
+#[derive(Debug)]
+pub struct Call<'a> {
+    /// The action's full name.
+    pub action: &'a str,
+    /// The call's context (deadline, meta, request id).
+    pub ctx: Context,
+    /// The parameters.
+    pub params: Payload<'a>,
+    /// The caller's options.
+    pub options: &'a CallOptions,
+    /// Nodes this call must avoid when another endpoint exists (set by retries).
+    pub avoid: Vec<Arc<str>>,
+}
+
+impl Call<'_> {
+    /// Encodes the params once so that `next` can be run again with [`Call::again`].
+    pub fn share_params(&mut self) -> Result<()> {
+        let (bytes, content_type) = self.params.encode()?;
+        self.params = Payload::encoded(bytes, content_type);
+        Ok(())
+    }
+
+    /// A copy of this call for another attempt; `None` until the params are
+    /// [shared](Call::share_params).
+    pub fn again(&self) -> Option<Self> {
+        Some(Self {
+            action: self.action,
+            ctx: self.ctx.clone(),
+            params: self.params.try_clone()?,
+            options: self.options,
+            avoid: self.avoid.clone(),
+        })
+    }
+}
+
+/// One attempt at an endpoint on another node, as [`remote_call`](Middleware::remote_call)
+/// sees it.
+#[derive(Debug)]
+pub struct RemoteCall<'a> {
+    /// The action's full name.
+    pub action: &'a str,
+    /// The node the attempt goes to.
+    pub node_id: Arc<str>,
+    /// The call's context.
+    pub ctx: Context,
+    /// The parameters.
+    pub params: Payload<'a>,
+}
+
+/// A handler of this node about to run, as [`local_action`](Middleware::local_action) sees it.
+#[derive(Debug)]
+pub struct LocalCall<'a> {
+    /// The action's full name.
+    pub action: &'a str,
+    /// Full name of the service the handler belongs to.
+    pub service: &'a Arc<str>,
+    /// The handler's context ([`Context::node_id`] says who called).
+    pub ctx: Context,
+    /// The parameters.
+    pub params: Payload<'a>,
+}
+
+/// An event handler of this node about to run.
+#[derive(Debug)]
+pub struct LocalEvent<'a> {
+    /// The event's name.
+    pub event: &'a str,
+    /// Full name of the service the handler belongs to.
+    pub service: &'a Arc<str>,
+    /// The handler's context.
+    pub ctx: Context,
+    /// The event's data.
+    pub data: Payload<'a>,
+}
+
+/// How an event is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitKind {
+    /// One handler per listening group.
+    Emit,
+    /// Every listener on every node.
+    Broadcast,
+    /// Every listener on this node.
+    BroadcastLocal,
+}
+
+/// An event this broker is about to send, as [`emit`](Middleware::emit) sees it.
+#[derive(Debug)]
+pub struct Emit<'a> {
+    /// The event's name.
+    pub event: &'a str,
+    /// How it is delivered.
+    pub kind: EmitKind,
+    /// The event's data, MessagePack-encoded.
+    pub data: Bytes,
+    /// The emitting handler's context, if emitted from one.
+    pub parent: Option<&'a Context>,
+    /// The emitting broker.
+    pub broker: &'a Broker,
+}
+
+/// The assembled layers of a broker or a service.
+#[derive(Clone, Default)]
+pub(crate) struct Stack {
+    layers: Arc<[Arc<dyn Middleware>]>,
+    vetoes: bool,
+}
+
+impl fmt::Debug for Stack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.layers.iter().map(|l| l.name()))
+            .finish()
+    }
+}
+
+impl Stack {
+    pub(crate) fn new(layers: Vec<Arc<dyn Middleware>>) -> Self {
+        let vetoes = layers.iter().any(|l| l.vetoes_endpoints());
+        Self {
+            layers: layers.into(),
+            vetoes,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    pub(crate) fn layers(&self) -> &[Arc<dyn Middleware>] {
+        &self.layers
+    }
+
+    /// Whether every vetoing layer admits `action` on `node_id`.
+    pub(crate) fn admits(&self, action: &str, node_id: &str) -> bool {
+        !self.vetoes || self.layers.iter().all(|l| l.admits(action, node_id))
+    }
+
+    pub(crate) fn vetoes(&self) -> bool {
+        self.vetoes
+    }
+
+    pub(crate) fn next<'a, R, O>(
+        &'a self,
+        hook: Hook<'a, R, O>,
+        end: &'a (dyn Fn(R) -> BoxFuture<'a, O> + Send + Sync + 'a),
+    ) -> Next<'a, R, O> {
+        Next {
+            layers: &self.layers,
+            hook,
+            end,
+        }
+    }
+}
+
+/// The hook functions, as plain function pointers for [`Stack::next`].
+pub(crate) mod hooks {
+    use super::*;
+
+    pub(crate) fn call<'a>(
+        m: &'a dyn Middleware,
+        r: Call<'a>,
+        n: Next<'a, Call<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        m.call(r, n)
+    }
+
+    pub(crate) fn remote_call<'a>(
+        m: &'a dyn Middleware,
+        r: RemoteCall<'a>,
+        n: Next<'a, RemoteCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        m.remote_call(r, n)
+    }
+
+    pub(crate) fn local_action<'a>(
+        m: &'a dyn Middleware,
+        r: LocalCall<'a>,
+        n: Next<'a, LocalCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        m.local_action(r, n)
+    }
+
+    pub(crate) fn event<'a>(
+        m: &'a dyn Middleware,
+        r: LocalEvent<'a>,
+        n: Next<'a, LocalEvent<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        m.event(r, n)
+    }
+
+    pub(crate) fn emit<'a>(
+        m: &'a dyn Middleware,
+        r: Emit<'a>,
+        n: Next<'a, Emit<'a>, Result<()>>,
+    ) -> BoxFuture<'a, Result<()>> {
+        m.emit(r, n)
+    }
+}

@@ -1,0 +1,88 @@
+//! What a caller measures of one remote endpoint: calls in flight and a latency EWMA, for the
+//! least-latency strategy.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Weight of the newest sample in the moving average, in 1/8ths.
+const NEW_SAMPLE_EIGHTHS: u64 = 2;
+
+/// Calls in flight and smoothed latency of one endpoint, as seen from this node.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointStats {
+    in_flight: AtomicU32,
+    /// Microseconds; 0 before the first sample.
+    ewma_micros: AtomicU64,
+}
+
+/// One call in flight; records its latency when dropped.
+pub(crate) struct InFlightCall<'a> {
+    stats: &'a EndpointStats,
+    started: Instant,
+}
+
+impl EndpointStats {
+    /// Counts a call until the returned guard is dropped.
+    pub(crate) fn begin(&self) -> InFlightCall<'_> {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlightCall {
+            stats: self,
+            started: Instant::now(),
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn latency(&self) -> Option<Duration> {
+        match self.ewma_micros.load(Ordering::Relaxed) {
+            0 => None,
+            micros => Some(Duration::from_micros(micros)),
+        }
+    }
+
+    fn record(&self, sample: Duration) {
+        let sample = (sample.as_micros() as u64).max(1);
+        // A lost race between two updates only drops one sample.
+        let old = self.ewma_micros.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * (8 - NEW_SAMPLE_EIGHTHS) + sample * NEW_SAMPLE_EIGHTHS) / 8
+        };
+        self.ewma_micros.store(new.max(1), Ordering::Relaxed);
+    }
+}
+
+impl Drop for InFlightCall<'_> {
+    fn drop(&mut self) {
+        self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.stats.record(self.started.elapsed());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn average_follows_latency() {
+        let stats = EndpointStats::default();
+        assert_eq!(stats.latency(), None);
+        for _ in 0..20 {
+            let call = stats.begin();
+            assert_eq!(stats.in_flight(), 1);
+            tokio::time::advance(Duration::from_millis(10)).await;
+            drop(call);
+        }
+        assert_eq!(stats.in_flight(), 0);
+        assert_eq!(stats.latency(), Some(Duration::from_millis(10)));
+        let call = stats.begin();
+        tokio::time::advance(Duration::from_millis(90)).await;
+        drop(call);
+        // 3/4 · 10 ms + 1/4 · 90 ms
+        assert_eq!(stats.latency(), Some(Duration::from_millis(30)));
+    }
+}
