@@ -161,7 +161,12 @@ impl Context {
     /// Broadcasts an event as part of this chain.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
         self.broker
-            .emit_in(event, data, crate::middleware::EmitKind::Broadcast, Some(self))
+            .emit_in(
+                event,
+                data,
+                crate::middleware::EmitKind::Broadcast,
+                Some(self),
+            )
             .await
     }
 }

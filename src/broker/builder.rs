@@ -9,8 +9,8 @@ use crate::middleware::{
     Tracing,
 };
 use crate::registry::{Registry, Strategy};
-use rustc_hash::FxHashMap as HashMap;
 use crate::transport::{TransportContext, Transporter};
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;

@@ -5,9 +5,9 @@ use crate::context::{CallOptions, Context};
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::handler::ActionFn;
+use crate::middleware::{Call, LocalCall, RemoteCall, hooks};
 use crate::packet::{Meta, Packet, PacketBody, Request, Response};
 use crate::payload::Payload;
-use crate::middleware::{Call, LocalCall, RemoteCall, hooks};
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
 use crate::transport::LinkKind;
 use futures_util::FutureExt;
@@ -253,7 +253,13 @@ impl Broker {
         let outer = &self.inner.middleware;
         let inner = &local.middleware;
         let handler = |call: LocalCall<'_>| {
-            start_handler(call.action, &local.handler, call.service, call.ctx, call.params)
+            start_handler(
+                call.action,
+                &local.handler,
+                call.service,
+                call.ctx,
+                call.params,
+            )
         };
         let service_layers = |call| inner.next(hooks::local_action, &handler).run(call);
         let work = if outer.is_empty() && inner.is_empty() {

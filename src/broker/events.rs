@@ -4,14 +4,14 @@
 use super::{Broker, InFlight};
 use crate::context::Context;
 use crate::error::Result;
+use crate::middleware::{Emit, EmitKind, LocalEvent, hooks};
 use crate::packet::{ContentType, Event, Packet, PacketBody};
 use crate::payload::{Payload, encode_msgpack};
-use crate::middleware::{Emit, EmitKind, LocalEvent, hooks};
 use crate::registry::LocalListeners;
-use futures_util::FutureExt;
-use std::panic::AssertUnwindSafe;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use serde::Serialize;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 /// Who raised an event, for the handlers' contexts.
@@ -238,8 +238,7 @@ impl Broker {
                     data: payload,
                 };
                 let handler = |e: LocalEvent<'_>| (listener.handler)(e.ctx, e.data);
-                let service_layers =
-                    |e| listener.middleware.next(hooks::event, &handler).run(e);
+                let service_layers = |e| listener.middleware.next(hooks::event, &handler).run(e);
                 let result = broker
                     .inner
                     .middleware
@@ -248,7 +247,12 @@ impl Broker {
                 if let Err(err) = AssertUnwindSafe(result)
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|_| Err(crate::Error::new(crate::ErrorKind::Internal, "event handler panicked")))
+                    .unwrap_or_else(|_| {
+                        Err(crate::Error::new(
+                            crate::ErrorKind::Internal,
+                            "event handler panicked",
+                        ))
+                    })
                 {
                     tracing::warn!(%event, service = %listener.service, %err, "event handler failed");
                 }

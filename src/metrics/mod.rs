@@ -38,9 +38,7 @@ mod histogram;
 
 use crate::broker::Broker;
 use crate::error::Result;
-use crate::middleware::{
-    BreakerState, Call, Emit, LocalCall, LocalEvent, Middleware, Next,
-};
+use crate::middleware::{BreakerState, Call, Emit, LocalCall, LocalEvent, Middleware, Next};
 use crate::payload::Payload;
 use crate::transport::LinkKind;
 use futures_util::FutureExt;
@@ -71,6 +69,9 @@ struct LinkStats {
     bytes_received: AtomicU64,
     series: Option<[metrics::Counter; 4]>,
 }
+
+/// A link kind and a peer.
+type LinkKey = (LinkKind, Arc<str>);
 
 /// Which side of a call a counter belongs to.
 #[derive(Clone, Copy)]
@@ -103,7 +104,7 @@ pub(crate) struct BrokerMetrics {
     handled: RwLock<HashMap<String, Arc<ActionStats>>>,
     emitted: Mutex<BTreeMap<String, u64>>,
     received: Mutex<BTreeMap<String, u64>>,
-    links: RwLock<HashMap<(LinkKind, Arc<str>), Arc<LinkStats>>>,
+    links: RwLock<HashMap<LinkKey, Arc<LinkStats>>>,
     breakers: Mutex<BTreeMap<(String, String), BreakerState>>,
     in_flight: metrics::Gauge,
 }
@@ -457,7 +458,12 @@ impl Middleware for Metrics {
         event: LocalEvent<'a>,
         next: Next<'a, LocalEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
-        event.ctx.broker.inner.metrics.count_event(false, event.event);
+        event
+            .ctx
+            .broker
+            .inner
+            .metrics
+            .count_event(false, event.event);
         next.run(event)
     }
 

@@ -195,7 +195,12 @@ impl CircuitBreaker {
     }
 
     /// Open → half-open once the wait is over.
-    fn maybe_half_open(&self, action: &str, node_id: &str, ep: &mut Endpoint) -> Option<Transition> {
+    fn maybe_half_open(
+        &self,
+        action: &str,
+        node_id: &str,
+        ep: &mut Endpoint,
+    ) -> Option<Transition> {
         if ep.state == BreakerState::Open
             && Instant::now() >= ep.opened_at + self.config.half_open_after
         {
@@ -271,7 +276,10 @@ impl CircuitBreaker {
         let Some(broker) = self.broker.get().and_then(WeakBroker::upgrade) else {
             return;
         };
-        broker.inner.metrics.breaker_changed(&t.action, &t.node_id, t.state);
+        broker
+            .inner
+            .metrics
+            .breaker_changed(&t.action, &t.node_id, t.state);
         // Not inline: this may run under the registry's lock, which event dispatch takes.
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {

@@ -22,7 +22,9 @@ use std::sync::Arc;
 /// # let _ = (cached, by_error);
 /// ```
 #[derive(Clone)]
-pub struct FallbackFn(Arc<dyn Fn(&Error) -> Result<Payload<'static>> + Send + Sync>);
+pub struct FallbackFn(Arc<AnswerFn>);
+
+type AnswerFn = dyn Fn(&Error) -> Result<Payload<'static>> + Send + Sync;
 
 impl fmt::Debug for FallbackFn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -218,7 +218,10 @@ impl<R, O> Copy for Next<'_, R, O> {}
 impl<R, O> fmt::Debug for Next<'_, R, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Next")
-            .field("layers", &self.layers.iter().map(|l| l.name()).collect::<Vec<_>>())
+            .field(
+                "layers",
+                &self.layers.iter().map(|l| l.name()).collect::<Vec<_>>(),
+            )
             .finish_non_exhaustive()
     }
 }

@@ -145,7 +145,11 @@ impl Middleware for Retry {
                 };
                 attempt += 1;
                 let wait = self.policy.backoff(attempt, rand::random());
-                if call.ctx.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+                if call
+                    .ctx
+                    .deadline
+                    .is_some_and(|d| Instant::now() + wait >= d)
+                {
                     tracing::debug!(action = call.action, %err, "no time left to retry");
                     return Err(err);
                 }

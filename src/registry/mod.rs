@@ -396,7 +396,10 @@ impl Registry {
             &|ep| self.same_host(&ep.node_id),
             &|_| true,
         ];
-        for filters in [&[&fresh as &dyn Fn(&&ActionEndpoint) -> bool, &admitted][..], &[&admitted]] {
+        for filters in [
+            &[&fresh as &dyn Fn(&&ActionEndpoint) -> bool, &admitted][..],
+            &[&admitted],
+        ] {
             for tier in tiers {
                 let chosen: Vec<&ActionEndpoint> = set
                     .endpoints

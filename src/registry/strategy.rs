@@ -216,7 +216,10 @@ mod tests {
         }
         // About a fifth of the keys move; every node had a fair share.
         assert!((250..=550).contains(&moved), "{moved}");
-        assert!(per_node.iter().all(|&n| (350..=650).contains(&n)), "{per_node:?}");
+        assert!(
+            per_node.iter().all(|&n| (350..=650).contains(&n)),
+            "{per_node:?}"
+        );
     }
 
     #[test]
