@@ -47,6 +47,7 @@ mod deadline;
 pub mod discovery;
 pub mod error;
 mod handler;
+pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod middleware;

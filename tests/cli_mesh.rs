@@ -35,6 +35,11 @@ fn rand_u64() -> u64 {
 }
 
 fn demo(id: &str, secret: &str, seeds: &[&str]) -> Demo {
+    demo_with(id, secret, seeds, &[])
+}
+
+/// A demo node with extra command-line arguments.
+fn demo_with(id: &str, secret: &str, seeds: &[&str], extra: &[&str]) -> Demo {
     let mut cmd = Command::new(BIN);
     cmd.args([
         "demo",
@@ -55,6 +60,7 @@ fn demo(id: &str, secret: &str, seeds: &[&str]) -> Demo {
     for seed in seeds {
         cmd.args(["--seed", seed]);
     }
+    cmd.args(extra);
     let mut child = cmd.spawn().expect("phalanx demo starts");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
@@ -441,4 +447,94 @@ async fn garbage_and_malformed_frames_leave_the_node_serving() {
     assert_eq!(err.kind(), ErrorKind::Validation);
     probe.stop().await;
     drop(n1);
+}
+
+/// A loopback port free right now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The value of a Prometheus counter (`name{...}` lines whose labels contain `labels`) scraped
+/// from `http://addr/metrics`; 0 when absent.
+fn scrape(addr: &str, name: &str, labels: &str) -> u64 {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics endpoint");
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut body = String::new();
+    stream.read_to_string(&mut body).unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .sum()
+}
+
+fn bench_report(args: &[&str], secret: &str, seed: &str) -> serde_json::Value {
+    let (ok, out) = cli(args, secret, seed);
+    assert!(ok, "bench failed: {out}");
+    serde_json::from_str(&out).expect("bench prints JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_with_bench() {
+    let secret = secret();
+    let metrics: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let m1 = demo_with("m1", &secret, &[], &["--metrics-addr", &metrics[0]]);
+    let m2 = demo_with("m2", &secret, &[&m1.addr], &["--metrics-addr", &metrics[1]]);
+    let m3 = demo_with(
+        "m3",
+        &secret,
+        &[&m1.addr],
+        &["--metrics-addr", &metrics[2], "--fail-rate", "1"],
+    );
+    let watcher = observer(&secret, &m1.addr).await;
+    wait_for_nodes(&watcher, &["m1", "m2", "m3"]).await;
+    watcher.stop().await;
+    let bench = [
+        "bench",
+        "demo.echo",
+        "1",
+        "--calls",
+        "300",
+        "--concurrency",
+        "6",
+        "--json",
+    ];
+
+    // Without retries a third of the calls fail, with m3's code; every call is counted once.
+    let plain = bench_report(&bench, &secret, &m1.addr);
+    assert_eq!(plain["calls"], 300);
+    let errors = plain["errors"].as_u64().unwrap();
+    assert!((60..=140).contains(&errors), "{plain}");
+    assert!(
+        plain["first_error"].as_str().unwrap().contains("(500)"),
+        "{plain}"
+    );
+    let handled: Vec<u64> = metrics
+        .iter()
+        .map(|m| scrape(m, "phalanx_handled_total", r#"action="demo.echo""#))
+        .collect();
+    assert_eq!(handled.iter().sum::<u64>(), 300, "{handled:?}");
+    assert_eq!(
+        scrape(&metrics[2], "phalanx_handler_errors_total", r#"code="500""#),
+        errors
+    );
+
+    // With retries the caller sees no error at all.
+    let retried = bench_report(
+        &[&bench[..], &["--retries", "2"]].concat(),
+        &secret,
+        &m1.addr,
+    );
+    assert_eq!(
+        (retried["calls"].as_u64(), retried["errors"].as_u64()),
+        (Some(300), Some(0)),
+        "{retried}"
+    );
+    drop((m1, m2, m3));
 }

@@ -34,6 +34,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("loss", calls_under_loss),
     ("partition", partition_and_heal),
     ("crash", crash_under_load),
+    ("crash-retry", crash_with_retries),
     ("intruder", wrong_secret),
     ("rolling", rolling_restart),
 ];
@@ -54,22 +55,25 @@ fn formed_mesh(run: &str, scenario: usize, n: usize, bin: &Path) -> Result<Net, 
 }
 
 /// A background `phalanx bench demo.echo` from host 1 for `seconds`, 8 in flight.
-fn background_bench(net: &Net, seconds: &str, timeout_ms: &str) -> std::process::Child {
-    net.cli_spawn(
-        0,
-        &[
-            "bench",
-            "demo.echo",
-            "{}",
-            "--duration",
-            seconds,
-            "--concurrency",
-            "8",
-            "--timeout",
-            timeout_ms,
-            "--json",
-        ],
-    )
+fn background_bench(
+    net: &Net,
+    seconds: &str,
+    timeout_ms: &str,
+    extra: &[&str],
+) -> std::process::Child {
+    let args = [
+        "bench",
+        "demo.echo",
+        "{}",
+        "--duration",
+        seconds,
+        "--concurrency",
+        "8",
+        "--timeout",
+        timeout_ms,
+        "--json",
+    ];
+    net.cli_spawn(0, &[&args[..], extra].concat())
 }
 
 /// 1. Eight hosts, mDNS only (no seeds): every registry full within 3 s.
@@ -165,7 +169,7 @@ fn calls_under_loss(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
         rows.push(row(
             &format!("3. 5000 calls across hosts at {percent} % loss"),
             format!(
-                "{calls} ok, {errors} failed, p50 {} µs, p99 {} µs",
+                "{calls} calls, {errors} failed, p50 {} µs, p99 {} µs",
                 report["p50_us"], report["p99_us"]
             ),
             "0 failed",
@@ -270,7 +274,7 @@ fn partition_and_heal(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
 /// 5. `kill -9` of a replica under load: the error window is bounded by the lease.
 fn crash_under_load(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let mut net = formed_mesh(run, 5, 4, bin)?;
-    let bench = background_bench(&net, "8", "1000");
+    let bench = background_bench(&net, "8", "1000", &[]);
     std::thread::sleep(Duration::from_secs(3));
     net.kill9(2);
     let out = bench.wait_with_output().map_err(|e| e.to_string())?;
@@ -287,11 +291,37 @@ fn crash_under_load(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     Ok(vec![row(
         "5. kill -9 of a replica under load",
         format!(
-            "{} calls ok, {} failed, error window {window} ms",
+            "{} calls, {} failed, error window {window} ms",
             report["calls"], report["errors"]
         ),
         "window ≤ 3500 ms (lease 2 s + call timeout 1 s)",
         window <= bound && report["calls"].as_u64().unwrap_or(0) > 0,
+    )])
+}
+
+/// 5b. The same crash with a retry policy on the caller: zero failed calls.
+fn crash_with_retries(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = formed_mesh(run, 8, 4, bin)?;
+    // Calls stuck on the dead replica fail when its lease (2 s) runs out, then go elsewhere.
+    let bench = background_bench(&net, "8", "6000", &["--retries", "3"]);
+    std::thread::sleep(Duration::from_secs(3));
+    net.kill9(2);
+    let out = bench.wait_with_output().map_err(|e| e.to_string())?;
+    let report = bench_json(&out)?;
+    let errors = report["errors"].as_u64().unwrap_or(u64::MAX);
+    Ok(vec![row(
+        "5b. kill -9 of a replica under load, caller retries",
+        format!(
+            "{} calls, {errors} failed, p99 {} µs{}",
+            report["calls"],
+            report["p99_us"],
+            report["first_error"]
+                .as_str()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default()
+        ),
+        "0 failed",
+        errors == 0 && report["calls"].as_u64().unwrap_or(0) > 0,
     )])
 }
 
@@ -338,7 +368,7 @@ fn wrong_secret(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
 /// 7. Rolling restart (graceful stop/start) of 3 replicas under steady load: zero failed calls.
 fn rolling_restart(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let mut net = formed_mesh(run, 7, 4, bin)?;
-    let bench = background_bench(&net, "14", "5000");
+    let bench = background_bench(&net, "14", "5000", &[]);
     std::thread::sleep(Duration::from_secs(2));
     let mut restart = || -> Result<(), String> {
         for i in 1..4 {
@@ -358,7 +388,7 @@ fn rolling_restart(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     Ok(vec![row(
         "7. rolling restart of 3 replicas under load",
         format!(
-            "{} calls ok, {errors} failed{}",
+            "{} calls, {errors} failed{}",
             report["calls"],
             report["first_error"]
                 .as_str()

@@ -2,6 +2,7 @@
 
 use super::{MeshArgs, parse_json, wait_for_action};
 use clap::Args;
+use phalanx::middleware::BreakerConfig;
 use phalanx::{Broker, CallOptions, Result};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -29,6 +30,12 @@ pub(crate) struct BenchArgs {
     /// Per-call timeout in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     timeout: u64,
+    /// Retry a retryable failure up to N times, on another node when there is one.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Keep calls away from endpoints failing half their calls (circuit breaker per endpoint).
+    #[arg(long)]
+    breaker: bool,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -38,8 +45,10 @@ pub(crate) struct BenchArgs {
 
 #[derive(Debug, Serialize)]
 struct Report {
+    /// Calls finished, answered or failed.
     calls: u64,
     errors: u64,
+    /// Answered calls per second.
     calls_per_sec: f64,
     p50_us: u64,
     p99_us: u64,
@@ -59,7 +68,11 @@ struct Outcome {
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let params = parse_json(&args.params)?;
-    let joined = args.mesh.join(Broker::builder()).await?;
+    let mut builder = Broker::builder();
+    if args.breaker {
+        builder = builder.circuit_breaker(BreakerConfig::default().min_requests(10));
+    }
+    let joined = args.mesh.join(builder).await?;
     let broker = joined.broker.clone();
     if let Err(err) = wait_for_action(&joined, &args.action, None, args.mesh.wait()).await {
         broker.stop().await;
@@ -70,6 +83,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let end = started + duration;
     let budget = Arc::new(AtomicU64::new(args.calls.unwrap_or(u64::MAX)));
     let timeout = Duration::from_millis(args.timeout);
+    let retries = args.retries;
     let workers = (0..args.concurrency.max(1)).map(|_| {
         let broker = broker.clone();
         let action = args.action.clone();
@@ -90,7 +104,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
                     break;
                 }
                 let sent = Instant::now();
-                let options = CallOptions::new().timeout(timeout);
+                let options = CallOptions::new().timeout(timeout).retries(retries);
                 match broker
                     .call_with::<serde_json::Value>(&action, params.clone(), options)
                     .await
@@ -123,7 +137,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         latencies[((latencies.len() - 1) as f64 * p).round() as usize]
     };
     let report = Report {
-        calls: latencies.len() as u64,
+        calls: (latencies.len() + errors.len()) as u64,
         calls_per_sec: latencies.len() as f64 / elapsed.max(f64::EPSILON),
         p50_us: pct(0.50),
         p99_us: pct(0.99),

@@ -2,7 +2,10 @@
 
 use super::MeshArgs;
 use clap::Args;
-use phalanx::{Broker, Context, Error, Result};
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use phalanx::middleware::{LocalCall, Middleware, Next};
+use phalanx::{Broker, Context, Error, Payload, Result};
 use serde::Deserialize;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,6 +17,10 @@ pub(crate) struct DemoArgs {
     /// Keep a JSON file with the nodes this node currently sees (for test harnesses).
     #[arg(long)]
     status_file: Option<std::path::PathBuf>,
+    /// Make demo.echo, demo.add and demo.sleep fail with this probability (0.0–1.0), with a
+    /// retryable error: a flaky replica to show retries and the circuit breaker.
+    #[arg(long, default_value_t = 0.0, value_parser = parse_rate)]
+    fail_rate: f64,
     #[command(flatten)]
     mesh: MeshArgs,
 }
@@ -48,6 +55,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let counted = events.clone();
     broker
         .service("demo")
+        .middleware(FailRate(args.fail_rate))
         .action(
             "echo",
             |_ctx: Context, params: serde_json::Value| async move { Ok(params) },
@@ -112,6 +120,37 @@ async fn write_status(broker: Broker, path: std::path::PathBuf) {
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn parse_rate(s: &str) -> std::result::Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(rate) if (0.0..=1.0).contains(&rate) => Ok(rate),
+        _ => Err(format!("'{s}' is not a probability between 0 and 1")),
+    }
+}
+
+/// Fails the demo's working actions with some probability, before the handler runs.
+struct FailRate(f64);
+
+impl Middleware for FailRate {
+    fn name(&self) -> &'static str {
+        "fail-rate"
+    }
+
+    fn local_action<'a>(
+        &'a self,
+        call: LocalCall<'a>,
+        next: Next<'a, LocalCall<'a>>,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        let flaky = matches!(call.action, "demo.echo" | "demo.add" | "demo.sleep");
+        if flaky && self.0 > 0.0 && rand::random::<f64>() < self.0 {
+            let node = call.ctx.broker().node_id().to_owned();
+            let err = Error::handler(500, "DEMO_FLAKY", format!("{node} failed on purpose"))
+                .with_retryable(true);
+            return futures_util::future::ready(Err(err)).boxed();
+        }
+        next.run(call)
     }
 }
 

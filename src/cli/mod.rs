@@ -18,6 +18,14 @@ use tokio::time::Instant;
 pub(crate) struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log lines as `human` text or `json` (filter with RUST_LOG). Also `PHALANX_LOG_FORMAT`.
+    #[arg(
+        long,
+        global = true,
+        env = "PHALANX_LOG_FORMAT",
+        default_value = "human"
+    )]
+    log_format: phalanx::logging::LogFormat,
 }
 
 #[derive(Debug, Subcommand)]
@@ -37,6 +45,9 @@ enum Command {
         /// Call this node's endpoint only.
         #[arg(long)]
         node: Option<String>,
+        /// Retry a retryable failure up to N times, on another node when there is one.
+        #[arg(long, default_value_t = 0)]
+        retries: u32,
         #[command(flatten)]
         mesh: MeshArgs,
     },
@@ -109,6 +120,10 @@ pub(crate) struct MeshArgs {
     /// A NATS credentials file.
     #[arg(long, env = "PHALANX_NATS_CREDS")]
     nats_creds: Option<std::path::PathBuf>,
+    /// Serve Prometheus metrics on this address at `/metrics`, e.g. `127.0.0.1:9464`.
+    #[cfg(feature = "prometheus")]
+    #[arg(long, env = "PHALANX_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
 }
 
 /// A broker that joined the mesh, and the QUIC transport it joined with (none on NATS).
@@ -136,6 +151,10 @@ impl Joined {
 impl MeshArgs {
     /// Starts a broker on the QUIC mesh, or on NATS when `--nats` is given.
     pub(crate) async fn join(&self, builder: phalanx::BrokerBuilder) -> Result<Joined> {
+        #[cfg(feature = "prometheus")]
+        if let Some(addr) = self.metrics_addr {
+            phalanx::metrics::serve_prometheus(addr)?;
+        }
         let mut builder = builder.namespace(self.namespace.clone()).heartbeat(
             Duration::from_millis(self.heartbeat_ms),
             Duration::from_millis(self.lease_ms),
@@ -178,18 +197,7 @@ pub(crate) fn init_logging(cli: &Cli) {
         Command::Demo(_) => "info",
         _ => "warn",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let json = std::env::var("PHALANX_LOG_FORMAT").is_ok_and(|f| f == "json");
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
+    phalanx::logging::init(default, cli.log_format);
 }
 
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
@@ -200,6 +208,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             params,
             timeout,
             node,
+            retries,
             mesh,
         } => {
             let params = parse_json(&params)?;
@@ -207,7 +216,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             let broker = &joined.broker;
             let result = async {
                 wait_for_action(&joined, &action, node.as_deref(), mesh.wait()).await?;
-                let mut options = CallOptions::new().timeout(Duration::from_millis(timeout));
+                let mut options = CallOptions::new()
+                    .timeout(Duration::from_millis(timeout))
+                    .retries(retries);
                 if let Some(node) = node {
                     options = options.node(node);
                 }
