@@ -1,11 +1,14 @@
 //! Local call overhead: a typed call through the broker next to a direct `.await` of the very
-//! same async handler, in the same run, on a current-thread runtime (one core). Also emit to 1
-//! and to 20 local listeners.
+//! same async handler, in the same run, on a current-thread runtime (one core): the bare call
+//! path (no middleware, no timeout), the default stack a user gets (tracing spans, metrics,
+//! fallback, retry layers and the 30 s default timeout), and that stack with retries and a
+//! circuit breaker turned on. Also emit to 1 and to 20 local listeners.
 //!
 //! Run: `cargo bench --bench local_call`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use phalanx::{Broker, Context};
+use phalanx::middleware::{BreakerConfig, RetryPolicy};
+use phalanx::{Broker, BrokerBuilder, Context};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
 use std::time::Duration;
@@ -27,12 +30,8 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-async fn broker(timeout: Option<Duration>, listeners: usize) -> Broker {
-    let broker = Broker::builder()
-        .request_timeout(timeout)
-        .start()
-        .await
-        .expect("broker");
+async fn broker(builder: BrokerBuilder, listeners: usize) -> Broker {
+    let broker = builder.start().await.expect("broker");
     broker
         .service("math")
         .action("add", |ctx: Context, p: Add| add(Some(ctx), p))
@@ -55,33 +54,43 @@ async fn broker(timeout: Option<Duration>, listeners: usize) -> Broker {
 
 fn local_call(c: &mut Criterion) {
     let rt = runtime();
-    let bare = rt.block_on(broker(None, 0));
-    let timed = rt.block_on(broker(Some(Duration::from_secs(30)), 0));
+    let bare = rt.block_on(broker(
+        Broker::builder()
+            .without_default_middleware()
+            .request_timeout(None),
+        0,
+    ));
+    let default = rt.block_on(broker(Broker::builder(), 0));
+    let resilient = rt.block_on(broker(
+        Broker::builder()
+            .retry(RetryPolicy::new(2))
+            .circuit_breaker(BreakerConfig::default()),
+        0,
+    ));
     let mut group = c.benchmark_group("local_call");
     group.bench_function("direct_await", |b| {
         b.to_async(&rt)
             .iter(|| async { add(None, black_box(Add { a: 1, b: 2 })).await.expect("ok") })
     });
-    group.bench_function("broker_call", |b| {
-        b.to_async(&rt).iter(|| async {
-            bare.call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
-                .await
-                .expect("ok")
-        })
-    });
-    group.bench_function("broker_call_with_timeout", |b| {
-        b.to_async(&rt).iter(|| async {
-            timed
-                .call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
-                .await
-                .expect("ok")
-        })
-    });
+    for (name, broker) in [
+        ("broker_call_bare", &bare),
+        ("broker_call_default_middleware", &default),
+        ("broker_call_retry_and_breaker", &resilient),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&rt).iter(|| async {
+                broker
+                    .call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
+                    .await
+                    .expect("ok")
+            })
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("local_emit");
     for listeners in [1usize, 20] {
-        let broker = rt.block_on(broker(None, listeners));
+        let broker = rt.block_on(broker(Broker::builder(), listeners));
         group.bench_function(format!("{listeners}_listeners"), |b| {
             b.to_async(&rt).iter(|| async {
                 broker.emit("tick", &black_box(7u64)).await.expect("ok");

@@ -53,6 +53,8 @@ pub struct Context {
     pub(crate) meta: Option<Arc<Meta>>,
     pub(crate) headers: Option<Arc<Headers>>,
     pub(crate) deadline: Option<Instant>,
+    /// When the call was made (or, serving a peer, when its request arrived).
+    pub(crate) started: Instant,
 }
 
 impl fmt::Debug for Context {
@@ -122,6 +124,11 @@ impl Context {
     /// When the caller stops waiting, if it set a deadline.
     pub fn deadline(&self) -> Option<Instant> {
         self.deadline
+    }
+
+    /// When this call was made — or, for a call from another node, when it arrived here.
+    pub fn started(&self) -> Instant {
+        self.started
     }
 
     /// Time left before the deadline (`None` without a deadline).

@@ -506,11 +506,12 @@ async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_
         "--json",
     ];
 
-    // Without retries a third of the calls fail, with m3's code; every call is counted once.
+    // Without retries the calls m3 gets fail, with its code (up to a third: the bench may start
+    // before it knows every replica); every call is counted once, by the node that served it.
     let plain = bench_report(&bench, &secret, &m1.addr);
     assert_eq!(plain["calls"], 300);
     let errors = plain["errors"].as_u64().unwrap();
-    assert!((60..=140).contains(&errors), "{plain}");
+    assert!((10..=140).contains(&errors), "{plain}");
     assert!(
         plain["first_error"].as_str().unwrap().contains("(500)"),
         "{plain}"

@@ -5,7 +5,7 @@ use crate::context::{CallOptions, Context};
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::handler::ActionFn;
-use crate::middleware::{Call, LocalCall, RemoteCall, hooks};
+use crate::middleware::{Call, HookKind, LocalCall, RemoteCall, hooks};
 use crate::packet::{Meta, Packet, PacketBody, Request, Response};
 use crate::payload::Payload;
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
@@ -102,7 +102,7 @@ impl Broker {
             return Err(Error::rejected("the broker is stopped"));
         }
         let ctx = self.child_context(options, parent);
-        if parent.is_some() && ctx.deadline.is_some_and(|d| d <= Instant::now()) {
+        if parent.is_some() && ctx.deadline.is_some_and(|d| d <= ctx.started) {
             // Only an inherited deadline can already have passed.
             return Err(Error::timeout(action));
         }
@@ -115,15 +115,19 @@ impl Broker {
             avoid: Vec::new(),
         };
         let stack = &self.inner.middleware;
-        if stack.is_empty() {
+        if stack.is_empty(HookKind::Call) {
             return self.attempt(call).await;
         }
-        let end = |call| self.attempt(call).boxed();
-        stack.next(hooks::call, &end).run(call).await
+        let end = |call| self.attempt(call);
+        stack
+            .next(HookKind::Call, hooks::call, &end)
+            .run(call)
+            .await
     }
 
-    /// One attempt: picks an endpoint and calls it.
-    async fn attempt(&self, call: Call<'_>) -> Result<Payload<'static>> {
+    /// One attempt: picks an endpoint (synchronously, under the registry's read lock) and
+    /// calls it. Boxed: only the chosen path's state is allocated.
+    fn attempt<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Payload<'static>>> {
         let Call {
             action,
             ctx,
@@ -131,9 +135,12 @@ impl Broker {
             options,
             avoid,
         } = call;
-        let shard_key = self.shard_key(action, &ctx, &params);
         let picked = {
             let registry = self.inner.registry();
+            let shard_key = registry
+                .strategy_for(action)
+                .shard_key()
+                .and_then(|key| shard_key(key, &ctx, &params));
             let pick = Pick {
                 action,
                 node_id: options.node_id.as_deref(),
@@ -154,22 +161,27 @@ impl Broker {
                 }
                 None => Err(Error::service_not_found(action)),
             }
-        }?;
+        };
         match picked {
-            Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
-            // Boxed so the remote path's state does not bloat every local call's future.
-            Picked::Remote(node_id, stats) => {
-                Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
+            Ok(Picked::Local(local)) => {
+                async move { self.run_local(action, &local, ctx, params).await }.boxed()
             }
+            Ok(Picked::Remote(node_id, stats)) => async move {
+                self.attempt_remote(action, node_id, &stats, ctx, params)
+                    .await
+            }
+            .boxed(),
+            Err(err) => futures_util::future::ready(Err(err)).boxed(),
         }
     }
 
     /// The context of a new call: a child of `parent` when made from a handler.
     fn child_context(&self, options: &CallOptions, parent: Option<&Context>) -> Context {
+        let started = Instant::now();
         let own_deadline = options
             .timeout
             .or(self.inner.timings.request_timeout)
-            .map(|t| Instant::now() + t);
+            .map(|t| started + t);
         let id = self.next_id();
         let (request_id, parent_id, caller, level, meta, headers, inherited) = match parent {
             Some(p) => (
@@ -206,32 +218,8 @@ impl Broker {
                 None => headers,
             },
             deadline,
+            started,
         }
-    }
-
-    /// The shard key of a call when its action is balanced by [`Strategy::Shard`](crate::registry::Strategy::Shard).
-    fn shard_key(&self, action: &str, ctx: &Context, params: &Payload<'_>) -> Option<String> {
-        let key = self
-            .inner
-            .registry()
-            .strategy_for(action)
-            .shard_key()?
-            .to_owned();
-        let value = match key.strip_prefix('#') {
-            Some(meta_key) => ctx.meta().get(meta_key).cloned()?,
-            None => {
-                let (bytes, content_type) = params.encode().ok()?;
-                Payload::encoded(bytes, content_type)
-                    .decode::<serde_json::Value>()
-                    .ok()?
-                    .get(&key)?
-                    .clone()
-            }
-        };
-        Some(match value {
-            serde_json::Value::String(s) => s,
-            other => other.to_string(),
-        })
     }
 
     /// Runs a handler of this node inside the broker's and its service's middleware, within the
@@ -261,11 +249,18 @@ impl Broker {
                 call.params,
             )
         };
-        let service_layers = |call| inner.next(hooks::local_action, &handler).run(call);
-        let work = if outer.is_empty() && inner.is_empty() {
+        let service_layers = |call| {
+            inner
+                .next(HookKind::LocalAction, hooks::local_action, &handler)
+                .run(call)
+        };
+        let work = if outer.is_empty(HookKind::LocalAction) && inner.is_empty(HookKind::LocalAction)
+        {
             handler(call)
         } else {
-            outer.next(hooks::local_action, &service_layers).run(call)
+            outer
+                .next(HookKind::LocalAction, hooks::local_action, &service_layers)
+                .run(call)
         };
         self.finish_local(action, work, deadline).await
     }
@@ -306,11 +301,14 @@ impl Broker {
             params,
         };
         let stack = &self.inner.middleware;
-        if stack.is_empty() {
+        if stack.is_empty(HookKind::RemoteCall) {
             return self.call_remote(call).await;
         }
         let end = |call| self.call_remote(call).boxed();
-        stack.next(hooks::remote_call, &end).run(call).await
+        stack
+            .next(HookKind::RemoteCall, hooks::remote_call, &end)
+            .run(call)
+            .await
     }
 
     async fn call_remote(&self, call: RemoteCall<'_>) -> Result<Payload<'static>> {
@@ -408,9 +406,10 @@ impl Broker {
                 "node '{sender}' is not a known member of this namespace"
             )));
         }
+        let started = Instant::now();
         let deadline = match request.timeout_ms {
             Some(0) => return Err(Error::timeout(&request.action)),
-            Some(ms) => Some(Instant::now() + Duration::from_millis(ms)),
+            Some(ms) => Some(started + Duration::from_millis(ms)),
             None => None,
         };
         let ctx = Context {
@@ -425,6 +424,7 @@ impl Broker {
             meta: request.meta.map(Arc::new),
             headers: request.headers.map(Arc::new),
             deadline,
+            started,
         };
         let params = Payload::encoded(request.params, request.content_type);
         let local = {
@@ -552,4 +552,23 @@ fn merge(base: Option<Arc<Meta>>, extra: Option<&Meta>) -> Option<Arc<Meta>> {
             Some(Arc::new(all))
         }
     }
+}
+
+/// The value of a call's shard key (`#name` for a meta entry, else a top-level param field).
+fn shard_key(key: &str, ctx: &Context, params: &Payload<'_>) -> Option<String> {
+    let value = match key.strip_prefix('#') {
+        Some(meta_key) => ctx.meta().get(meta_key).cloned()?,
+        None => {
+            let (bytes, content_type) = params.encode().ok()?;
+            Payload::encoded(bytes, content_type)
+                .decode::<serde_json::Value>()
+                .ok()?
+                .get(key)?
+                .clone()
+        }
+    };
+    Some(match value {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    })
 }

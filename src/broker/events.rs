@@ -4,7 +4,7 @@
 use super::{Broker, InFlight};
 use crate::context::Context;
 use crate::error::Result;
-use crate::middleware::{Emit, EmitKind, LocalEvent, hooks};
+use crate::middleware::{Emit, EmitKind, HookKind, LocalEvent, hooks};
 use crate::packet::{ContentType, Event, Packet, PacketBody};
 use crate::payload::{Payload, encode_msgpack};
 use crate::registry::LocalListeners;
@@ -13,6 +13,7 @@ use futures_util::FutureExt;
 use serde::Serialize;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use tokio::time::Instant;
 
 /// Who raised an event, for the handlers' contexts.
 struct Origin {
@@ -93,11 +94,14 @@ impl Broker {
             broker: self,
         };
         let stack = &self.inner.middleware;
-        if stack.is_empty() {
+        if stack.is_empty(HookKind::Emit) {
             return self.deliver(emit).await;
         }
         let end = |emit| self.deliver(emit).boxed();
-        stack.next(hooks::emit, &end).run(emit).await
+        stack
+            .next(HookKind::Emit, hooks::emit, &end)
+            .run(emit)
+            .await
     }
 
     /// Hands an event to this node's listeners and to the nodes that should get it.
@@ -212,6 +216,7 @@ impl Broker {
         content_type: ContentType,
         origin: &Origin,
     ) {
+        let started = Instant::now();
         for listener in listeners {
             let ctx = Context {
                 broker: self.clone(),
@@ -225,6 +230,7 @@ impl Broker {
                 meta: origin.meta.clone(),
                 headers: origin.headers.clone(),
                 deadline: None,
+                started,
             };
             let payload = Payload::encoded(data.clone(), content_type);
             let event = event.to_owned();
@@ -238,11 +244,16 @@ impl Broker {
                     data: payload,
                 };
                 let handler = |e: LocalEvent<'_>| (listener.handler)(e.ctx, e.data);
-                let service_layers = |e| listener.middleware.next(hooks::event, &handler).run(e);
+                let service_layers = |e| {
+                    listener
+                        .middleware
+                        .next(HookKind::Event, hooks::event, &handler)
+                        .run(e)
+                };
                 let result = broker
                     .inner
                     .middleware
-                    .next(hooks::event, &service_layers)
+                    .next(HookKind::Event, hooks::event, &service_layers)
                     .run(call);
                 if let Err(err) = AssertUnwindSafe(result)
                     .catch_unwind()

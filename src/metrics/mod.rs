@@ -38,7 +38,7 @@ mod histogram;
 
 use crate::broker::Broker;
 use crate::error::Result;
-use crate::middleware::{BreakerState, Call, Emit, LocalCall, LocalEvent, Middleware, Next};
+use crate::middleware::{BreakerState, Call, Emit, Hooks, LocalCall, LocalEvent, Middleware, Next};
 use crate::payload::Payload;
 use crate::transport::LinkKind;
 use futures_util::FutureExt;
@@ -49,7 +49,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Counters of one action on one side (calls made, or calls handled).
 struct ActionStats {
@@ -415,12 +415,16 @@ impl Middleware for Metrics {
         "metrics"
     }
 
+    fn hooks(&self) -> Hooks {
+        Hooks::CALL | Hooks::LOCAL_ACTION | Hooks::EVENT | Hooks::EMIT
+    }
+
     fn call<'a>(
         &'a self,
         call: Call<'a>,
         next: Next<'a, Call<'a>>,
     ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        let started = Instant::now();
+        let started = call.ctx.started;
         let action = call.action;
         let broker = call.ctx.broker.clone();
         next.run(call)
@@ -439,7 +443,7 @@ impl Middleware for Metrics {
         call: LocalCall<'a>,
         next: Next<'a, LocalCall<'a>>,
     ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        let started = Instant::now();
+        let started = call.ctx.started;
         let action = call.action;
         let broker = call.ctx.broker.clone();
         broker.inner.metrics.in_flight.increment(1.0);

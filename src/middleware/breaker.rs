@@ -8,7 +8,7 @@
 //! is broadcast on this node as `$circuit-breaker.opened`, `.half-opened` or `.closed` with
 //! `{ "action", "node_id", "requests", "failures" }`.
 
-use super::{Middleware, Next, RemoteCall};
+use super::{Hooks, Middleware, Next, RemoteCall};
 use crate::broker::{Broker, WeakBroker};
 use crate::error::Result;
 use crate::payload::Payload;
@@ -304,6 +304,10 @@ fn transition(action: &str, node_id: &str, ep: &Endpoint) -> Transition {
 impl Middleware for CircuitBreaker {
     fn name(&self) -> &'static str {
         "circuit-breaker"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::REMOTE_CALL
     }
 
     fn started(&self, broker: &Broker) {

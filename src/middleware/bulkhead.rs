@@ -1,7 +1,7 @@
 //! The bulkhead: at most `concurrency` handlers of one action run at once, at most `queue` more
 //! wait; beyond that the caller gets a queue-full error (429, retryable) at once.
 
-use super::{LocalCall, Middleware, Next};
+use super::{Hooks, LocalCall, Middleware, Next};
 use crate::error::{Error, ErrorKind, Result};
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -89,6 +89,10 @@ impl Bulkhead {
 impl Middleware for Bulkhead {
     fn name(&self) -> &'static str {
         "bulkhead"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::LOCAL_ACTION
     }
 
     fn local_action<'a>(

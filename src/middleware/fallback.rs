@@ -1,6 +1,6 @@
 //! Fallbacks: an answer for a call that failed, per action or per call.
 
-use super::{Call, Middleware, Next};
+use super::{Call, Hooks, Middleware, Next};
 use crate::error::{Error, Result};
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -78,6 +78,10 @@ impl Fallback {
 impl Middleware for Fallback {
     fn name(&self) -> &'static str {
         "fallback"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::CALL
     }
 
     fn call<'a>(

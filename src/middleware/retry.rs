@@ -1,7 +1,7 @@
 //! Retries: exponential back-off with jitter, only for retryable errors, never past the call's
 //! deadline, and on another endpoint when one exists.
 
-use super::{Call, Middleware, Next};
+use super::{Call, Hooks, Middleware, Next};
 use crate::error::Result;
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -122,6 +122,10 @@ impl Retry {
 impl Middleware for Retry {
     fn name(&self) -> &'static str {
         "retry"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::CALL
     }
 
     fn call<'a>(

@@ -1,7 +1,7 @@
 //! A `tracing` span around every call, handler and event, with request id, action, caller and
 //! node: every log line written inside carries them.
 
-use super::{Call, LocalCall, LocalEvent, Middleware, Next, RemoteCall};
+use super::{Call, Hooks, LocalCall, LocalEvent, Middleware, Next, RemoteCall};
 use crate::error::Result;
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -21,6 +21,10 @@ pub struct Tracing;
 impl Middleware for Tracing {
     fn name(&self) -> &'static str {
         "tracing"
+    }
+
+    fn hooks(&self) -> Hooks {
+        Hooks::CALL | Hooks::REMOTE_CALL | Hooks::LOCAL_ACTION | Hooks::EVENT
     }
 
     fn call<'a>(
