@@ -319,8 +319,10 @@ fn default_node_id() -> String {
     format!("{host}-{:04x}", rand::random::<u16>())
 }
 
-/// Identity of this machine and boot: equal for every node on the same host.
-fn host_id() -> String {
+/// Identity of this machine, boot and network namespace: equal for every node that can share
+/// memory and a runtime directory with this one (nodes in other network namespaces, such as
+/// containers or simulated hosts, count as other hosts).
+pub(crate) fn host_id() -> String {
     let read = |path: &str| {
         std::fs::read_to_string(path)
             .map(|s| s.trim().to_owned())
@@ -328,9 +330,12 @@ fn host_id() -> String {
     };
     let machine = read("/etc/machine-id");
     let boot = read("/proc/sys/kernel/random/boot_id");
+    let netns = std::fs::read_link("/proc/self/ns/net")
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
     if machine.is_empty() && boot.is_empty() {
         gethostname::gethostname().to_string_lossy().into_owned()
     } else {
-        format!("{machine}:{boot}")
+        format!("{machine}:{boot}:{netns}")
     }
 }

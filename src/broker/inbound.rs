@@ -162,6 +162,7 @@ impl Broker {
             return;
         }
         for transport in &self.inner.transports {
+            transport.learn_peer(&sender, &info.addresses);
             for peer in &info.peers {
                 if *peer.node_id != *self.inner.node_id {
                     transport.learn_peer(&peer.node_id, &peer.addresses);

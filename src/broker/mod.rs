@@ -18,6 +18,7 @@ mod events;
 mod inbound;
 
 pub use builder::BrokerBuilder;
+pub(crate) use builder::host_id;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};

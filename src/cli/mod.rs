@@ -113,6 +113,9 @@ pub(crate) struct MeshArgs {
     /// Do not announce or browse by mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Do not use shared memory with nodes on this host (they then talk over the network).
+    #[arg(long, env = "PHALANX_NO_SHM")]
+    no_shm: bool,
     /// Use a NATS server instead of the QUIC mesh, e.g. `nats://user:pass@host:4222` or
     /// `tls://host:4222`. Also `PHALANX_NATS`.
     #[arg(long, env = "PHALANX_NATS")]
@@ -161,6 +164,9 @@ impl MeshArgs {
         );
         if let Some(id) = &self.node_id {
             builder = builder.node_id(id.clone());
+        }
+        if !self.no_shm {
+            builder = builder.transport(phalanx::transport::ShmTransport::builder().build());
         }
         if let Some(url) = &self.nats {
             let mut nats = phalanx::transport::NatsTransport::builder(url.clone());

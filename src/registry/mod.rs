@@ -216,12 +216,14 @@ impl Registry {
         info: Info,
         link: LinkKind,
     ) -> NodeChange {
-        let change = match self.nodes.get(node_id) {
+        let change = match self.nodes.get_mut(node_id) {
             Some(known)
                 if known.available
                     && known.info.instance_id == info.instance_id
                     && known.info.seq >= info.seq =>
             {
+                // The same INFO over a faster link (shared memory) moves the node to it.
+                known.link = known.link.min(link);
                 return NodeChange::Unchanged;
             }
             Some(known) if known.available => NodeChange::Updated,

@@ -32,11 +32,13 @@ mod inproc;
 #[cfg(feature = "nats")]
 mod nats;
 mod quic;
+mod shm;
 
 pub use inproc::{InProcBus, InProcTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsTransport, NatsTransportBuilder};
 pub use quic::{QuicConfig, QuicTransport, QuicTransportBuilder};
+pub use shm::{ShmTransport, ShmTransportBuilder};
 
 use crate::codec::Codec;
 use crate::error::Result;

@@ -308,7 +308,13 @@ impl Transporter for QuicTransport {
 
     fn learn_peer(&self, node_id: &str, addresses: &[String]) {
         if let Some(mesh) = self.mesh.get() {
-            mesh.dialer.learn(node_id, addresses);
+            // Only socket addresses: other transports announce theirs in the same list.
+            let ours: Vec<String> = addresses
+                .iter()
+                .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
+                .cloned()
+                .collect();
+            mesh.dialer.learn(node_id, &ours);
         }
     }
 
