@@ -1,7 +1,7 @@
 //! Real `phalanx demo` processes on loopback, driven by the CLI and by a broker in this test.
 
 use phalanx::membership::{CLUSTER_SERVER_NAME, Membership};
-use phalanx::transport::QuicTransport;
+use phalanx::transport::{QuicTransport, ShmTransport};
 use phalanx::{Broker, CallOptions, ErrorKind};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -99,7 +99,17 @@ fn cli(args: &[&str], secret: &str, seed: &str) -> (bool, String) {
 }
 
 async fn observer(secret: &str, seed: &str) -> Broker {
-    Broker::builder()
+    observer_from(Broker::builder(), secret, seed).await
+}
+
+/// An observer that also takes the shared-memory path to demo nodes on this host.
+async fn shm_observer(secret: &str, seed: &str) -> Broker {
+    let builder = Broker::builder().transport(ShmTransport::builder().build());
+    observer_from(builder, secret, seed).await
+}
+
+async fn observer_from(builder: phalanx::BrokerBuilder, secret: &str, seed: &str) -> Broker {
+    builder
         .node_id(format!("observer-{:x}", rand_u64() % 0xffff))
         .heartbeat(Duration::from_millis(300), Duration::from_millis(2500))
         .transport(
@@ -162,7 +172,8 @@ async fn three_nodes_with_one_seed_each_form_a_mesh_that_the_cli_drives() {
             .as_array()
             .unwrap()
             .iter()
-            .all(|n| n["link"] == "quic" && n["available"] == true)
+            // Same host: shared memory once negotiated, QUIC until then.
+            .all(|n| (n["link"] == "quic" || n["link"] == "shm") && n["available"] == true)
     );
 
     // Each node knows the two others although it was given at most one seed.
@@ -538,4 +549,150 @@ async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_
         "{retried}"
     );
     drop((m1, m2, m3));
+}
+
+/// The link kind `broker` uses for each node it knows.
+async fn links(broker: &Broker) -> std::collections::BTreeMap<String, String> {
+    let list = broker
+        .call_json("$node.list", serde_json::Value::Null)
+        .await
+        .unwrap();
+    list.as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["available"] == true)
+        .map(|n| {
+            (
+                n["id"].as_str().unwrap().to_owned(),
+                n["link"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+async fn wait_for_link(broker: &Broker, node: &str, kind: &str) {
+    let found = tokio::time::timeout(Duration::from_secs(10), async {
+        while links(broker).await.get(node).map(String::as_str) != Some(kind) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert!(
+        found.is_ok(),
+        "{node} never reached over {kind}: {:?}",
+        links(broker).await
+    );
+}
+
+fn dev_shm() -> Vec<String> {
+    std::fs::read_dir("/dev/shm")
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_host_nodes_talk_over_shared_memory_and_survive_kill_9() {
+    let shm_before = dev_shm();
+    let s = secret();
+    let n1 = demo("s1", &s, &[]);
+    let mut n2 = demo("s2", &s, &[&n1.addr]);
+    let probe = shm_observer(&s, &n1.addr).await;
+    wait_for_nodes(&probe, &["s1", "s2"]).await;
+    wait_for_link(&probe, "s1", "shm").await;
+    wait_for_link(&probe, "s2", "shm").await;
+    // The demo nodes chose shared memory between themselves too, as `phalanx nodes` shows.
+    let (ok, out) = cli(&["nodes", "--json", "--no-shm"], &s, &n1.addr);
+    assert!(ok, "{out}");
+    let s1_view: serde_json::Value = probe
+        .call_with("$node.list", (), CallOptions::new().node("s1"))
+        .await
+        .unwrap();
+    let s2_link = s1_view
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "s2")
+        .unwrap()["link"]
+        .clone();
+    assert_eq!(s2_link, "shm");
+
+    // 1 MiB each way, larger than a ring slot would be: streamed through the ring.
+    let big = "x".repeat(1 << 20);
+    let echoed: String = probe
+        .call_with("demo.echo", big.clone(), CallOptions::new().node("s1"))
+        .await
+        .unwrap();
+    assert_eq!(echoed.len(), big.len());
+    assert!(echoed == big);
+
+    // Events cross the same link.
+    probe.broadcast("demo.ping", &1).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let n: u64 = probe
+                .call_with("demo.events", (), CallOptions::new().node("s1"))
+                .await
+                .unwrap();
+            if n >= 1 {
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(got.ok(), Some(1));
+    let metrics = probe.metrics();
+    let shm = metrics
+        .links
+        .iter()
+        .find(|l| l.link == "shm" && l.peer == "s1")
+        .expect("shm traffic");
+    assert!(
+        shm.bytes_sent > 1 << 20 && shm.bytes_received > 1 << 20,
+        "{shm:?}"
+    );
+
+    // kill -9 of s2 with calls in flight: they fail at once (retryable), well before their
+    // timeout, and s1 keeps serving.
+    let in_flight: Vec<_> = (0..8)
+        .map(|_| {
+            let probe = probe.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let opts = CallOptions::new()
+                    .node("s2")
+                    .timeout(Duration::from_secs(20));
+                let result = probe
+                    .call_with::<u64>("demo.sleep", serde_json::json!({"ms": 5000}), opts)
+                    .await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    n2.child.kill().unwrap();
+    n2.child.wait().unwrap();
+    for call in in_flight {
+        let (result, took) = call.await.unwrap();
+        let err = result.expect_err("the node died");
+        assert!(err.is_retryable(), "{err}");
+        assert!(took < Duration::from_secs(3), "took {took:?}: {err}");
+    }
+    let sum: f64 = probe
+        .call("demo.add", serde_json::json!({"a": 2, "b": 3}))
+        .await
+        .unwrap();
+    assert_eq!(sum, 5.0);
+    assert_eq!(
+        links(&probe).await.get("s1").map(String::as_str),
+        Some("shm")
+    );
+    probe.stop().await;
+    drop(n1);
+    // memfd segments: nothing was ever created in /dev/shm.
+    assert_eq!(dev_shm(), shm_before);
 }

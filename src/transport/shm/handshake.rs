@@ -63,8 +63,7 @@ pub(super) fn dial(
         UnixStream::connect(path).map_err(|e| format!("cannot reach {}: {e}", path.display()))?;
     set_timeouts(&stream, Some(TIMEOUT))?;
     same_user(&stream)?;
-    let (segment, file) =
-        Segment::create(capacity, offer.challenge).map_err(|e| e.to_string())?;
+    let (segment, file) = Segment::create(capacity, offer.challenge).map_err(|e| e.to_string())?;
     let body = serde_json::to_vec(offer).map_err(|e| e.to_string())?;
     send_with_fd(&stream, &body, &file)?;
     let reply: Reply = read_message(&mut stream)?;
@@ -236,9 +235,7 @@ fn read_some(stream: &mut &UnixStream, buf: &mut [u8]) -> Outcome<usize> {
 
 fn write_message<T: Serialize>(stream: &mut UnixStream, message: &T) -> Outcome<()> {
     let body = serde_json::to_vec(message).map_err(|e| e.to_string())?;
-    stream
-        .write_all(&framed(&body)?)
-        .map_err(|e| e.to_string())
+    stream.write_all(&framed(&body)?).map_err(|e| e.to_string())
 }
 
 fn read_message<T: for<'de> Deserialize<'de>>(stream: &mut UnixStream) -> Outcome<T> {

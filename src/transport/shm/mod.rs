@@ -222,8 +222,9 @@ impl Transporter for ShmTransport {
                 std::process::id()
             ));
             let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path)
-                .map_err(|e| Error::transport(format!("cannot listen on {}: {e}", path.display())))?;
+            let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
+                Error::transport(format!("cannot listen on {}: {e}", path.display()))
+            })?;
             let host_id = crate::broker::host_id();
             let secret = format!("{:032x}", rand::random::<u128>());
             let running = Running {
@@ -326,7 +327,11 @@ impl Transporter for ShmTransport {
         if peer.host_id != running.host_id
             || *running.ctx.node_id >= *node_id
             || running.stopped.load(Ordering::Acquire)
-            || running.links.lock().expect("links lock").contains_key(node_id)
+            || running
+                .links
+                .lock()
+                .expect("links lock")
+                .contains_key(node_id)
         {
             return;
         }
@@ -447,7 +452,9 @@ impl ShmTransport {
                 }
                 Err(err) => {
                     self.lost(&link.node_id, &err.to_string());
-                    return Err(Error::transport(format!("shared-memory link broken: {err}")));
+                    return Err(Error::transport(format!(
+                        "shared-memory link broken: {err}"
+                    )));
                 }
             }
         }
@@ -616,10 +623,7 @@ impl ShmTransport {
                 match decoder.decode(&mut buf) {
                     Ok(Some(packet)) => {
                         if *packet.sender != **node_id {
-                            return Err(format!(
-                                "frame claims to come from '{}'",
-                                packet.sender
-                            ));
+                            return Err(format!("frame claims to come from '{}'", packet.sender));
                         }
                         running.ctx.handler.on_traffic(
                             node_id,
@@ -641,11 +645,117 @@ impl ShmTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::Codec;
+    use crate::packet::{PacketBody, Ping};
+    use crate::transport::TransportHandler;
+
+    /// Records what a transport reports.
+    #[derive(Default)]
+    struct Recorder {
+        events: Mutex<Vec<String>>,
+    }
+
+    impl TransportHandler for Recorder {
+        fn on_packet(&self, packet: Packet, link: LinkKind) {
+            let what = format!("packet {} {:?} {link}", packet.sender, packet.kind());
+            self.events.lock().unwrap().push(what);
+        }
+        fn on_link_up(&self, node_id: &str, link: LinkKind) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("up {node_id} {link}"));
+        }
+        fn on_link_down(&self, node_id: &str, link: LinkKind) {
+            self.events
+                .lock()
+                .unwrap()
+                .push(format!("down {node_id} {link}"));
+        }
+        fn on_bus(&self, _: LinkKind, _: bool) {}
+        fn hello(&self) -> Packet {
+            Packet::new("unused", PacketBody::Ping(Ping { id: 0, time_us: 0 }))
+        }
+    }
+
+    impl Recorder {
+        async fn wait_for(&self, event: &str) {
+            let seen = tokio::time::timeout(Duration::from_secs(5), async {
+                while !self.events.lock().unwrap().iter().any(|e| e == event) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            })
+            .await;
+            assert!(
+                seen.is_ok(),
+                "no '{event}' in {:?}",
+                self.events.lock().unwrap()
+            );
+        }
+    }
+
+    async fn node(id: &str, dir: &std::path::Path) -> (ShmTransport, Arc<Recorder>) {
+        let recorder = Arc::new(Recorder::default());
+        let transport = ShmTransport::builder()
+            .dir(dir)
+            .ring_capacity(64 << 10)
+            .build();
+        transport
+            .start(TransportContext {
+                node_id: id.into(),
+                namespace: "t".into(),
+                codec: Codec::new(1 << 20),
+                handler: recorder.clone(),
+            })
+            .await
+            .unwrap();
+        (transport, recorder)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_corrupted_ring_closes_the_link_on_both_sides() {
+        let dir =
+            std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()));
+        let (a, a_seen) = node("a", &dir).await;
+        let (b, b_seen) = node("b", &dir).await;
+        // A wrong token is refused: the pair stays apart.
+        let forged = b.addresses()[0].replace(&b.state.get().unwrap().token, "forged");
+        a.learn_peer("b", &[forged]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(a.linked_nodes().is_empty());
+
+        a.learn_peer("b", &b.addresses());
+        a_seen.wait_for("up b shm").await;
+        b_seen.wait_for("up a shm").await;
+        // A frame three times the ring's size streams through it.
+        let big = crate::packet::Event {
+            event: "big".into(),
+            data: Bytes::from(vec![7u8; 200_000]),
+            ..Default::default()
+        };
+        a.send("b", &Packet::new("a", PacketBody::Event(big)))
+            .await
+            .unwrap();
+        b_seen.wait_for("packet a Event shm").await;
+        let ping = Packet::new("a", PacketBody::Ping(Ping { id: 1, time_us: 2 }));
+        a.send("b", &ping).await.unwrap();
+        b_seen.wait_for("packet a Ping shm").await;
+
+        let link = a.state.get().unwrap().links.lock().unwrap()["b"].clone();
+        link.outgoing.corrupt();
+        b_seen.wait_for("down a shm").await;
+        a_seen.wait_for("down b shm").await;
+        assert!(a.send("b", &ping).await.is_err());
+        a.stop().await;
+        b.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn addresses_parse_with_colons_in_the_host_id() {
-        let a = PeerAddress::parse("shm:abc:def:net:[4026531840]:0123abcd:/run/user/0/phalanx/n1.sock")
-            .unwrap();
+        let a =
+            PeerAddress::parse("shm:abc:def:net:[4026531840]:0123abcd:/run/user/0/phalanx/n1.sock")
+                .unwrap();
         assert_eq!(a.host_id, "abc:def:net:[4026531840]");
         assert_eq!(a.token, "0123abcd");
         assert_eq!(a.path, PathBuf::from("/run/user/0/phalanx/n1.sock"));

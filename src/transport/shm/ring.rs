@@ -169,14 +169,14 @@ impl Segment {
     }
 
     fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        assert!(offset % 8 == 0 && offset + 8 <= self.len);
+        assert!(offset.is_multiple_of(8) && offset + 8 <= self.len);
         // SAFETY: in bounds (checked above), 8-aligned (the mapping is page-aligned and the
         // offset a multiple of 8), and only ever accessed atomically by both processes.
         unsafe { &*(self.base.add(offset) as *const AtomicU64) }
     }
 
     fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= self.len);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= self.len);
         // SAFETY: as for `atomic_u64`, with 4-byte alignment.
         unsafe { &*(self.base.add(offset) as *const AtomicU32) }
     }
@@ -398,8 +398,14 @@ mod tests {
         let (producer, consumer) = pair(PAGE);
         producer.corrupt();
         let mut out = bytes::BytesMut::new();
-        assert!(matches!(consumer.pop(&mut out), Err(RingError::Corrupt { .. })));
-        assert!(matches!(producer.push(b"x"), Err(RingError::Corrupt { .. })));
+        assert!(matches!(
+            consumer.pop(&mut out),
+            Err(RingError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            producer.push(b"x"),
+            Err(RingError::Corrupt { .. })
+        ));
     }
 
     /// A producer and a consumer thread move 64 MiB through a small ring, with parking: every
@@ -426,7 +432,9 @@ mod tests {
         let data: Vec<u8> = (0..TOTAL).map(|i| (i % 251) as u8).collect();
         let mut sent = 0;
         while sent < TOTAL {
-            let n = producer.push(&data[sent..(sent + 7919).min(TOTAL)]).unwrap();
+            let n = producer
+                .push(&data[sent..(sent + 7919).min(TOTAL)])
+                .unwrap();
             if n == 0 {
                 std::thread::yield_now();
             }
