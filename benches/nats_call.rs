@@ -102,6 +102,6 @@ async fn run(url: String, duration: Duration, payload: usize) {
     print_table(
         &format!("NATS call, {payload}-byte payload, nats-server on loopback, 2 worker threads"),
         ("raw async-nats request-reply", &raw),
-        ("phalanx `call` over NATS", &ours),
+        &[("phalanx `call` over NATS", &ours)],
     );
 }

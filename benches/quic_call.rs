@@ -48,7 +48,7 @@ async fn run(duration: Duration, payload: usize) {
     print_table(
         &format!("QUIC call, {payload}-byte payload, loopback, one process, 2 worker threads"),
         ("raw quinn, long-lived streams + request-id mux", &raw),
-        ("phalanx `call` over QUIC", &ours),
+        &[("phalanx `call` over QUIC", &ours)],
     );
 }
 

@@ -87,27 +87,33 @@ pub(crate) async fn measure_echo(caller: &Broker, body: &Bytes, duration: Durati
     measure(duration, call).await
 }
 
-/// Prints the baseline, ours, and how ours compares (difference and ratio).
+/// Prints the baseline, each contender, and how each compares (difference and ratio).
 #[allow(clippy::print_stdout)]
-pub(crate) fn print_table(title: &str, baseline: (&str, &Figures), ours: (&str, &Figures)) {
-    let ((raw_name, raw), (our_name, our)) = (baseline, ours);
+pub(crate) fn print_table(
+    title: &str,
+    baseline: (&str, &Figures),
+    contenders: &[(&str, &Figures)],
+) {
+    let (raw_name, raw) = baseline;
     println!("\n{title}");
     println!("| what | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) |");
     println!("|---|---|---|---|");
-    for (name, f) in [(raw_name, raw), (our_name, our)] {
+    for (name, f) in std::iter::once((raw_name, raw)).chain(contenders.iter().copied()) {
         println!(
             "| {name} | {:.1} | {:.1} | {:.0} |",
             f.p50_us, f.p99_us, f.calls_per_sec
         );
     }
-    println!(
-        "| ours vs baseline | {:+.1} µs ({:.2}×) | {:+.1} µs ({:.2}×) | {:.0} % |",
-        our.p50_us - raw.p50_us,
-        our.p50_us / raw.p50_us,
-        our.p99_us - raw.p99_us,
-        our.p99_us / raw.p99_us,
-        100.0 * our.calls_per_sec / raw.calls_per_sec
-    );
+    for (name, our) in contenders {
+        println!(
+            "| {name} vs baseline | {:+.1} µs ({:.2}×) | {:+.1} µs ({:.2}×) | {:.0} % |",
+            our.p50_us - raw.p50_us,
+            our.p50_us / raw.p50_us,
+            our.p99_us - raw.p99_us,
+            our.p99_us / raw.p99_us,
+            100.0 * our.calls_per_sec / raw.calls_per_sec
+        );
+    }
 }
 
 /// Sequential calls measured for p50/p99.
