@@ -595,7 +595,7 @@ fn dev_shm() -> Vec<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn same_host_nodes_talk_over_shared_memory_and_survive_kill_9() {
+async fn same_host_nodes_talk_over_shared_memory_survive_kill_9_and_renegotiate() {
     let shm_before = dev_shm();
     let s = secret();
     let n1 = demo("s1", &s, &[]);
@@ -691,6 +691,19 @@ async fn same_host_nodes_talk_over_shared_memory_and_survive_kill_9() {
         links(&probe).await.get("s1").map(String::as_str),
         Some("shm")
     );
+
+    // A restarted s2 negotiates a new link.
+    let _n2 = demo("s2", &s, &[&n1.addr]);
+    wait_for_link(&probe, "s2", "shm").await;
+    let sum: f64 = probe
+        .call_with(
+            "demo.add",
+            serde_json::json!({"a": 1, "b": 1}),
+            CallOptions::new().node("s2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sum, 2.0);
     probe.stop().await;
     drop(n1);
     // memfd segments: nothing was ever created in /dev/shm.
