@@ -301,9 +301,10 @@ impl Net {
             .unwrap_or_else(|e| panic!("cannot run phalanx on {}: {e}", self.hosts[i].name))
     }
 
-    /// Starts a `phalanx` CLI command on host `i` in the background (e.g. a bench).
-    pub fn cli_spawn(&self, i: usize, args: &[&str]) -> Child {
-        self.cli_command(i, &format!("127.0.0.1:{PORT}"), args, None)
+    /// Starts a `phalanx` CLI command on host `i` in the background (e.g. a bench), joined
+    /// through `seed`.
+    pub fn cli_spawn(&self, i: usize, seed: &str, args: &[&str]) -> Child {
+        self.cli_command(i, seed, args, None)
             .stdout(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run phalanx on {}: {e}", self.hosts[i].name))
