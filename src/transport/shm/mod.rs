@@ -65,6 +65,8 @@ const PARK: Duration = Duration::from_millis(100);
 /// Spin iterations of an idle reader before it yields, adapted within these bounds.
 const SPIN_MIN: u32 = 16;
 const SPIN_MAX: u32 = 4096;
+/// Yields of an idle reader after spinning, before it parks.
+const YIELDS: u32 = 64;
 
 /// Builds a [`ShmTransport`].
 #[derive(Debug, Clone)]
@@ -612,8 +614,17 @@ impl ShmTransport {
                     continue;
                 }
                 spin = (spin / 2).max(SPIN_MIN);
-                std::thread::yield_now();
-                if ring.is_empty().map_err(|e| e.to_string())? {
+                // Yielding keeps this thread awake through short gaps without taking the CPU
+                // from anyone runnable; only a longer silence parks it on the futex.
+                let mut woke = false;
+                for _ in 0..YIELDS {
+                    std::thread::yield_now();
+                    if !ring.is_empty().map_err(|e| e.to_string())? {
+                        woke = true;
+                        break;
+                    }
+                }
+                if !woke {
                     ring.park(PARK).map_err(|e| e.to_string())?;
                 }
                 continue;
