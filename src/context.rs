@@ -127,6 +127,18 @@ impl Context {
     }
 
     /// When this call was made — or, for a call from another node, when it arrived here.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker.service("clock").action("age", |ctx: phalanx::Context, _: ()| async move {
+    ///     Ok(ctx.started().elapsed().as_secs())
+    /// }).start().await?;
+    /// assert_eq!(broker.call::<u64>("clock.age", ()).await?, 0);
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -230,6 +242,25 @@ impl CallOptions {
 
     /// Retries for this call, with the broker's back-off (overrides
     /// [`BrokerBuilder::retry`](crate::BrokerBuilder::retry)'s count; 0 turns retries off).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// let tries = std::sync::Arc::new(AtomicU32::new(0));
+    /// let seen = tries.clone();
+    /// broker.service("flaky").action("get", move |_ctx, _: ()| {
+    ///     let n = seen.fetch_add(1, Ordering::SeqCst);
+    ///     async move {
+    ///         if n == 0 { Err(phalanx::Error::rejected("busy")) } else { Ok(n) }   // 503, retryable
+    ///     }
+    /// }).start().await?;
+    /// let options = phalanx::CallOptions::new().retries(2);
+    /// assert_eq!(broker.call_with::<u32>("flaky.get", (), options).await?, 1);
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
     pub fn retries(mut self, retries: u32) -> Self {
         self.retries = Some(retries);
         self

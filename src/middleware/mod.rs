@@ -267,7 +267,31 @@ pub struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// Encodes the params once so that `next` can be run again with [`Call::again`].
+    /// Encodes the params once so that `next` can be run again with [`Call::again`] (what
+    /// [`Retry`] does).
+    ///
+    /// ```
+    /// use futures_util::FutureExt;
+    /// use futures_util::future::BoxFuture;
+    /// use phalanx::middleware::{Call, Middleware, Next};
+    /// use phalanx::{Payload, Result};
+    ///
+    /// /// Tries every call twice, keeping the second answer.
+    /// struct Twice;
+    ///
+    /// impl Middleware for Twice {
+    ///     fn name(&self) -> &'static str { "twice" }
+    ///     fn call<'a>(&'a self, mut call: Call<'a>, next: Next<'a, Call<'a>>) -> BoxFuture<'a, Result<Payload<'static>>> {
+    ///         async move {
+    ///             call.share_params()?;
+    ///             let _ = next.run(call.again().expect("shared")).await;
+    ///             next.run(call).await
+    ///         }
+    ///         .boxed()
+    ///     }
+    /// }
+    /// # let _ = Twice;
+    /// ```
     pub fn share_params(&mut self) -> Result<()> {
         let (bytes, content_type) = self.params.encode()?;
         self.params = Payload::encoded(bytes, content_type);

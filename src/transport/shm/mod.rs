@@ -77,7 +77,13 @@ pub struct ShmTransportBuilder {
 
 impl ShmTransportBuilder {
     /// Where the Unix sockets live. Default: `$XDG_RUNTIME_DIR/phalanx`, else
-    /// `/tmp/phalanx-<uid>`.
+    /// `/tmp/phalanx-<uid>`. Nodes only find each other's sockets through their INFO, so nodes
+    /// with different directories still link.
+    ///
+    /// ```
+    /// let shm = phalanx::transport::ShmTransport::builder().dir("/run/my-app/phalanx").build();
+    /// # let _ = shm;
+    /// ```
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
         self
