@@ -704,6 +704,40 @@ async fn same_host_nodes_talk_over_shared_memory_survive_kill_9_and_renegotiate(
         .await
         .unwrap();
     assert_eq!(sum, 2.0);
+
+    // kill -9 of the other side, s1: s2 learns it from the socket, long before the lease
+    // (2.5 s) would tell, and keeps serving.
+    let mut n1 = n1;
+    let s2_sees_s1 = |probe: Broker| async move {
+        let list: serde_json::Value = probe
+            .call_with("$node.list", (), CallOptions::new().node("s2"))
+            .await
+            .unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["id"] == "s1" && n["available"] == true)
+    };
+    assert!(s2_sees_s1(probe.clone()).await);
+    n1.child.kill().unwrap();
+    n1.child.wait().unwrap();
+    let killed = Instant::now();
+    while s2_sees_s1(probe.clone()).await {
+        assert!(
+            killed.elapsed() < Duration::from_secs(1),
+            "s2 still sees s1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sum: f64 = probe
+        .call_with(
+            "demo.add",
+            serde_json::json!({"a": 2, "b": 2}),
+            CallOptions::new().node("s2"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(sum, 4.0);
     probe.stop().await;
     drop(n1);
     // memfd segments: nothing was ever created in /dev/shm.
