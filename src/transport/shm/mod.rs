@@ -215,24 +215,14 @@ impl Transporter for ShmTransport {
 
     fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>> {
         async move {
-            let dir = self.config.dir.clone().unwrap_or_else(default_dir);
-            std::fs::create_dir_all(&dir)
-                .and_then(|()| {
-                    use std::os::unix::fs::PermissionsExt;
-                    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
-                })
-                .map_err(|e| Error::transport(format!("cannot use {}: {e}", dir.display())))?;
-            remove_stale_sockets(&dir);
-            let path = dir.join(format!(
-                "{}-{:08x}-{}.sock",
-                token(&ctx.node_id),
-                rand::random::<u32>(),
-                std::process::id()
-            ));
-            let _ = std::fs::remove_file(&path);
-            let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
-                Error::transport(format!("cannot listen on {}: {e}", path.display()))
-            })?;
+            // Without a usable socket the node still works, over its other links.
+            let (path, listener) = match self.listen(&ctx) {
+                Ok(listening) => listening,
+                Err(err) => {
+                    tracing::warn!(%err, "shared memory disabled");
+                    return Ok(());
+                }
+            };
             let host_id = crate::broker::host_id();
             let secret = format!("{:032x}", rand::random::<u128>());
             let running = Running {
@@ -432,6 +422,28 @@ impl Link {
 }
 
 impl ShmTransport {
+    /// Binds this node's socket in the runtime directory.
+    fn listen(&self, ctx: &TransportContext) -> Result<(PathBuf, tokio::net::UnixListener)> {
+        let dir = self.config.dir.clone().unwrap_or_else(default_dir);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            })
+            .map_err(|e| Error::transport(format!("cannot use {}: {e}", dir.display())))?;
+        remove_stale_sockets(&dir);
+        let path = dir.join(format!(
+            "{}-{:08x}-{}.sock",
+            token(&ctx.node_id),
+            rand::random::<u32>(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .map_err(|e| Error::transport(format!("cannot listen on {}: {e}", path.display())))?;
+        Ok((path, listener))
+    }
+
     /// Copies `frame` into the link's outgoing ring, waiting for space if the peer is behind.
     async fn write(&self, link: &Link, frame: Bytes) -> Result<()> {
         let _turn = link.writer.lock().await;
@@ -727,6 +739,15 @@ mod tests {
             .await
             .unwrap();
         (transport, recorder)
+    }
+
+    #[tokio::test]
+    async fn an_unusable_directory_disables_shared_memory_without_failing() {
+        let (transport, _) = node("a", std::path::Path::new("/proc/no-such-dir")).await;
+        assert!(transport.addresses().is_empty());
+        let ping = Packet::new("a", PacketBody::Ping(Ping { id: 1, time_us: 2 }));
+        assert!(transport.send("b", &ping).await.is_err());
+        transport.stop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
