@@ -1,12 +1,4 @@
-//! The circuit breaker: stops sending calls to an endpoint (an action on one node) that keeps
-//! failing, probes it after a while, and lets traffic back once a probe succeeds.
-//!
-//! Closed → (failure ratio ≥ threshold over the window, with at least `min_requests`) → open →
-//! (after `half_open_after`) → half-open: one probe → closed on success, open again on failure.
-//! An error counts as a failure when its code is 500 or above (a timeout, an unreachable or
-//! stopping node, a failing handler); a validation error or a full queue does not. Every change
-//! is broadcast on this node as `$circuit-breaker.opened`, `.half-opened` or `.closed` with
-//! `{ "action", "node_id", "requests", "failures" }`.
+//! The circuit breaker (see [`CircuitBreaker`]).
 
 use super::{Hooks, Middleware, Next, RemoteCall};
 use crate::broker::{Broker, WeakBroker};
@@ -131,7 +123,15 @@ struct Transition {
     failures: u32,
 }
 
-/// The circuit breaker layer (see the [module docs](self)).
+/// The circuit breaker: stops sending calls to an endpoint (an action on one node) that keeps
+/// failing, probes it after a while, and lets traffic back once a probe succeeds.
+///
+/// Closed → (failure ratio ≥ threshold over the window, with at least `min_requests`) → open →
+/// (after `half_open_after`) → half-open: one probe → closed on success, open again on failure.
+/// An error counts as a failure when its code is 500 or above (a timeout, an unreachable or
+/// stopping node, a failing handler); a validation error or a full queue does not. Every change
+/// is broadcast on this node as `$circuit-breaker.opened`, `.half-opened` or `.closed` with
+/// `{ "action", "node_id", "requests", "failures" }`.
 #[derive(Default)]
 pub struct CircuitBreaker {
     config: BreakerConfig,

@@ -1,41 +1,4 @@
-//! The shared-memory fast path between nodes on the same host.
-//!
-//! Every node with this transport listens on a Unix socket in the user's runtime directory and
-//! announces it in its INFO as `shm:<host id>:<token>:<socket path>`. INFO only travels over
-//! authenticated links, so knowing a node's token proves cluster membership. When a node learns
-//! of a peer with the same host identity (machine, boot and network namespace), the one with
-//! the smaller node id dials the socket and they negotiate:
-//!
-//! 1. both check the peer's credentials on the socket (same user id);
-//! 2. the dialer creates a segment (a `memfd`, so nothing is ever left in `/dev/shm`) holding two
-//!    rings, writes a random challenge into it and sends it, with the token and the segment's
-//!    file descriptor, over the socket;
-//! 3. the acceptor checks the token, maps the segment, finds the same challenge in it and writes
-//!    its answer into the segment; the dialer checks the answer and confirms.
-//!
-//! Any failure leaves the pair on its other links (logged at debug). Then frames flow through
-//! the rings exactly as through any other transport, and the broker prefers this link (link
-//! kind `shm`). The socket stays open as the link's lifeline: when the peer dies, even by
-//! `kill -9`, the socket reports it at once, the link closes, and calls in flight to that node
-//! fail immediately with a retryable error. A corrupted ring closes the link with a logged
-//! reason.
-//!
-//! Each direction has a reader thread that spins briefly (adaptively: long spins collapse when
-//! both processes share one CPU), yields, then sleeps on a futex; an idle link costs no CPU.
-//!
-//! ```no_run
-//! # #[tokio::main]
-//! # async fn main() -> phalanx::Result<()> {
-//! use phalanx::transport::{QuicTransport, ShmTransport};
-//!
-//! let broker = phalanx::Broker::builder()
-//!     .transport(QuicTransport::builder().build())
-//!     .transport(ShmTransport::builder().build())   // same-host peers switch to shared memory
-//!     .start()
-//!     .await?;
-//! # broker.stop().await;
-//! # Ok(()) }
-//! ```
+//! The shared-memory fast path between nodes on the same host (see [`ShmTransport`]).
 
 mod handshake;
 mod ring;
@@ -104,7 +67,46 @@ impl ShmTransportBuilder {
     }
 }
 
-/// The shared-memory transport (see the [module docs](self)). Clones share one state.
+/// The shared-memory fast path between nodes on the same host.
+///
+/// Every node with this transport listens on a Unix socket in the user's runtime directory and
+/// announces it in its INFO as `shm:<host id>:<token>:<socket path>`. INFO only travels over
+/// authenticated links, so knowing a node's token proves cluster membership. When a node learns
+/// of a peer with the same host identity (machine, boot and network namespace), the one with
+/// the smaller node id dials the socket and they negotiate:
+///
+/// 1. both check the peer's credentials on the socket (same user id);
+/// 2. the dialer creates a segment (a `memfd`, so nothing is ever left in `/dev/shm`) holding two
+///    rings, writes a random challenge into it and sends it, with the token and the segment's
+///    file descriptor, over the socket;
+/// 3. the acceptor checks the token, maps the segment, finds the same challenge in it and writes
+///    its answer into the segment; the dialer checks the answer and confirms.
+///
+/// Any failure leaves the pair on its other links (logged at debug). Then frames flow through
+/// the rings exactly as through any other transport, and the broker prefers this link (link
+/// kind `shm`). The socket stays open as the link's lifeline: when the peer dies, even by
+/// `kill -9`, the socket reports it at once, the link closes, and calls in flight to that node
+/// fail immediately with a retryable error. A corrupted ring closes the link with a logged
+/// reason.
+///
+/// Each direction has a reader thread that spins briefly (adaptively: long spins collapse when
+/// both processes share one CPU), yields, then sleeps on a futex; an idle link costs no CPU.
+///
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> phalanx::Result<()> {
+/// use phalanx::transport::{QuicTransport, ShmTransport};
+///
+/// let broker = phalanx::Broker::builder()
+///     .transport(QuicTransport::builder().build())
+///     .transport(ShmTransport::builder().build())   // same-host peers switch to shared memory
+///     .start()
+///     .await?;
+/// # broker.stop().await;
+/// # Ok(()) }
+/// ```
+///
+/// Clones share one state.
 #[derive(Debug, Clone)]
 pub struct ShmTransport {
     config: Arc<ShmTransportBuilder>,
