@@ -329,6 +329,7 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
             let broker = Broker { inner };
             if last_beat.elapsed() >= timings.heartbeat_interval {
                 last_beat = Instant::now();
+                broker.inner.metrics.in_flight(broker.in_flight());
                 let beat = Packet::new(
                     broker.inner.node_id.clone(),
                     PacketBody::Heartbeat(Heartbeat {

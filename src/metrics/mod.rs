@@ -14,7 +14,7 @@
 //! | `phalanx_call_duration_seconds` | histogram | action |
 //! | `phalanx_handled_total`, `phalanx_handler_errors_total` | counter | action (errors: code) |
 //! | `phalanx_handler_duration_seconds` | histogram | action |
-//! | `phalanx_in_flight` | gauge | |
+//! | `phalanx_in_flight` | gauge (sampled with each heartbeat) | |
 //! | `phalanx_events_emitted_total`, `phalanx_events_received_total` | counter | event |
 //! | `phalanx_packets_sent_total`, `phalanx_packets_received_total` | counter | link, peer |
 //! | `phalanx_bytes_sent_total`, `phalanx_bytes_received_total` | counter | link, peer |
@@ -60,18 +60,54 @@ struct ActionStats {
     latency_series: metrics::Histogram,
 }
 
+/// Deliveries of one event in one direction.
+struct EventStats {
+    count: AtomicU64,
+    series: metrics::Counter,
+}
+
 /// Traffic with one peer over one link kind.
-#[derive(Default)]
 struct LinkStats {
     packets_sent: AtomicU64,
     packets_received: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
-    series: Option<[metrics::Counter; 4]>,
+    /// Packets sent, packets received, bytes sent, bytes received.
+    series: [metrics::Counter; 4],
 }
 
-/// A link kind and a peer.
-type LinkKey = (LinkKind, Arc<str>);
+/// Entries created on first use and then only read: a lookup by borrowed key, no allocation
+/// once the entry exists.
+struct Cache<K, V>(RwLock<HashMap<K, Arc<V>>>);
+
+impl<K, V> Default for Cache<K, V> {
+    fn default() -> Self {
+        Self(RwLock::default())
+    }
+}
+
+impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
+    fn get<Q>(&self, key: &Q, make: impl FnOnce() -> (K, V)) -> Arc<V>
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Some(value) = self.0.read().expect("metrics lock").get(key) {
+            return value.clone();
+        }
+        let (key, value) = make();
+        self.0
+            .write()
+            .expect("metrics lock")
+            .entry(key)
+            .or_insert_with(|| Arc::new(value))
+            .clone()
+    }
+
+    fn collect<T>(&self, f: impl FnMut((&K, &Arc<V>)) -> T) -> Vec<T> {
+        self.0.read().expect("metrics lock").iter().map(f).collect()
+    }
+}
 
 /// Which side of a call a counter belongs to.
 #[derive(Clone, Copy)]
@@ -100,56 +136,47 @@ impl Side {
 /// The metrics of one broker.
 pub(crate) struct BrokerMetrics {
     node_id: Arc<str>,
-    calls: RwLock<HashMap<String, Arc<ActionStats>>>,
-    handled: RwLock<HashMap<String, Arc<ActionStats>>>,
-    emitted: Mutex<BTreeMap<String, u64>>,
-    received: Mutex<BTreeMap<String, u64>>,
-    links: RwLock<HashMap<LinkKey, Arc<LinkStats>>>,
+    calls: Cache<String, ActionStats>,
+    handled: Cache<String, ActionStats>,
+    emitted: Cache<String, EventStats>,
+    received: Cache<String, EventStats>,
+    links: Cache<LinkKind, Cache<Arc<str>, LinkStats>>,
     breakers: Mutex<BTreeMap<(String, String), BreakerState>>,
-    in_flight: metrics::Gauge,
 }
 
 impl BrokerMetrics {
     pub(crate) fn new(node_id: Arc<str>) -> Self {
-        let in_flight = metrics::gauge!("phalanx_in_flight", "node" => node_id.to_string());
         Self {
             node_id,
-            calls: RwLock::default(),
-            handled: RwLock::default(),
-            emitted: Mutex::default(),
-            received: Mutex::default(),
-            links: RwLock::default(),
+            calls: Cache::default(),
+            handled: Cache::default(),
+            emitted: Cache::default(),
+            received: Cache::default(),
+            links: Cache::default(),
             breakers: Mutex::default(),
-            in_flight,
         }
     }
 
     fn stats(&self, side: Side, action: &str) -> Arc<ActionStats> {
-        let map = match side {
+        let cache = match side {
             Side::Caller => &self.calls,
             Side::Handler => &self.handled,
         };
-        if let Some(stats) = map.read().expect("metrics lock").get(action) {
-            return stats.clone();
-        }
-        let (total, _, latency) = side.names();
-        let labels = [
-            ("node", self.node_id.to_string()),
-            ("action", action.to_owned()),
-        ];
-        map.write()
-            .expect("metrics lock")
-            .entry(action.to_owned())
-            .or_insert_with(|| {
-                Arc::new(ActionStats {
-                    total: AtomicU64::new(0),
-                    errors: AtomicU64::new(0),
-                    latency: Histogram::default(),
-                    total_series: metrics::counter!(total, &labels),
-                    latency_series: metrics::histogram!(latency, &labels),
-                })
-            })
-            .clone()
+        cache.get(action, || {
+            let (total, _, latency) = side.names();
+            let labels = [
+                ("node", self.node_id.to_string()),
+                ("action", action.to_owned()),
+            ];
+            let stats = ActionStats {
+                total: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                latency: Histogram::default(),
+                total_series: metrics::counter!(total, &labels),
+                latency_series: metrics::histogram!(latency, &labels),
+            };
+            (action.to_owned(), stats)
+        })
     }
 
     fn record(&self, side: Side, action: &str, started: Instant, result: Result<(), u16>) {
@@ -168,54 +195,46 @@ impl BrokerMetrics {
     }
 
     fn count_event(&self, emitted: bool, event: &str) {
-        let (map, name) = if emitted {
+        let (cache, name) = if emitted {
             (&self.emitted, "phalanx_events_emitted_total")
         } else {
             (&self.received, "phalanx_events_received_total")
         };
-        *map.lock()
-            .expect("metrics lock")
-            .entry(event.to_owned())
-            .or_default() += 1;
-        metrics::counter!(name, "node" => self.node_id.to_string(), "event" => event.to_owned())
-            .increment(1);
-    }
-
-    fn link(&self, link: LinkKind, peer: &str) -> Arc<LinkStats> {
-        if let Some(stats) = self
-            .links
-            .read()
-            .expect("metrics lock")
-            .get(&(link, Arc::from(peer)))
-        {
-            return stats.clone();
-        }
-        let labels = [
-            ("node", self.node_id.to_string()),
-            ("link", link.as_str().to_owned()),
-            ("peer", peer.to_owned()),
-        ];
-        self.links
-            .write()
-            .expect("metrics lock")
-            .entry((link, Arc::from(peer)))
-            .or_insert_with(|| {
-                Arc::new(LinkStats {
-                    series: Some([
-                        metrics::counter!("phalanx_packets_sent_total", &labels),
-                        metrics::counter!("phalanx_packets_received_total", &labels),
-                        metrics::counter!("phalanx_bytes_sent_total", &labels),
-                        metrics::counter!("phalanx_bytes_received_total", &labels),
-                    ]),
-                    ..LinkStats::default()
-                })
-            })
-            .clone()
+        let stats = cache.get(event, || {
+            let series = metrics::counter!(name, "node" => self.node_id.to_string(), "event" => event.to_owned());
+            let stats = EventStats {
+                count: AtomicU64::new(0),
+                series,
+            };
+            (event.to_owned(), stats)
+        });
+        stats.count.fetch_add(1, Ordering::Relaxed);
+        stats.series.increment(1);
     }
 
     /// Records one frame of `bytes` sent to or received from `peer`.
     pub(crate) fn traffic(&self, link: LinkKind, peer: &str, sent: bool, bytes: usize) {
-        let stats = self.link(link, peer);
+        let peers = self.links.get(&link, || (link, Cache::default()));
+        let stats = peers.get(peer, || {
+            let labels = [
+                ("node", self.node_id.to_string()),
+                ("link", link.as_str().to_owned()),
+                ("peer", peer.to_owned()),
+            ];
+            let stats = LinkStats {
+                packets_sent: AtomicU64::new(0),
+                packets_received: AtomicU64::new(0),
+                bytes_sent: AtomicU64::new(0),
+                bytes_received: AtomicU64::new(0),
+                series: [
+                    metrics::counter!("phalanx_packets_sent_total", &labels),
+                    metrics::counter!("phalanx_packets_received_total", &labels),
+                    metrics::counter!("phalanx_bytes_sent_total", &labels),
+                    metrics::counter!("phalanx_bytes_received_total", &labels),
+                ],
+            };
+            (Arc::from(peer), stats)
+        });
         let bytes = bytes as u64;
         let (packets, octets, series) = if sent {
             (&stats.packets_sent, &stats.bytes_sent, 0)
@@ -224,10 +243,8 @@ impl BrokerMetrics {
         };
         packets.fetch_add(1, Ordering::Relaxed);
         octets.fetch_add(bytes, Ordering::Relaxed);
-        if let Some(counters) = &stats.series {
-            counters[series].increment(1);
-            counters[series + 2].increment(bytes);
-        }
+        stats.series[series].increment(1);
+        stats.series[series + 2].increment(bytes);
     }
 
     /// Records a circuit's new state.
@@ -251,37 +268,47 @@ impl BrokerMetrics {
             .set(actions as f64);
     }
 
+    /// Records the handlers running now (sampled with each heartbeat, not counted per call).
+    pub(crate) fn in_flight(&self, running: usize) {
+        metrics::gauge!("phalanx_in_flight", "node" => self.node_id.to_string())
+            .set(running as f64);
+    }
+
     pub(crate) fn snapshot(&self, broker: &Broker) -> MetricsSnapshot {
-        let actions = |map: &RwLock<HashMap<String, Arc<ActionStats>>>| {
-            map.read()
-                .expect("metrics lock")
-                .iter()
-                .map(|(name, s)| {
-                    (
-                        name.clone(),
-                        ActionMetrics {
-                            total: s.total.load(Ordering::Relaxed),
-                            errors: s.errors.load(Ordering::Relaxed),
-                            p50_ms: s.latency.quantile_ms(0.5),
-                            p99_ms: s.latency.quantile_ms(0.99),
-                        },
-                    )
+        let actions = |cache: &Cache<String, ActionStats>| {
+            cache
+                .collect(|(name, s)| {
+                    let metrics = ActionMetrics {
+                        total: s.total.load(Ordering::Relaxed),
+                        errors: s.errors.load(Ordering::Relaxed),
+                        p50_ms: s.latency.quantile_ms(0.5),
+                        p99_ms: s.latency.quantile_ms(0.99),
+                    };
+                    (name.clone(), metrics)
                 })
+                .into_iter()
+                .collect()
+        };
+        let events = |cache: &Cache<String, EventStats>| {
+            cache
+                .collect(|(name, s)| (name.clone(), s.count.load(Ordering::Relaxed)))
+                .into_iter()
                 .collect()
         };
         let mut links: Vec<LinkMetrics> = self
             .links
-            .read()
-            .expect("metrics lock")
-            .iter()
-            .map(|((link, peer), s)| LinkMetrics {
-                link: link.as_str().to_owned(),
-                peer: peer.to_string(),
-                packets_sent: s.packets_sent.load(Ordering::Relaxed),
-                packets_received: s.packets_received.load(Ordering::Relaxed),
-                bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
-                bytes_received: s.bytes_received.load(Ordering::Relaxed),
+            .collect(|(link, peers)| {
+                peers.collect(|(peer, s)| LinkMetrics {
+                    link: link.as_str().to_owned(),
+                    peer: peer.to_string(),
+                    packets_sent: s.packets_sent.load(Ordering::Relaxed),
+                    packets_received: s.packets_received.load(Ordering::Relaxed),
+                    bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+                    bytes_received: s.bytes_received.load(Ordering::Relaxed),
+                })
             })
+            .into_iter()
+            .flatten()
             .collect();
         links.sort_by(|a, b| (&a.link, &a.peer).cmp(&(&b.link, &b.peer)));
         let (nodes, actions_known, subscriptions) = broker.registry_sizes();
@@ -291,8 +318,8 @@ impl BrokerMetrics {
             in_flight: broker.in_flight(),
             calls: actions(&self.calls),
             handled: actions(&self.handled),
-            events_emitted: self.emitted.lock().expect("metrics lock").clone(),
-            events_received: self.received.lock().expect("metrics lock").clone(),
+            events_emitted: events(&self.emitted),
+            events_received: events(&self.received),
             links,
             breakers: self
                 .breakers
@@ -446,12 +473,12 @@ impl Middleware for Metrics {
         let started = call.ctx.started;
         let action = call.action;
         let broker = call.ctx.broker.clone();
-        broker.inner.metrics.in_flight.increment(1.0);
         next.run(call)
             .map(move |result| {
-                let metrics = &broker.inner.metrics;
-                metrics.in_flight.decrement(1.0);
-                metrics.record(Side::Handler, action, started, outcome(&result));
+                broker
+                    .inner
+                    .metrics
+                    .record(Side::Handler, action, started, outcome(&result));
                 result
             })
             .boxed()
