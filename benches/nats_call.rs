@@ -8,12 +8,11 @@ mod support;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use phalanx::Broker;
 use phalanx::transport::NatsTransport;
-use phalanx::{Broker, Context};
-use serde_bytes::ByteBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{Options, measure, measure_echo, print_table, runtime};
+use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
 
 fn main() {
     let options = Options::from_args();
@@ -76,15 +75,7 @@ async fn run(url: String, duration: Duration, payload: usize) {
         .start()
         .await
         .expect("callee");
-    callee
-        .service("echo")
-        .action(
-            "bytes",
-            |_ctx: Context, body: ByteBuf| async move { Ok(body) },
-        )
-        .start()
-        .await
-        .expect("service");
+    serve_echo(&callee).await;
     let caller = Broker::builder()
         .node_id("caller")
         .transport(NatsTransport::builder(url).build())

@@ -8,10 +8,9 @@
 #![allow(clippy::print_stdout)]
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+use phalanx::Broker;
 use phalanx::membership::{CLUSTER_SERVER_NAME, Membership};
 use phalanx::transport::QuicTransport;
-use phalanx::{Broker, Context};
-use serde_bytes::ByteBuf;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -20,7 +19,7 @@ use tokio::sync::oneshot;
 
 mod support;
 
-use support::{Options, measure, measure_echo, print_table, runtime};
+use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
 
 fn main() {
     let options = Options::from_args();
@@ -70,15 +69,7 @@ async fn phalanx_pair() -> (Broker, Broker) {
         .start()
         .await
         .expect("callee");
-    callee
-        .service("echo")
-        .action(
-            "bytes",
-            |_ctx: Context, body: ByteBuf| async move { Ok(body) },
-        )
-        .start()
-        .await
-        .expect("service");
+    serve_echo(&callee).await;
     let caller = Broker::builder()
         .node_id("caller")
         .transport(quic(callee_quic.local_addr()))

@@ -10,8 +10,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use phalanx::membership::Membership;
 use phalanx::transport::{QuicTransport, ShmTransport};
-use phalanx::{Broker, BrokerBuilder, Context};
-use serde_bytes::ByteBuf;
+use phalanx::{Broker, BrokerBuilder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,7 +20,7 @@ use tokio::sync::oneshot;
 
 mod support;
 
-use support::{Options, measure, measure_echo, print_table, runtime};
+use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
 
 fn main() {
     let options = Options::from_args();
@@ -81,15 +80,7 @@ async fn pair(shm: bool) -> (Broker, Broker) {
     };
     let (builder, callee_quic) = node("callee", None);
     let callee = builder.start().await.expect("callee");
-    callee
-        .service("echo")
-        .action(
-            "bytes",
-            |_ctx: Context, body: ByteBuf| async move { Ok(body) },
-        )
-        .start()
-        .await
-        .expect("service");
+    serve_echo(&callee).await;
     let seed = callee_quic.local_addr().expect("listening").to_string();
     let (builder, _) = node("caller", Some(seed));
     let caller = builder.start().await.expect("caller");

@@ -68,6 +68,19 @@ where
     }
 }
 
+/// Starts the `echo.bytes` service that [`measure_echo`] calls.
+pub(crate) async fn serve_echo(callee: &Broker) {
+    callee
+        .service("echo")
+        .action(
+            "bytes",
+            |_ctx: phalanx::Context, body: ByteBuf| async move { Ok(body) },
+        )
+        .start()
+        .await
+        .expect("echo service");
+}
+
 /// Measures `caller` calling `echo.bytes` with `body` (served by a peer broker).
 pub(crate) async fn measure_echo(caller: &Broker, body: &Bytes, duration: Duration) -> Figures {
     let call = {
