@@ -336,3 +336,75 @@ async fn namespaces_stay_apart_and_malformed_messages_are_dropped() {
         n.stop().await;
     }
 }
+
+/// A bus delivers the broadcast subject and a node's own subject independently, so a newcomer's
+/// first request can reach a node before the newcomer's INFO does. The request waits for the
+/// introduction instead of being refused; a sender that never introduces itself is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_overtakes_its_senders_info_is_served() {
+    use futures_util::StreamExt;
+    use phalanx::codec::Codec;
+    use phalanx::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
+
+    let server = NatsServer::start();
+    let b = node(&server, "b", "green").await;
+    b.service("secret")
+        .action("get", |_ctx, _: ()| async move { Ok(42) })
+        .start()
+        .await
+        .unwrap();
+    let codec = Codec::new(1 << 20);
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    let mut replies = raw.subscribe("PHX.green.node.ghost").await.unwrap();
+    let request = |id| {
+        let body = PacketBody::Request(Request {
+            id,
+            action: "secret.get".into(),
+            params: rmp_serde::to_vec(&()).unwrap().into(),
+            timeout_ms: Some(5_000),
+            ..Default::default()
+        });
+        codec.encode(&Packet::new("ghost", body)).unwrap()
+    };
+    let mut next_response = async || loop {
+        let message = tokio::time::timeout(WAIT, replies.next())
+            .await
+            .expect("a packet for ghost")
+            .unwrap();
+        if let PacketBody::Response(response) = codec.decode_frame(&message.payload).unwrap().body {
+            return (Instant::now(), response);
+        }
+    };
+
+    let sent = Instant::now();
+    raw.publish("PHX.green.node.b", request(1)).await.unwrap();
+    raw.flush().await.unwrap();
+    let (answered, refused) = next_response().await;
+    let error = refused.error.expect("an unknown sender is refused");
+    assert_eq!(error.code, 503, "{error:?}");
+    assert!(error.retryable);
+    assert!(
+        answered - sent >= Duration::from_millis(900),
+        "refused after waiting for an introduction, not at once"
+    );
+
+    raw.publish("PHX.green.node.b", request(2)).await.unwrap();
+    raw.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let info = Info {
+        instance_id: "ghost-1".into(),
+        namespace: "green".into(),
+        protocol_version: PROTOCOL_VERSION,
+        seq: 1,
+        ..Default::default()
+    };
+    let info = codec.encode(&Packet::new("ghost", PacketBody::Info(info)));
+    raw.publish("PHX.green.bcast", info.unwrap()).await.unwrap();
+    raw.flush().await.unwrap();
+    let (_, served) = next_response().await;
+    assert_eq!(served.id, 2);
+    assert!(served.error.is_none(), "{:?}", served.error);
+    let value: i32 = rmp_serde::from_slice(&served.data.unwrap()).unwrap();
+    assert_eq!(value, 42);
+    b.stop().await;
+}

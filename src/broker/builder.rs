@@ -14,7 +14,7 @@ use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 /// Builds and starts a [`Broker`].
@@ -281,6 +281,7 @@ impl BrokerBuilder {
             drained: Notify::new(),
             state: AtomicU8::new(RUNNING),
             registry_changed: Notify::new(),
+            introductions: Semaphore::new(super::call::MAX_UNKNOWN_SENDER_WAITS),
             stopped_hooks: Mutex::default(),
             info_seq: AtomicU64::new(1),
             background: Mutex::default(),

@@ -19,6 +19,11 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// How long a request from a sender we have not met yet waits for its INFO.
+const UNKNOWN_SENDER_WAIT: Duration = Duration::from_secs(1);
+/// Most requests from unknown senders waiting at once.
+pub(super) const MAX_UNKNOWN_SENDER_WAITS: usize = 256;
+
 impl Broker {
     /// Calls `action` and decodes its result as `R`.
     ///
@@ -390,22 +395,48 @@ impl Broker {
         }
     }
 
+    /// Checks that `sender` is a member we know; if not, asks it for its INFO and waits briefly.
+    ///
+    /// A newcomer's first request can overtake its INFO (a bus delivers the broadcast and the
+    /// node subject independently), so an unknown sender gets [`UNKNOWN_SENDER_WAIT`] to be
+    /// introduced before it is refused. At most [`MAX_UNKNOWN_SENDER_WAITS`] requests wait at
+    /// once; beyond, they are refused at once.
+    async fn await_member(&self, sender: &Arc<str>) -> Result<()> {
+        let is_known = || {
+            self.inner
+                .registry()
+                .node(sender)
+                .is_some_and(|n| n.available)
+        };
+        if is_known() {
+            return Ok(());
+        }
+        self.discover(sender);
+        let refused = || {
+            Err(Error::rejected(format!(
+                "node '{sender}' is not a known member of this namespace"
+            )))
+        };
+        let Ok(_waiting) = self.inner.introductions.try_acquire() else {
+            return refused();
+        };
+        let until = tokio::time::Instant::now() + UNKNOWN_SENDER_WAIT;
+        loop {
+            let changed = self.inner.registry_changed.notified();
+            if is_known() {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return refused();
+            }
+        }
+    }
+
     async fn run_request(&self, sender: &Arc<str>, request: Request) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
             return Err(Error::rejected("the node is stopping"));
         }
-        let known = self
-            .inner
-            .registry()
-            .node(sender)
-            .is_some_and(|n| n.available);
-        if !known {
-            // Ask for its INFO, so the next call finds it known.
-            self.discover(sender);
-            return Err(Error::rejected(format!(
-                "node '{sender}' is not a known member of this namespace"
-            )));
-        }
+        self.await_member(sender).await?;
         let started = Instant::now();
         let deadline = match request.timeout_ms {
             Some(0) => return Err(Error::timeout(&request.action)),

@@ -293,7 +293,8 @@ impl Broker {
         }
     }
 
-    /// Asks every reachable node for its INFO and announces ours.
+    /// Announces our INFO and asks every reachable node for theirs — in that order, so a peer
+    /// has met us before its reply lets us call it.
     pub(crate) async fn discover_all(&self) {
         let discover = Packet::new(
             self.inner.node_id.clone(),
@@ -301,7 +302,7 @@ impl Broker {
         );
         let info = Packet::new(self.inner.node_id.clone(), PacketBody::Info(self.info()));
         for transport in &self.inner.transports {
-            for packet in [&discover, &info] {
+            for packet in [&info, &discover] {
                 if let Err(err) = transport.broadcast(packet).await {
                     tracing::debug!(%err, "discovery broadcast failed");
                 }

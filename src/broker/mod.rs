@@ -34,7 +34,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -102,6 +102,8 @@ pub(crate) struct BrokerInner {
     drained: Notify,
     state: AtomicU8,
     registry_changed: Notify,
+    /// Requests from not-yet-known senders waiting for their INFO (bounded).
+    introductions: Semaphore,
     stopped_hooks: Mutex<Vec<(String, Vec<Hook>)>>,
     info_seq: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
