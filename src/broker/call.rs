@@ -17,6 +17,7 @@ use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::oneshot::error::TryRecvError;
 use tokio::time::Instant;
 
 /// How long a request from a sender we have not met yet waits for its INFO.
@@ -325,14 +326,18 @@ impl Broker {
         } = call;
         let (params, content_type) = params.encode()?;
         let id = ctx.id;
-        let (reply, response) = tokio::sync::oneshot::channel();
-        self.inner.pending.lock().expect("pending lock").insert(
-            id,
-            PendingCall {
-                node_id: node_id.clone(),
-                reply,
-            },
-        );
+        let (reply, mut response) = tokio::sync::oneshot::channel();
+        let alone = {
+            let mut pending = self.inner.pending.lock().expect("pending lock");
+            pending.insert(
+                id,
+                PendingCall {
+                    node_id: node_id.clone(),
+                    reply,
+                },
+            );
+            pending.len() == 1
+        };
         let _pending = PendingGuard { broker: self, id };
         let packet = Packet::new(
             self.inner.node_id.clone(),
@@ -353,13 +358,27 @@ impl Broker {
         );
         let (transport, _) = self.transport_for(&node_id)?;
         transport.send(&node_id, &packet).await?;
-        let response = match ctx.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, response)
-                .await
-                .map_err(|_| Error::timeout(action).with_node(&node_id))?,
-            None => response.await,
+        // A lone call may wait on this thread: with nothing else to run, sleeping until another
+        // thread wakes us costs more than the round trip on a fast link.
+        let mut early = None;
+        if alone {
+            transport.wait_actively(&node_id, &mut || match response.try_recv() {
+                Err(TryRecvError::Empty) => false,
+                outcome => {
+                    early = Some(outcome.map_err(|_| ()));
+                    true
+                }
+            });
         }
-        .map_err(|_| Error::rejected(format!("call to node '{node_id}' was abandoned")))??;
+        let response = match (early, ctx.deadline) {
+            (Some(outcome), _) => outcome,
+            (None, Some(deadline)) => tokio::time::timeout_at(deadline, response)
+                .await
+                .map_err(|_| Error::timeout(action).with_node(&node_id))?
+                .map_err(|_| ()),
+            (None, None) => response.await.map_err(|_| ()),
+        }
+        .map_err(|()| Error::rejected(format!("call to node '{node_id}' was abandoned")))??;
         match (response.error, response.data) {
             (Some(error), _) => Err(Error::from_body(error).with_node(&node_id)),
             (None, data) => Ok(Payload::encoded(

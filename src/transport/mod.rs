@@ -169,6 +169,19 @@ pub trait Transporter: Send + Sync + 'static {
         let _ = node_id;
     }
 
+    /// Waits for a reply from `node_id` on the calling thread, for a short while, instead of
+    /// letting the caller sleep until another thread wakes it: reads the link directly until
+    /// `arrived` says the awaited packet has been handled, or the transport's own budget runs
+    /// out. Returns whether it arrived.
+    ///
+    /// The broker uses it for a call that is alone in flight, where a thread wake-up would cost
+    /// more than the whole round trip (shared memory). The default returns `false` at once: the
+    /// caller then awaits as usual.
+    fn wait_actively(&self, node_id: &str, arrived: &mut dyn FnMut() -> bool) -> bool {
+        let _ = (node_id, arrived);
+        false
+    }
+
     /// Closes every link and stops accepting new ones.
     fn stop(&self) -> BoxFuture<'_, ()>;
 }

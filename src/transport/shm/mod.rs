@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use ring::Ring;
 use rustc_hash::FxHashMap as HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
@@ -30,6 +30,14 @@ const SPIN_MIN: u32 = 16;
 const SPIN_MAX: u32 = 4096;
 /// Yields of an idle reader after spinning, before it parks.
 const YIELDS: u32 = 64;
+/// Longest a lone caller reads its link itself before it sleeps like any other.
+const ACTIVE_WAIT: Duration = Duration::from_micros(50);
+/// How long the reader thread naps while callers read the link themselves; they wake it when
+/// they leave frames behind, so this bounds only a frame that arrives just as they leave.
+const DRIVEN_NAP: Duration = Duration::from_micros(200);
+/// Spins between two looks of an active waiter before it yields once (another process may
+/// need this CPU to answer).
+const ACTIVE_SPINS: u32 = 64;
 
 /// Builds a [`ShmTransport`].
 #[derive(Debug, Clone)]
@@ -139,8 +147,23 @@ struct Link {
     node_id: Arc<str>,
     outgoing: Ring,
     writer: tokio::sync::Mutex<()>,
+    /// The ring the peer writes, for looking (whoever holds `inbox` reads it).
+    incoming: Ring,
+    /// Reading the incoming ring: the reader thread, or a caller waiting actively.
+    inbox: Mutex<Inbox>,
+    /// Callers waiting actively on this link; while any does, the reader thread stays asleep.
+    drivers: AtomicUsize,
+    /// The reader thread, woken when the last active waiter leaves.
+    reader: OnceLock<std::thread::Thread>,
     closed: Arc<AtomicBool>,
     lifeline: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The read side of a link: the ring and the frames cut from it so far.
+struct Inbox {
+    ring: Ring,
+    decoder: FrameDecoder,
+    buf: BytesMut,
 }
 
 impl ShmTransport {
@@ -308,6 +331,54 @@ impl Transporter for ShmTransport {
             Ok(())
         }
         .boxed()
+    }
+
+    fn wait_actively(&self, node_id: &str, arrived: &mut dyn FnMut() -> bool) -> bool {
+        let Some(running) = self.state.get() else {
+            return false;
+        };
+        let Some(link) = running
+            .links
+            .lock()
+            .expect("links lock")
+            .get(node_id)
+            .cloned()
+        else {
+            return false;
+        };
+        link.drivers.fetch_add(1, Ordering::AcqRel);
+        let started = std::time::Instant::now();
+        let mut looks = 0u32;
+        let outcome = loop {
+            if let Ok(mut inbox) = link.inbox.try_lock()
+                && let Err(reason) = read_frames(running, &link, &mut inbox)
+            {
+                drop(inbox);
+                self.lost(node_id, &reason);
+                break arrived();
+            }
+            if arrived() {
+                break true;
+            }
+            if link.closed.load(Ordering::Acquire) || started.elapsed() > ACTIVE_WAIT {
+                break false;
+            }
+            looks += 1;
+            if looks.is_multiple_of(ACTIVE_SPINS) {
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        };
+        // The reader thread naps while callers read; wake it only if something is waiting (a
+        // wake-up costs as much as a round trip, and the next lone call would read it anyway).
+        if link.drivers.fetch_sub(1, Ordering::AcqRel) == 1
+            && !link.incoming.is_empty()
+            && let Some(reader) = link.reader.get()
+        {
+            reader.unpark();
+        }
+        outcome
     }
 
     fn addresses(&self) -> Vec<String> {
@@ -553,12 +624,20 @@ impl ShmTransport {
     ) {
         let Ok(running) = self.running() else { return };
         let segment = Arc::new(segment);
-        let closed = Arc::new(AtomicBool::new(false));
+        let incoming = Ring::new(segment.clone(), 1 - outgoing);
         let link = Arc::new(Link {
             node_id: node_id.clone(),
-            outgoing: Ring::new(segment.clone(), outgoing),
+            outgoing: Ring::new(segment, outgoing),
             writer: tokio::sync::Mutex::new(()),
-            closed: closed.clone(),
+            incoming: incoming.clone(),
+            inbox: Mutex::new(Inbox {
+                ring: incoming,
+                decoder: FrameDecoder::new(running.ctx.codec),
+                buf: BytesMut::with_capacity(64 << 10),
+            }),
+            drivers: AtomicUsize::new(0),
+            reader: OnceLock::new(),
+            closed: Arc::new(AtomicBool::new(false)),
             lifeline: Mutex::new(None),
         });
         {
@@ -589,88 +668,112 @@ impl ShmTransport {
             this.lost(&peer, &reason);
         });
         *link.lifeline.lock().expect("lifeline lock") = Some(lifeline);
-        let incoming = Ring::new(segment, 1 - outgoing);
         let this = self.clone();
         let runtime = tokio::runtime::Handle::current();
+        let reading = link.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("phalanx-shm-{node_id}"))
             .spawn(move || {
                 let _runtime = runtime.enter();
-                if let Err(reason) = this.read_loop(&node_id, &incoming, &closed) {
-                    this.lost(&node_id, &reason);
+                if let Err(reason) = this.read_loop(&reading) {
+                    this.lost(&reading.node_id, &reason);
                 }
             });
-        if let Err(err) = spawned {
-            self.lost(&link.node_id, &format!("cannot start its reader: {err}"));
-            return;
+        match spawned {
+            Ok(handle) => {
+                let _ = link.reader.set(handle.thread().clone());
+            }
+            Err(err) => {
+                self.lost(&link.node_id, &format!("cannot start its reader: {err}"));
+                return;
+            }
         }
         tracing::debug!(peer = %link.node_id, "shared-memory link up");
         running.ctx.handler.on_link_up(&link.node_id, LinkKind::Shm);
     }
 
     /// Reads frames until the link closes; `Err` says why it broke.
-    fn read_loop(
-        &self,
-        node_id: &Arc<str>,
-        ring: &Ring,
-        closed: &AtomicBool,
-    ) -> std::result::Result<(), String> {
+    ///
+    /// Spins briefly (adaptively), yields, then sleeps on the ring's futex; sleeps on its thread
+    /// handle instead while a caller reads the link itself ([`Transporter::wait_actively`]).
+    fn read_loop(&self, link: &Link) -> std::result::Result<(), String> {
         let running = self.running().map_err(|e| e.to_string())?;
-        let mut decoder = FrameDecoder::new(running.ctx.codec);
-        let mut buf = BytesMut::with_capacity(64 << 10);
         let mut spin = SPIN_MIN;
-        while !closed.load(Ordering::Acquire) {
-            if ring.pop(&mut buf).map_err(|e| e.to_string())? == 0 {
-                let mut found = false;
-                for _ in 0..spin {
-                    std::hint::spin_loop();
-                    if !ring.is_empty().map_err(|e| e.to_string())? {
-                        found = true;
-                        break;
-                    }
-                }
-                if found {
-                    spin = (spin * 2).min(SPIN_MAX);
-                    continue;
-                }
-                spin = (spin / 2).max(SPIN_MIN);
-                // Yielding keeps this thread awake through short gaps without taking the CPU
-                // from anyone runnable; only a longer silence parks it on the futex.
-                let mut woke = false;
-                for _ in 0..YIELDS {
-                    std::thread::yield_now();
-                    if !ring.is_empty().map_err(|e| e.to_string())? {
-                        woke = true;
-                        break;
-                    }
-                }
-                if !woke {
-                    ring.park(PARK).map_err(|e| e.to_string())?;
-                }
+        while !link.closed.load(Ordering::Acquire) {
+            if link.drivers.load(Ordering::Acquire) > 0 {
+                std::thread::park_timeout(DRIVEN_NAP);
                 continue;
             }
-            loop {
-                let buffered = buf.len();
-                match decoder.decode(&mut buf) {
-                    Ok(Some(packet)) => {
-                        if *packet.sender != **node_id {
-                            return Err(format!("frame claims to come from '{}'", packet.sender));
-                        }
-                        running.ctx.handler.on_traffic(
-                            node_id,
-                            LinkKind::Shm,
-                            Direction::Received,
-                            buffered - buf.len(),
-                        );
-                        running.ctx.handler.on_packet(packet, LinkKind::Shm);
-                    }
-                    Ok(None) => break,
-                    Err(err) => return Err(format!("malformed frame: {err}")),
+            let read = match link.inbox.try_lock() {
+                Ok(mut inbox) => read_frames(running, link, &mut inbox)?,
+                Err(_) => continue,
+            };
+            if read > 0 {
+                continue;
+            }
+            let mut found = false;
+            for _ in 0..spin {
+                std::hint::spin_loop();
+                if !link.incoming.is_empty() {
+                    found = true;
+                    break;
                 }
+            }
+            if found {
+                spin = (spin * 2).min(SPIN_MAX);
+                continue;
+            }
+            spin = (spin / 2).max(SPIN_MIN);
+            // Yielding keeps this thread awake through short gaps without taking the CPU
+            // from anyone runnable; only a longer silence parks it on the futex.
+            let mut woke = false;
+            for _ in 0..YIELDS {
+                std::thread::yield_now();
+                if !link.incoming.is_empty() {
+                    woke = true;
+                    break;
+                }
+            }
+            if !woke {
+                link.incoming.park(PARK).map_err(|e| e.to_string())?;
             }
         }
         Ok(())
     }
+}
+
+/// Moves every published byte out of the ring and hands each complete frame to the broker;
+/// returns how many bytes it read. `Err` says why the link must close.
+fn read_frames(
+    running: &Running,
+    link: &Link,
+    inbox: &mut Inbox,
+) -> std::result::Result<usize, String> {
+    let Inbox { ring, decoder, buf } = inbox;
+    let read = ring.pop(buf).map_err(|e| e.to_string())?;
+    if read == 0 {
+        return Ok(0);
+    }
+    loop {
+        let buffered = buf.len();
+        match decoder.decode(buf) {
+            Ok(Some(packet)) => {
+                if *packet.sender != *link.node_id {
+                    return Err(format!("frame claims to come from '{}'", packet.sender));
+                }
+                running.ctx.handler.on_traffic(
+                    &link.node_id,
+                    LinkKind::Shm,
+                    Direction::Received,
+                    buffered - buf.len(),
+                );
+                running.ctx.handler.on_packet(packet, LinkKind::Shm);
+            }
+            Ok(None) => break,
+            Err(err) => return Err(format!("malformed frame: {err}")),
+        }
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -684,10 +787,18 @@ mod tests {
     #[derive(Default)]
     struct Recorder {
         events: Mutex<Vec<String>>,
+        /// Ping ids, and whether the link's reader thread delivered each.
+        pings: Mutex<Vec<(u64, bool)>>,
     }
 
     impl TransportHandler for Recorder {
         fn on_packet(&self, packet: Packet, link: LinkKind) {
+            if let PacketBody::Ping(ping) = &packet.body {
+                let by_reader = std::thread::current()
+                    .name()
+                    .is_some_and(|n| n.starts_with("phalanx-shm"));
+                self.pings.lock().unwrap().push((ping.id, by_reader));
+            }
             let what = format!("packet {} {:?} {link}", packet.sender, packet.kind());
             self.events.lock().unwrap().push(what);
         }
@@ -786,6 +897,57 @@ mod tests {
         b_seen.wait_for("down a shm").await;
         a_seen.wait_for("down b shm").await;
         assert!(a.send("b", &ping).await.is_err());
+        a.stop().await;
+        b.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Callers reading the link themselves and the reader thread take turns without losing,
+    /// duplicating or reordering a frame.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn active_waiters_and_the_reader_thread_share_the_link() {
+        const FRAMES: u64 = 20_000;
+        let dir =
+            std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()));
+        let (a, a_seen) = node("a", &dir).await;
+        let (b, b_seen) = node("b", &dir).await;
+        a.learn_peer("b", &b.addresses());
+        a_seen.wait_for("up b shm").await;
+        b_seen.wait_for("up a shm").await;
+
+        let sender = tokio::spawn(async move {
+            for id in 0..FRAMES {
+                let ping = Packet::new("a", PacketBody::Ping(Ping { id, time_us: 0 }));
+                a.send("b", &ping).await.unwrap();
+                if id % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            a
+        });
+        let (waiter, seen) = (b.clone(), b_seen.clone());
+        let active = tokio::task::spawn_blocking(move || {
+            let count = || seen.pings.lock().unwrap().len() as u64;
+            let give_up = std::time::Instant::now() + Duration::from_secs(20);
+            while count() < FRAMES && std::time::Instant::now() < give_up {
+                waiter.wait_actively("a", &mut || count() == FRAMES);
+                std::thread::sleep(Duration::from_micros(30));
+            }
+        });
+        active.await.unwrap();
+        let a = sender.await.unwrap();
+        let pings = b_seen.pings.lock().unwrap().clone();
+        assert!(
+            pings.iter().map(|(id, _)| *id).eq(0..FRAMES),
+            "in order, once each: {} frames",
+            pings.len()
+        );
+        let by_reader = pings.iter().filter(|(_, by_reader)| *by_reader).count();
+        assert!(
+            by_reader > 0 && by_reader < pings.len(),
+            "both the reader thread ({by_reader}) and the waiter read frames"
+        );
+        assert_eq!(b.linked_nodes(), ["a"]);
         a.stop().await;
         b.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
