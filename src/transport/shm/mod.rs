@@ -346,6 +346,12 @@ impl Transporter for ShmTransport {
         else {
             return false;
         };
+        // Tasks woken from other threads wait in the runtime's shared queue: they need this
+        // thread more than an early answer does.
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|h| h.metrics());
+        let others_wait = || runtime.as_ref().is_some_and(|m| m.global_queue_depth() > 0);
         link.drivers.fetch_add(1, Ordering::AcqRel);
         let started = std::time::Instant::now();
         let mut looks = 0u32;
@@ -360,7 +366,10 @@ impl Transporter for ShmTransport {
             if arrived() {
                 break true;
             }
-            if link.closed.load(Ordering::Acquire) || started.elapsed() > ACTIVE_WAIT {
+            if link.closed.load(Ordering::Acquire)
+                || started.elapsed() > ACTIVE_WAIT
+                || others_wait()
+            {
                 break false;
             }
             looks += 1;
