@@ -338,18 +338,28 @@ async fn namespaces_stay_apart_and_malformed_messages_are_dropped() {
 }
 
 /// A bus delivers the broadcast subject and a node's own subject independently, so a newcomer's
-/// first request can reach a node before the newcomer's INFO does. The request waits for the
-/// introduction instead of being refused; a sender that never introduces itself is refused.
+/// first request or event can reach a node before the newcomer's INFO does. They wait for the
+/// introduction instead of being refused or dropped; a sender that never introduces itself is
+/// refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_overtakes_its_senders_info_is_served() {
     use futures_util::StreamExt;
     use phalanx::codec::Codec;
-    use phalanx::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
+    use phalanx::packet::{Event, Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
 
     let server = NatsServer::start();
     let b = node(&server, "b", "green").await;
+    let heard = counter();
+    let count = heard.clone();
     b.service("secret")
         .action("get", |_ctx, _: ()| async move { Ok(42) })
+        .event("ghost.said", move |_ctx, _: String| {
+            let count = count.clone();
+            async move {
+                count.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        })
         .start()
         .await
         .unwrap();
@@ -389,8 +399,22 @@ async fn a_request_that_overtakes_its_senders_info_is_served() {
     );
 
     raw.publish("PHX.green.node.b", request(2)).await.unwrap();
+    let event = Event {
+        event: "ghost.said".into(),
+        data: rmp_serde::to_vec("boo").unwrap().into(),
+        ..Default::default()
+    };
+    let event = codec.encode(&Packet::new("ghost", PacketBody::Event(event)));
+    raw.publish("PHX.green.node.b", event.unwrap())
+        .await
+        .unwrap();
     raw.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        heard.load(Ordering::SeqCst),
+        0,
+        "not before the introduction"
+    );
     let info = Info {
         instance_id: "ghost-1".into(),
         namespace: "green".into(),
@@ -406,5 +430,6 @@ async fn a_request_that_overtakes_its_senders_info_is_served() {
     assert!(served.error.is_none(), "{:?}", served.error);
     let value: i32 = rmp_serde::from_slice(&served.data.unwrap()).unwrap();
     assert_eq!(value, 42);
+    assert_eq!(settle(&heard, 1).await, 1, "the event is delivered once");
     b.stop().await;
 }

@@ -416,11 +416,11 @@ impl Broker {
 
     /// Checks that `sender` is a member we know; if not, asks it for its INFO and waits briefly.
     ///
-    /// A newcomer's first request can overtake its INFO (a bus delivers the broadcast and the
+    /// A newcomer's first request or event can overtake its INFO (a bus delivers the broadcast and the
     /// node subject independently), so an unknown sender gets [`UNKNOWN_SENDER_WAIT`] to be
     /// introduced before it is refused. At most [`MAX_UNKNOWN_SENDER_WAITS`] requests wait at
     /// once; beyond, they are refused at once.
-    async fn await_member(&self, sender: &Arc<str>) -> Result<()> {
+    pub(super) async fn await_member(&self, sender: &Arc<str>) -> Result<()> {
         let is_known = || {
             self.inner
                 .registry()

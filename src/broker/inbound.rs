@@ -131,6 +131,17 @@ impl Broker {
             PacketBody::Event(event) => {
                 if self.inner.registry().touch(&sender).is_some() {
                     self.serve_event(sender, event);
+                } else {
+                    // Like a request, an event can overtake its sender's INFO.
+                    let broker = self.clone();
+                    tokio::spawn(async move {
+                        match broker.await_member(&sender).await {
+                            Ok(()) => broker.serve_event(sender, event),
+                            Err(err) => {
+                                tracing::debug!(peer = %sender, event = %event.event, %err, "event dropped")
+                            }
+                        }
+                    });
                 }
             }
             PacketBody::Ping(ping) => {
