@@ -16,6 +16,11 @@
 //! A node without the membership cannot complete a handshake: it never reaches a registry and can
 //! neither call nor be called.
 //!
+//! A node certificate's Common Name is the node id, and a QUIC link is refused when the id a peer
+//! claims differs from the one its certificate names ([`certified_node_id`]). With CA files only
+//! your PKI issues certificates, so a node can only ever be the id it was issued; with a secret,
+//! whoever holds it can derive the CA key and certify any id — the secret is the trust boundary.
+//!
 //! ```
 //! use phalanx::membership::Membership;
 //!
@@ -105,13 +110,35 @@ impl Membership {
         read_or_create_secret(&path).map(Self::Secret)
     }
 
-    /// Issues this node's credentials: a fresh key and a certificate signed by the cluster CA.
+    /// Issues this node's credentials: a fresh key and a certificate signed by the cluster CA,
+    /// naming `node_id` as its subject Common Name. With [`Membership::files`], the given
+    /// certificate must already name `node_id` (peers check that a node's certificate names the
+    /// id it claims).
     pub fn credentials(&self, node_id: &str) -> Result<Credentials> {
         match self {
             Self::Secret(secret) => credentials_from_secret(secret, node_id),
-            Self::Files { ca_cert, cert, key } => credentials_from_files(ca_cert, cert, key),
+            Self::Files { ca_cert, cert, key } => {
+                credentials_from_files(ca_cert, cert, key, node_id)
+            }
         }
     }
+}
+
+/// The node id a certificate was issued to: its subject Common Name, if it has one.
+///
+/// Links check it against the id a peer claims in its hello, so a member cannot pose as another
+/// node.
+///
+/// ```
+/// use phalanx::membership::{Membership, certified_node_id};
+///
+/// let creds = Membership::secret("s3cret").credentials("node-a").unwrap();
+/// assert_eq!(certified_node_id(creds.certificate()).as_deref(), Some("node-a"));
+/// ```
+pub fn certified_node_id(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let name = cert.subject().iter_common_name().next()?;
+    name.as_str().ok().map(str::to_owned)
 }
 
 /// This node's TLS identity and the CA it trusts.
@@ -132,6 +159,16 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
+    /// This node's certificate (the leaf of its chain).
+    ///
+    /// ```
+    /// let creds = phalanx::membership::Membership::secret("s3cret").credentials("n1").unwrap();
+    /// assert!(!creds.certificate().is_empty());
+    /// ```
+    pub fn certificate(&self) -> &CertificateDer<'static> {
+        &self.chain[0]
+    }
+
     /// SHA-256 of this node's certificate, hex (announced by mDNS).
     pub fn fingerprint(&self) -> String {
         sha256_hex(&self.chain[0])
@@ -267,7 +304,12 @@ fn time_now() -> time::OffsetDateTime {
     time::OffsetDateTime::now_utc()
 }
 
-fn credentials_from_files(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Credentials> {
+fn credentials_from_files(
+    ca_cert: &Path,
+    cert: &Path,
+    key: &Path,
+    node_id: &str,
+) -> Result<Credentials> {
     let pem = |path: &Path, e: rustls::pki_types::pem::Error| {
         cert_error(format!("{}: {e}", path.display()))
     };
@@ -276,8 +318,16 @@ fn credentials_from_files(ca_cert: &Path, cert: &Path, key: &Path) -> Result<Cre
         .map_err(|e| pem(cert, e))?
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| pem(cert, e))?;
-    if chain.is_empty() {
+    let Some(leaf) = chain.first() else {
         return Err(cert_error(format!("no certificate in {}", cert.display())));
+    };
+    let certified = certified_node_id(leaf);
+    if certified.as_deref() != Some(node_id) {
+        return Err(cert_error(format!(
+            "{} is issued to {}, not to this node '{node_id}' (its Common Name must be the node id)",
+            cert.display(),
+            certified.map_or_else(|| "no Common Name".to_owned(), |cn| format!("'{cn}'")),
+        )));
     }
     let key_der = PrivatePkcs8KeyDer::from_pem_file(key).map_err(|e| pem(key, e))?;
     Ok(Credentials {
@@ -384,10 +434,9 @@ mod tests {
         let (ca_params, ca_key, ca_der) = derived_ca("x").unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
-        let cert = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()])
-            .unwrap()
-            .signed_by(&key, &issuer)
-            .unwrap();
+        let mut params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "n");
+        let cert = params.signed_by(&key, &issuer).unwrap();
         let dir = std::env::temp_dir().join(format!("phalanx-pem-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_pem = rcgen::CertifiedIssuer::self_signed(
@@ -399,13 +448,14 @@ mod tests {
         std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
         std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
-        let creds = Membership::files(
+        let files = Membership::files(
             dir.join("ca.pem"),
             dir.join("node.pem"),
             dir.join("node.key"),
-        )
-        .credentials("n")
-        .unwrap();
+        );
+        let err = files.credentials("someone-else").unwrap_err();
+        assert!(err.message().contains("issued to 'n'"), "{err}");
+        let creds = files.credentials("n").unwrap();
         assert_eq!(creds.ca, ca_der);
         assert_eq!(creds.chain[0], *cert.der());
         assert!(creds.server_config().is_ok());

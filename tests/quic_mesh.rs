@@ -166,3 +166,58 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
     a.stop().await;
     drop(c);
 }
+
+/// A member's certificate names its node id: a peer holding valid membership but claiming
+/// another node's id in its hello is cut off and never enters the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_pose_as_another_node() {
+    use phalanx::codec::Codec;
+    use phalanx::membership::CLUSTER_SERVER_NAME;
+    use phalanx::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
+    use std::sync::Arc;
+
+    let (a, qa) = node("a", "s3cret", &[]).await;
+    // A member of the cluster (same secret), certified as "mallory".
+    let creds = Membership::secret("s3cret").credentials("mallory").unwrap();
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(qa.local_addr().unwrap(), CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("a member passes mutual TLS");
+
+    // It says hello as "b".
+    let hello = Info {
+        namespace: "quic-test".into(),
+        protocol_version: PROTOCOL_VERSION,
+        seq: 1,
+        ..Default::default()
+    };
+    let frame = Codec::new(1 << 20)
+        .encode(&Packet::new("b", PacketBody::Info(hello)))
+        .unwrap();
+    let mut main = conn.open_uni().await.unwrap();
+    main.write_all(&[0]).await.unwrap(); // the main stream's type
+    main.write_all(&frame).await.unwrap();
+    let closed = tokio::time::timeout(WAIT, conn.closed()).await.unwrap();
+    let quinn::ConnectionError::ApplicationClosed(close) = closed else {
+        panic!("closed by the node, not {closed:?}");
+    };
+    assert!(
+        String::from_utf8_lossy(&close.reason).contains("node id does not match"),
+        "{close:?}"
+    );
+    assert_eq!(qa.auth_failures(), 1);
+    let nodes = a
+        .call_json("$node.list", serde_json::Value::Null)
+        .await
+        .unwrap();
+    assert!(
+        nodes.as_array().unwrap().iter().all(|n| n["id"] != "b"),
+        "{nodes}"
+    );
+    a.stop().await;
+}

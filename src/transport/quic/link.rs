@@ -4,10 +4,13 @@ use super::{Mesh, QuicConfig};
 use crate::codec::FrameDecoder;
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
+use crate::membership::certified_node_id;
 use crate::packet::Packet;
 use crate::transport::{Direction, LinkKind};
 use bytes::{Bytes, BytesMut};
+use rustls::pki_types::CertificateDer;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 use tokio::sync::oneshot;
 
@@ -140,6 +143,19 @@ impl Mesh {
                 }
             };
         let peer = hello.sender.clone();
+        let certified = conn
+            .peer_identity()
+            .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .and_then(|chain| chain.first().and_then(certified_node_id));
+        if certified.as_deref() != Some(&*peer) {
+            tracing::warn!(%remote, claimed = %peer, ?certified, "peer claims a node id its certificate does not name");
+            self.auth_failures.fetch_add(1, Ordering::Relaxed);
+            conn.close(
+                CLOSE_PROTOCOL.into(),
+                b"node id does not match the certificate",
+            );
+            return None;
+        }
         if peer == self.ctx.node_id {
             conn.close(CLOSE_SELF.into(), b"self");
             self.dialer.mark_self(remote);
