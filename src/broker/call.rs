@@ -358,18 +358,18 @@ impl Broker {
         );
         let (transport, _) = self.transport_for(&node_id)?;
         transport.send(&node_id, &packet).await?;
-        // A lone call may wait on this thread: with nothing else to run, sleeping until another
+        // Read the link here once: answers that have already arrived (for other calls too) are
+        // handled on this thread, waking their tasks here instead of from a reader thread. A
+        // lone call keeps reading for a while: with nothing else to run, sleeping until another
         // thread wakes us costs more than the round trip on a fast link.
         let mut early = None;
-        if alone {
-            transport.wait_actively(&node_id, &mut || match response.try_recv() {
-                Err(TryRecvError::Empty) => false,
-                outcome => {
-                    early = Some(outcome.map_err(|_| ()));
-                    true
-                }
-            });
-        }
+        transport.wait_actively(&node_id, &mut || match response.try_recv() {
+            Err(TryRecvError::Empty) => !alone,
+            outcome => {
+                early = Some(outcome.map_err(|_| ()));
+                true
+            }
+        });
         let response = match (early, ctx.deadline) {
             (Some(outcome), _) => outcome,
             (None, Some(deadline)) => tokio::time::timeout_at(deadline, response)

@@ -169,16 +169,16 @@ pub trait Transporter: Send + Sync + 'static {
         let _ = node_id;
     }
 
-    /// Waits for a reply from `node_id` on the calling thread, for a short while, instead of
-    /// letting the caller sleep until another thread wakes it: reads the link directly until
-    /// `arrived` says the awaited packet has been handled, or the transport's own budget runs
-    /// out. Returns whether it arrived.
+    /// Reads the link from `node_id` on the calling thread instead of leaving it to another
+    /// thread: handles what has arrived, asks `done`, and keeps reading until `done` returns
+    /// `true` or the transport's own budget runs out. Returns whether `done` ended it.
     ///
-    /// The broker uses it for a call that is alone in flight, where a thread wake-up would cost
-    /// more than the whole round trip (shared memory). The default returns `false` at once: the
-    /// caller then awaits as usual.
-    fn wait_actively(&self, node_id: &str, arrived: &mut dyn FnMut() -> bool) -> bool {
-        let _ = (node_id, arrived);
+    /// The broker calls it after sending a request: a call alone in flight waits for its answer
+    /// this way (a thread wake-up would cost more than the round trip on shared memory); other
+    /// calls read once, so answers already there wake their tasks on this thread. The default
+    /// reads nothing and returns `false`: the caller then awaits as usual.
+    fn wait_actively(&self, node_id: &str, done: &mut dyn FnMut() -> bool) -> bool {
+        let _ = (node_id, done);
         false
     }
 

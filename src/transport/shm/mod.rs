@@ -333,7 +333,7 @@ impl Transporter for ShmTransport {
         .boxed()
     }
 
-    fn wait_actively(&self, node_id: &str, arrived: &mut dyn FnMut() -> bool) -> bool {
+    fn wait_actively(&self, node_id: &str, done: &mut dyn FnMut() -> bool) -> bool {
         let Some(running) = self.state.get() else {
             return false;
         };
@@ -346,6 +346,20 @@ impl Transporter for ShmTransport {
         else {
             return false;
         };
+        let look = || match link.inbox.try_lock() {
+            Ok(mut inbox) => read_frames(running, &link, &mut inbox).map(drop),
+            Err(_) => Ok(()),
+        };
+        // The first look costs nobody anything: frames already there (answers to other calls
+        // too) are handled on this thread, and the tasks they wake run here, without a thread
+        // wake-up.
+        if let Err(reason) = look() {
+            self.lost(node_id, &reason);
+            return done();
+        }
+        if done() {
+            return true;
+        }
         // Tasks woken from other threads wait in the runtime's shared queue: they need this
         // thread more than an early answer does.
         let runtime = tokio::runtime::Handle::try_current()
@@ -356,14 +370,11 @@ impl Transporter for ShmTransport {
         let started = std::time::Instant::now();
         let mut looks = 0u32;
         let outcome = loop {
-            if let Ok(mut inbox) = link.inbox.try_lock()
-                && let Err(reason) = read_frames(running, &link, &mut inbox)
-            {
-                drop(inbox);
+            if let Err(reason) = look() {
                 self.lost(node_id, &reason);
-                break arrived();
+                break done();
             }
-            if arrived() {
+            if done() {
                 break true;
             }
             if link.closed.load(Ordering::Acquire)
