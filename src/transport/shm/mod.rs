@@ -935,6 +935,19 @@ mod tests {
         a_seen.wait_for("up b shm").await;
         b_seen.wait_for("up a shm").await;
 
+        // The waiter is running before the first frame leaves.
+        let (waiting, waiter_started) = tokio::sync::oneshot::channel();
+        let (waiter, seen) = (b.clone(), b_seen.clone());
+        let active = tokio::task::spawn_blocking(move || {
+            let count = || seen.pings.lock().unwrap().len() as u64;
+            let give_up = std::time::Instant::now() + Duration::from_secs(20);
+            let _ = waiting.send(());
+            while count() < FRAMES && std::time::Instant::now() < give_up {
+                waiter.wait_actively("a", &mut || count() == FRAMES);
+                std::thread::sleep(Duration::from_micros(30));
+            }
+        });
+        waiter_started.await.unwrap();
         let sender = tokio::spawn(async move {
             for id in 0..FRAMES {
                 let ping = Packet::new("a", PacketBody::Ping(Ping { id, time_us: 0 }));
@@ -944,15 +957,6 @@ mod tests {
                 }
             }
             a
-        });
-        let (waiter, seen) = (b.clone(), b_seen.clone());
-        let active = tokio::task::spawn_blocking(move || {
-            let count = || seen.pings.lock().unwrap().len() as u64;
-            let give_up = std::time::Instant::now() + Duration::from_secs(20);
-            while count() < FRAMES && std::time::Instant::now() < give_up {
-                waiter.wait_actively("a", &mut || count() == FRAMES);
-                std::thread::sleep(Duration::from_micros(30));
-            }
         });
         active.await.unwrap();
         let a = sender.await.unwrap();
