@@ -20,9 +20,9 @@ use std::time::Duration;
 use tokio::sync::oneshot::error::TryRecvError;
 use tokio::time::Instant;
 
-/// How long a request from a sender we have not met yet waits for its INFO.
+/// How long a request or event from a sender we have not met yet waits for its INFO.
 const UNKNOWN_SENDER_WAIT: Duration = Duration::from_secs(1);
-/// Most requests from unknown senders waiting at once.
+/// Most requests and events from unknown senders waiting at once.
 pub(super) const MAX_UNKNOWN_SENDER_WAITS: usize = 256;
 
 impl Broker {
@@ -416,10 +416,10 @@ impl Broker {
 
     /// Checks that `sender` is a member we know; if not, asks it for its INFO and waits briefly.
     ///
-    /// A newcomer's first request or event can overtake its INFO (a bus delivers the broadcast and the
-    /// node subject independently), so an unknown sender gets [`UNKNOWN_SENDER_WAIT`] to be
-    /// introduced before it is refused. At most [`MAX_UNKNOWN_SENDER_WAITS`] requests wait at
-    /// once; beyond, they are refused at once.
+    /// A newcomer's first request or event can overtake its INFO (a bus delivers the broadcast
+    /// subject and the node's own subject independently), so an unknown sender gets
+    /// [`UNKNOWN_SENDER_WAIT`] to be introduced before it is refused. At most
+    /// [`MAX_UNKNOWN_SENDER_WAITS`] packets wait at once; beyond, they are refused at once.
     pub(super) async fn await_member(&self, sender: &Arc<str>) -> Result<()> {
         let is_known = || {
             self.inner
