@@ -12,9 +12,10 @@ use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use ring::Ring;
 use rustc_hash::FxHashMap as HashMap;
+use std::panic::AssertUnwindSafe;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, TryLockError};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::task::JoinHandle;
@@ -30,6 +31,8 @@ const SPIN_MIN: u32 = 16;
 const SPIN_MAX: u32 = 4096;
 /// Yields of an idle reader after spinning, before it parks.
 const YIELDS: u32 = 64;
+/// Why a link closes when a thread panicked while reading it (its frame state is unknown).
+const INBOX_POISONED: &str = "a thread panicked while reading the link";
 /// Longest a lone caller reads its link itself before it sleeps like any other.
 const ACTIVE_WAIT: Duration = Duration::from_micros(50);
 /// How long the reader thread naps while callers read the link themselves; they wake it when
@@ -348,7 +351,8 @@ impl Transporter for ShmTransport {
         };
         let look = || match link.inbox.try_lock() {
             Ok(mut inbox) => read_frames(running, &link, &mut inbox).map(drop),
-            Err(_) => Ok(()),
+            Err(TryLockError::WouldBlock) => Ok(()),
+            Err(TryLockError::Poisoned(_)) => Err(INBOX_POISONED.to_owned()),
         };
         // The first look costs nobody anything: frames already there (answers to other calls
         // too) are handled on this thread, and the tasks they wake run here, without a thread
@@ -695,9 +699,13 @@ impl ShmTransport {
             .name(format!("phalanx-shm-{node_id}"))
             .spawn(move || {
                 let _runtime = runtime.enter();
-                if let Err(reason) = this.read_loop(&reading) {
-                    this.lost(&reading.node_id, &reason);
-                }
+                let read = std::panic::catch_unwind(AssertUnwindSafe(|| this.read_loop(&reading)));
+                let reason = match read {
+                    Ok(Ok(())) => return,
+                    Ok(Err(reason)) => reason,
+                    Err(_) => INBOX_POISONED.to_owned(),
+                };
+                this.lost(&reading.node_id, &reason);
             });
         match spawned {
             Ok(handle) => {
@@ -726,7 +734,12 @@ impl ShmTransport {
             }
             let read = match link.inbox.try_lock() {
                 Ok(mut inbox) => read_frames(running, link, &mut inbox)?,
-                Err(_) => continue,
+                Err(TryLockError::WouldBlock) => {
+                    // A caller is reading right now.
+                    std::thread::yield_now();
+                    continue;
+                }
+                Err(TryLockError::Poisoned(_)) => return Err(INBOX_POISONED.into()),
             };
             if read > 0 {
                 continue;
@@ -803,6 +816,9 @@ mod tests {
     use crate::packet::{PacketBody, Ping};
     use crate::transport::TransportHandler;
 
+    /// A ping id that makes the recording handler panic.
+    const PANIC_ON_PING: u64 = u64::MAX;
+
     /// Records what a transport reports.
     #[derive(Default)]
     struct Recorder {
@@ -814,6 +830,7 @@ mod tests {
     impl TransportHandler for Recorder {
         fn on_packet(&self, packet: Packet, link: LinkKind) {
             if let PacketBody::Ping(ping) = &packet.body {
+                assert_ne!(ping.id, PANIC_ON_PING, "the handler panics on this ping");
                 let by_reader = std::thread::current()
                     .name()
                     .is_some_and(|n| n.starts_with("phalanx-shm"));
@@ -972,6 +989,32 @@ mod tests {
             "both the reader thread ({by_reader}) and the waiter read frames"
         );
         assert_eq!(b.linked_nodes(), ["a"]);
+        a.stop().await;
+        b.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A panic while a frame is handled closes the link (both sides see it) instead of leaving
+    /// the link without a reader.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_panic_while_reading_closes_the_link() {
+        let dir =
+            std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()));
+        let (a, a_seen) = node("a", &dir).await;
+        let (b, b_seen) = node("b", &dir).await;
+        a.learn_peer("b", &b.addresses());
+        a_seen.wait_for("up b shm").await;
+        b_seen.wait_for("up a shm").await;
+        let fatal = Ping {
+            id: PANIC_ON_PING,
+            time_us: 0,
+        };
+        a.send("b", &Packet::new("a", PacketBody::Ping(fatal)))
+            .await
+            .unwrap();
+        b_seen.wait_for("down a shm").await;
+        a_seen.wait_for("down b shm").await;
+        assert!(b.linked_nodes().is_empty());
         a.stop().await;
         b.stop().await;
         let _ = std::fs::remove_dir_all(&dir);
