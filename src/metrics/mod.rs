@@ -437,6 +437,24 @@ fn outcome<T>(result: &Result<T>) -> Result<(), u16> {
     result.as_ref().map(|_| ()).map_err(|e| e.code())
 }
 
+/// `work`, recorded for `side` of `action` when it finishes (latency from `started`).
+fn recorded<'a>(
+    side: Side,
+    action: &'a str,
+    started: Instant,
+    broker: Broker,
+    work: BoxFuture<'a, Result<Payload<'static>>>,
+) -> BoxFuture<'a, Result<Payload<'static>>> {
+    work.map(move |result| {
+        broker
+            .inner
+            .metrics
+            .record(side, action, started, outcome(&result));
+        result
+    })
+    .boxed()
+}
+
 impl Middleware for Metrics {
     fn name(&self) -> &'static str {
         "metrics"
@@ -451,18 +469,8 @@ impl Middleware for Metrics {
         call: Call<'a>,
         next: Next<'a, Call<'a>>,
     ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        let started = call.ctx.started;
-        let action = call.action;
-        let broker = call.ctx.broker.clone();
-        next.run(call)
-            .map(move |result| {
-                broker
-                    .inner
-                    .metrics
-                    .record(Side::Caller, action, started, outcome(&result));
-                result
-            })
-            .boxed()
+        let (action, started, broker) = (call.action, call.ctx.started, call.ctx.broker.clone());
+        recorded(Side::Caller, action, started, broker, next.run(call))
     }
 
     fn local_action<'a>(
@@ -470,18 +478,8 @@ impl Middleware for Metrics {
         call: LocalCall<'a>,
         next: Next<'a, LocalCall<'a>>,
     ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        let started = call.ctx.started;
-        let action = call.action;
-        let broker = call.ctx.broker.clone();
-        next.run(call)
-            .map(move |result| {
-                broker
-                    .inner
-                    .metrics
-                    .record(Side::Handler, action, started, outcome(&result));
-                result
-            })
-            .boxed()
+        let (action, started, broker) = (call.action, call.ctx.started, call.ctx.broker.clone());
+        recorded(Side::Handler, action, started, broker, next.run(call))
     }
 
     fn event<'a>(

@@ -891,6 +891,23 @@ mod tests {
         (transport, recorder)
     }
 
+    /// A fresh socket directory for one test.
+    fn test_dir() -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()))
+    }
+
+    /// Nodes "a" and "b" in `dir`, once both see their shared-memory link up.
+    async fn linked_pair(
+        dir: &std::path::Path,
+    ) -> ((ShmTransport, Arc<Recorder>), (ShmTransport, Arc<Recorder>)) {
+        let (a, a_seen) = node("a", dir).await;
+        let (b, b_seen) = node("b", dir).await;
+        a.learn_peer("b", &b.addresses());
+        a_seen.wait_for("up b shm").await;
+        b_seen.wait_for("up a shm").await;
+        ((a, a_seen), (b, b_seen))
+    }
+
     #[tokio::test]
     async fn an_unusable_directory_disables_shared_memory_without_failing() {
         let (transport, _) = node("a", std::path::Path::new("/proc/no-such-dir")).await;
@@ -902,8 +919,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_corrupted_ring_closes_the_link_on_both_sides() {
-        let dir =
-            std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()));
+        let dir = test_dir();
         let (a, a_seen) = node("a", &dir).await;
         let (b, b_seen) = node("b", &dir).await;
         // A wrong token is refused: the pair stays apart.
@@ -944,13 +960,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn active_waiters_and_the_reader_thread_share_the_link() {
         const FRAMES: u64 = 20_000;
-        let dir =
-            std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()));
-        let (a, a_seen) = node("a", &dir).await;
-        let (b, b_seen) = node("b", &dir).await;
-        a.learn_peer("b", &b.addresses());
-        a_seen.wait_for("up b shm").await;
-        b_seen.wait_for("up a shm").await;
+        let dir = test_dir();
+        let ((a, _), (b, b_seen)) = linked_pair(&dir).await;
 
         // The waiter is running before the first frame leaves.
         let (waiting, waiter_started) = tokio::sync::oneshot::channel();
@@ -998,13 +1009,8 @@ mod tests {
     /// the link without a reader.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_panic_while_reading_closes_the_link() {
-        let dir =
-            std::env::temp_dir().join(format!("phalanx-shm-test-{:x}", rand::random::<u32>()));
-        let (a, a_seen) = node("a", &dir).await;
-        let (b, b_seen) = node("b", &dir).await;
-        a.learn_peer("b", &b.addresses());
-        a_seen.wait_for("up b shm").await;
-        b_seen.wait_for("up a shm").await;
+        let dir = test_dir();
+        let ((a, a_seen), (b, b_seen)) = linked_pair(&dir).await;
         let fatal = Ping {
             id: PANIC_ON_PING,
             time_us: 0,
