@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{counter, settle};
+use common::{counter, counting, settle};
 use phalanx::transport::InProcBus;
 use phalanx::{Broker, CallOptions, Context, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
@@ -131,26 +131,13 @@ async fn emit_balances_per_group_and_broadcast_reaches_everyone() {
     for (broker, count) in [(&b, mail_b.clone()), (&c, mail_c.clone())] {
         broker
             .service("mailer")
-            .event("user.created", move |_ctx, _: String| {
-                let count = count.clone();
-                async move {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }
-            })
+            .event("user.created", counting::<String>(&count))
             .start()
             .await
             .unwrap();
     }
-    let audit_count = audit.clone();
     c.service("audit")
-        .event("user.*", move |_ctx, _: String| {
-            let count = audit_count.clone();
-            async move {
-                count.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .event("user.*", counting::<String>(&audit))
         .start()
         .await
         .unwrap();
@@ -193,22 +180,9 @@ async fn wildcards_match_one_or_many_segments() {
     let a = node(&bus, "a").await;
     let b = node(&bus, "b").await;
     let (one, many) = (counter(), counter());
-    let (o, m) = (one.clone(), many.clone());
     b.service("watch")
-        .event_in_group("order.*", "one", move |_ctx, _: u32| {
-            let o = o.clone();
-            async move {
-                o.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
-        .event_in_group("order.**", "many", move |_ctx, _: u32| {
-            let m = m.clone();
-            async move {
-                m.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .event_in_group("order.*", "one", counting::<u32>(&one))
+        .event_in_group("order.**", "many", counting::<u32>(&many))
         .start()
         .await
         .unwrap();

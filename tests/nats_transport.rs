@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{counter, settle};
+use common::{counter, counting, settle};
 use phalanx::transport::NatsTransport;
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::process::{Child, Command, Stdio};
@@ -103,13 +103,7 @@ async fn three_brokers_call_emit_and_broadcast_over_nats() {
             .action("add", |ctx: Context, (x, y): (i64, i64)| async move {
                 Ok((x + y, ctx.broker().node_id().to_owned()))
             })
-            .event("order.*", move |_ctx, _: serde_json::Value| {
-                let count = count.clone();
-                async move {
-                    count.fetch_add(1, Ordering::SeqCst);
-                    Ok(())
-                }
-            })
+            .event("order.*", counting::<serde_json::Value>(&count))
             .start()
             .await
             .unwrap();
@@ -350,16 +344,9 @@ async fn a_request_that_overtakes_its_senders_info_is_served() {
     let server = NatsServer::start();
     let b = node(&server, "b", "green").await;
     let heard = counter();
-    let count = heard.clone();
     b.service("secret")
         .action("get", |_ctx, _: ()| async move { Ok(42) })
-        .event("ghost.said", move |_ctx, _: String| {
-            let count = count.clone();
-            async move {
-                count.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        })
+        .event("ghost.said", counting::<String>(&heard))
         .start()
         .await
         .unwrap();

@@ -9,6 +9,18 @@ pub(crate) fn counter() -> Arc<AtomicUsize> {
     Arc::new(AtomicUsize::new(0))
 }
 
+/// An event listener that only counts its deliveries into `count`.
+#[allow(dead_code)] // not every test binary listens to events
+pub(crate) fn counting<P>(
+    count: &Arc<AtomicUsize>,
+) -> impl Fn(phalanx::Context, P) -> std::future::Ready<phalanx::Result<()>> + use<P> {
+    let count = count.clone();
+    move |_ctx, _| {
+        count.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Ok(()))
+    }
+}
+
 /// Waits (up to 10 s) until `count` reaches `want` — events are asynchronous — then a little
 /// longer, so stray extra deliveries show up and "exactly" is checked, not just "at least".
 pub(crate) async fn settle(count: &AtomicUsize, want: usize) -> usize {
