@@ -3,6 +3,7 @@
 use phalanx::membership::Membership;
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
+use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -113,20 +114,30 @@ async fn a_node_with_another_secret_never_joins() {
 async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
     let (a, qa) = node("a", "s", &[]).await;
     let (b, _qb) = node("b", "s", &[addr(&qa)]).await;
-    b.service("slow")
-        .action("sleep", |_ctx: Context, ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(ms)
-        })
-        .start()
-        .await
-        .unwrap();
+    let started = Arc::new(tokio::sync::Notify::new());
+    // `slow.sleep` on `node`, telling `started` when it begins.
+    let serve_slow = |node: &Broker| {
+        let handling = started.clone();
+        node.service("slow")
+            .action("sleep", move |_ctx: Context, ms: u64| {
+                let handling = handling.clone();
+                async move {
+                    handling.notify_one();
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(ms)
+                }
+            })
+            .start()
+    };
+    serve_slow(&b).await.unwrap();
     a.wait_for_services(&["slow"], WAIT).await.unwrap();
 
-    // Graceful stop: the in-flight call is answered.
+    // Graceful stop: the in-flight call (being handled on b) is answered.
     let caller = a.clone();
     let call = tokio::spawn(async move { caller.call::<u64>("slow.sleep", 300u64).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .unwrap();
     b.stop().await;
     assert_eq!(call.await.unwrap().unwrap(), 300);
     let err = a.call::<u64>("slow.sleep", 1u64).await.unwrap_err();
@@ -134,14 +145,7 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
 
     // Abrupt loss: a node whose transport dies without DISCONNECT.
     let (c, qc) = node("c", "s", &[addr(&qa)]).await;
-    c.service("slow")
-        .action("sleep", |_ctx: Context, ms: u64| async move {
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            Ok(ms)
-        })
-        .start()
-        .await
-        .unwrap();
+    serve_slow(&c).await.unwrap();
     a.wait_for_services(&["slow"], WAIT).await.unwrap();
     let caller = a.clone();
     let call = tokio::spawn(async move {
@@ -153,7 +157,9 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
             )
             .await
     });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::time::timeout(WAIT, started.notified())
+        .await
+        .unwrap();
     use phalanx::transport::Transporter;
     qc.stop().await; // links close, no DISCONNECT from the broker
     let err = tokio::time::timeout(Duration::from_secs(5), call)
@@ -174,7 +180,6 @@ async fn a_member_cannot_pose_as_another_node() {
     use phalanx::codec::Codec;
     use phalanx::membership::CLUSTER_SERVER_NAME;
     use phalanx::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
-    use std::sync::Arc;
 
     let (a, qa) = node("a", "s3cret", &[]).await;
     // A member of the cluster (same secret), certified as "mallory".

@@ -52,16 +52,18 @@ impl Link {
         self.conn.close(code.into(), reason.as_bytes());
     }
 
-    /// Finishes the main stream and waits (bounded) until the peer has everything written so
-    /// far — closing a QUIC connection discards unsent data — then closes.
+    /// Finishes the main stream and waits (bounded) until the peer has *handled* everything
+    /// written so far, then closes. Data acknowledged by the peer's QUIC stack is not enough:
+    /// a close makes the peer drop what its reader has not taken yet. So the peer closes the
+    /// connection itself once its reader reaches the end of our stream (see `read_main`).
     pub(super) async fn close_gracefully(&self, within: Duration) {
-        let flushed = async {
-            let mut main = self.main.lock().await;
-            if main.finish().is_ok() {
-                let _ = main.stopped().await;
+        let handled = async {
+            let finished = self.main.lock().await.finish().is_ok();
+            if finished {
+                self.conn.closed().await;
             }
         };
-        let _ = tokio::time::timeout(within, flushed).await;
+        let _ = tokio::time::timeout(within, handled).await;
         self.close(CLOSE_BYE, "node stopping");
     }
 
@@ -284,8 +286,9 @@ impl Mesh {
             }
             match recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-                // The peer finished its main stream: it is leaving; the connection close follows.
-                Ok(None) => return,
+                // The peer finished its main stream: it is leaving, and waits for us to have
+                // handled every frame before it closes — tell it we have.
+                Ok(None) => return link.close(CLOSE_BYE, "read to the end"),
                 Err(_) => return,
             }
         }
