@@ -4,38 +4,22 @@
 //! Run: `cargo bench --bench nats_call` (options: `-- --seconds 3 --payload 64`)
 #![allow(clippy::print_stdout)]
 
+#[path = "../tests/common/nats_server.rs"]
+mod nats_server;
 mod support;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use nats_server::NatsServer;
 use phalanx::Broker;
 use phalanx::transport::NatsTransport;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
 
 fn main() {
     let options = Options::from_args();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let mut server = Command::new("nats-server")
-        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("nats-server (apt-get install nats-server)");
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    runtime().block_on(run(
-        format!("nats://127.0.0.1:{port}"),
-        options.duration,
-        options.payload,
-    ));
-    let _ = server.kill();
-    let _ = server.wait();
+    let server = NatsServer::start();
+    runtime().block_on(run(server.url(), options.duration, options.payload));
 }
 
 async fn run(url: String, duration: Duration, payload: usize) {

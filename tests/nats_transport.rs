@@ -2,8 +2,11 @@
 #![cfg(feature = "nats")]
 
 mod common;
+#[path = "common/nats_server.rs"]
+mod nats_server;
 
 use common::{counter, counting, settle};
+use nats_server::NatsServer;
 use phalanx::transport::NatsTransport;
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::process::{Child, Command, Stdio};
@@ -13,60 +16,6 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);
-
-/// A `nats-server` on a free loopback port, stopped by PID on drop.
-struct NatsServer {
-    child: Option<Child>,
-    port: u16,
-}
-
-impl NatsServer {
-    fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = Self { child: None, port };
-        server.spawn();
-        server
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server is installed (apt-get install nats-server)");
-        self.child = Some(child);
-        let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "nats-server did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
 
 async fn node(server: &NatsServer, id: &str, namespace: &str) -> Broker {
     Broker::builder()

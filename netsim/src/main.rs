@@ -5,11 +5,13 @@
 //! loss with `numgen random`, partitions by address sets), `kill -9` and graceful stops. Traffic
 //! never leaves the namespaces made here (addresses in 198.18.0.0/24, the benchmarking range).
 //!
-//! Run every scenario: `cargo run --release -p netsim` (as root); some: `... -p netsim -- mdns loss`.
+//! Run every scenario: `cargo run --release -p netsim` (as root, or as any user where the kernel
+//! allows unprivileged user namespaces); some: `... -p netsim -- mdns loss`.
 //! Exits non-zero when any scenario fails.
 #![allow(clippy::print_stdout)]
 
 mod net;
+mod sandbox;
 mod scenarios;
 
 use std::path::PathBuf;
@@ -21,6 +23,14 @@ fn main() -> ExitCode {
         if !scenarios::ALL.iter().any(|(n, _)| n == name) {
             let names: Vec<&str> = scenarios::ALL.iter().map(|(n, _)| *n).collect();
             println!("unknown scenario {name:?}; scenarios: {}", names.join(", "));
+            return ExitCode::FAILURE;
+        }
+    }
+    match sandbox::prepare() {
+        Ok(sandbox::Sandbox::Ready) => {}
+        Ok(sandbox::Sandbox::RanInside(code)) => return code,
+        Err(err) => {
+            println!("netsim: {err}");
             return ExitCode::FAILURE;
         }
     }
