@@ -51,18 +51,15 @@ pub mod logging;
 pub mod membership;
 pub mod metrics;
 pub mod middleware;
-mod node_service;
 pub mod packet;
 pub mod payload;
 pub mod registry;
-pub mod service;
 pub mod transport;
 
-pub use broker::{Broker, BrokerBuilder};
+pub use broker::{Broker, BrokerBuilder, ServiceBuilder};
 pub use context::{CallOptions, Context};
 pub use error::{Error, ErrorKind, Result};
 pub use payload::Payload;
-pub use service::ServiceBuilder;
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -1,14 +1,15 @@
 //! Configuration of a broker before it starts.
 
+use super::Registry;
 use super::{Broker, BrokerInner, RUNNING, Timings};
 use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::error::Result;
-use crate::metrics::{BrokerMetrics, Metrics};
+use crate::metrics::BrokerMetrics;
 use crate::middleware::{
-    BreakerConfig, CircuitBreaker, Fallback, FallbackFn, Middleware, Retry, RetryPolicy, Stack,
-    Tracing,
+    BreakerConfig, CircuitBreaker, Fallback, FallbackFn, Metrics, Middleware, Retry, RetryPolicy,
+    Stack, Tracing,
 };
-use crate::registry::{Registry, Strategy};
+use crate::registry::Strategy;
 use crate::transport::{TransportContext, Transporter};
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize};
@@ -250,7 +251,7 @@ impl BrokerBuilder {
         let mut layers: Vec<Arc<dyn Middleware>> = Vec::new();
         if self.default_middleware {
             layers.push(Arc::new(Tracing));
-            layers.push(Arc::new(Metrics));
+            layers.push(Arc::new(Metrics::default()));
             layers.push(Arc::new(Fallback::new(self.fallbacks)));
             layers.push(Arc::new(Retry::new(self.retry)));
         }
@@ -259,6 +260,7 @@ impl BrokerBuilder {
         }
         layers.extend(self.middleware);
         let host_id = host_id();
+        let middleware = Stack::new(layers);
         let inner = Arc::new(BrokerInner {
             namespace: self.namespace.into(),
             instance_id: self.instance_id.unwrap_or_else(random_hex),
@@ -272,8 +274,12 @@ impl BrokerBuilder {
                 self.strategy,
                 self.action_strategies,
             )),
-            middleware: Stack::new(layers),
-            metrics: BrokerMetrics::new(node_id.clone()),
+            admission: middleware.vetoes().then(|| {
+                let stack = middleware.clone();
+                Box::new(move |action: &str, node: &str| stack.admits(action, node)) as Box<_>
+            }),
+            middleware,
+            metrics: Arc::new(BrokerMetrics::new(node_id.clone())),
             transports,
             pending: Mutex::default(),
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
@@ -289,18 +295,21 @@ impl BrokerBuilder {
             node_id,
         });
         let broker = Broker { inner };
+        let node = broker.node_handle();
         for layer in broker.inner.middleware.layers() {
-            layer.started(&broker);
+            layer.on_start(&node);
         }
-        crate::node_service::start(&broker).await?;
+        super::node_service::start(&broker).await?;
         let handler = super::inbound::handler(&broker);
         for transport in &broker.inner.transports {
             transport
                 .start(TransportContext {
                     node_id: broker.inner.node_id.clone(),
                     namespace: broker.inner.namespace.clone(),
+                    host_id: broker.inner.host_id.as_str().into(),
                     codec: broker.inner.codec,
                     handler: handler.clone(),
+                    traffic: broker.inner.metrics.clone(),
                 })
                 .await?;
         }

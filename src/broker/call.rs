@@ -1,12 +1,12 @@
 //! Request-reply: making calls and serving the ones that arrive from peers.
 
 use super::{Broker, InFlight, PendingCall};
-use crate::context::{CallOptions, Context};
+use crate::context::{CallOptions, Context, Lineage};
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::handler::ActionFn;
-use crate::middleware::{Call, HookKind, LocalCall, RemoteCall, hooks};
-use crate::packet::{Meta, Packet, PacketBody, Request, Response};
+use crate::middleware::{Call, HookKind, LocalCall, RemoteCall, Stack, hooks};
+use crate::packet::{Packet, PacketBody, Request, Response};
 use crate::payload::Payload;
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
 use crate::transport::LinkKind;
@@ -97,7 +97,7 @@ impl Broker {
             .decode()
     }
 
-    async fn call_payload(
+    pub(super) async fn call_payload(
         &self,
         action: &str,
         params: Payload<'_>,
@@ -151,7 +151,7 @@ impl Broker {
                 action,
                 node_id: options.node_id.as_deref(),
                 avoid: &avoid,
-                middleware: &self.inner.middleware,
+                admits: self.inner.admission.as_deref(),
                 shard_key: shard_key.as_deref(),
             };
             match registry.pick(&pick) {
@@ -181,51 +181,23 @@ impl Broker {
         }
     }
 
-    /// The context of a new call: a child of `parent` when made from a handler.
+    /// The context of a new call: a child of `parent` when made from a handler. The deadline is
+    /// the sooner of the call's own timeout and the one it inherits.
     fn child_context(&self, options: &CallOptions, parent: Option<&Context>) -> Context {
         let started = Instant::now();
         let own_deadline = options
             .timeout
             .or(self.inner.timings.request_timeout)
             .map(|t| started + t);
-        let id = self.next_id();
-        let (request_id, parent_id, caller, level, meta, headers, inherited) = match parent {
-            Some(p) => (
-                p.request_id,
-                Some(p.id),
-                p.service.clone(),
-                p.level + 1,
-                p.meta.clone(),
-                p.headers.clone(),
-                p.deadline,
-            ),
-            None => (id, None, None, 1, None, None, None),
-        };
+        let inherited = parent.and_then(|p| p.deadline);
         let deadline = match (own_deadline, inherited) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        Context {
-            broker: self.clone(),
-            id,
-            request_id,
-            parent_id,
-            caller,
-            service: None,
-            node_id: None,
-            level,
-            meta: merge(meta, options.meta.as_ref()),
-            headers: match &options.headers {
-                Some(h) => {
-                    let mut all = headers.as_deref().cloned().unwrap_or_default();
-                    all.extend(h.iter().map(|(k, v)| (k.clone(), v.clone())));
-                    Some(Arc::new(all))
-                }
-                None => headers,
-            },
-            deadline,
-            started,
-        }
+        let id = self.next_id();
+        let lineage =
+            Lineage::new(parent, id).with(options.meta.as_ref(), options.headers.as_ref());
+        Context::new(self.dispatch(), id, lineage, deadline, started)
     }
 
     /// Runs a handler of this node inside the broker's and its service's middleware, within the
@@ -233,7 +205,7 @@ impl Broker {
     async fn run_local(
         &self,
         action: &str,
-        local: &LocalHandler,
+        local: &LocalHandler<Stack>,
         ctx: Context,
         params: Payload<'_>,
     ) -> Result<Payload<'static>> {
@@ -245,7 +217,7 @@ impl Broker {
             params,
         };
         let outer = &self.inner.middleware;
-        let inner = &local.middleware;
+        let inner = &local.layers;
         let handler = |call: LocalCall<'_>| {
             start_handler(
                 call.action,
@@ -339,23 +311,16 @@ impl Broker {
             pending.len() == 1
         };
         let _pending = PendingGuard { broker: self, id };
-        let packet = Packet::new(
-            self.inner.node_id.clone(),
-            PacketBody::Request(Request {
-                id,
-                action: action.to_owned(),
-                params,
-                content_type,
-                meta: ctx.meta.as_deref().cloned(),
-                headers: ctx.headers.as_deref().cloned(),
-                timeout_ms: ctx.remaining().map(|d| d.as_millis() as u64),
-                level: ctx.level,
-                request_id: ctx.request_id,
-                parent_id: ctx.parent_id,
-                caller: ctx.caller.as_deref().map(str::to_owned),
-                stream: false,
-            }),
-        );
+        let mut request = Request {
+            id,
+            action: action.to_owned(),
+            params,
+            content_type,
+            timeout_ms: ctx.remaining().map(|d| d.as_millis() as u64),
+            ..Request::default()
+        };
+        ctx.lineage.stamp_request(&mut request);
+        let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Request(request));
         let (transport, _) = self.transport_for(&node_id)?;
         transport.send(&node_id, &packet).await?;
         // Read the link here once: answers that have already arrived (for other calls too) are
@@ -451,7 +416,11 @@ impl Broker {
         }
     }
 
-    async fn run_request(&self, sender: &Arc<str>, request: Request) -> Result<Payload<'static>> {
+    async fn run_request(
+        &self,
+        sender: &Arc<str>,
+        mut request: Request,
+    ) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
             return Err(Error::rejected("the node is stopping"));
         }
@@ -462,20 +431,9 @@ impl Broker {
             Some(ms) => Some(started + Duration::from_millis(ms)),
             None => None,
         };
-        let ctx = Context {
-            broker: self.clone(),
-            id: self.next_id(),
-            request_id: request.request_id,
-            parent_id: request.parent_id,
-            caller: request.caller.map(Into::into),
-            service: None,
-            node_id: Some(sender.clone()),
-            level: request.level,
-            meta: request.meta.map(Arc::new),
-            headers: request.headers.map(Arc::new),
-            deadline,
-            started,
-        };
+        let lineage = Lineage::of_request(&mut request);
+        let ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
+            .arrived_from(sender.clone());
         let params = Payload::encoded(request.params, request.content_type);
         let local = {
             let registry = self.inner.registry();
@@ -483,7 +441,7 @@ impl Broker {
                 action: &request.action,
                 node_id: Some(&self.inner.node_id),
                 avoid: &[],
-                middleware: &self.inner.middleware,
+                admits: self.inner.admission.as_deref(),
                 shard_key: None,
             };
             match registry.pick(&pick) {
@@ -541,7 +499,7 @@ impl Broker {
 
 /// The endpoint an attempt goes to, taken out of the registry.
 enum Picked {
-    Local(LocalHandler),
+    Local(LocalHandler<Stack>),
     Remote(Arc<str>, Arc<EndpointStats>),
 }
 
@@ -591,17 +549,6 @@ fn panic_error(action: &str, panic: &(dyn std::any::Any + Send)) -> Error {
         format!("handler of '{action}' panicked: {message}"),
     )
     .with_type("HANDLER_PANIC")
-}
-
-fn merge(base: Option<Arc<Meta>>, extra: Option<&Meta>) -> Option<Arc<Meta>> {
-    match extra {
-        None => base,
-        Some(extra) => {
-            let mut all = base.as_deref().cloned().unwrap_or_default();
-            all.extend(extra.iter().map(|(k, v)| (k.clone(), v.clone())));
-            Some(Arc::new(all))
-        }
-    }
 }
 
 /// The value of a call's shard key (`#name` for a meta entry, else a top-level param field).

@@ -2,8 +2,9 @@
 //! local broadcast, with `*` / `**` wildcards in subscriptions.
 
 use super::{Broker, InFlight};
-use crate::context::Context;
+use crate::context::{Context, Lineage};
 use crate::error::Result;
+use crate::middleware::Stack;
 use crate::middleware::{Emit, EmitKind, HookKind, LocalEvent, hooks};
 use crate::packet::{ContentType, Event, Packet, PacketBody};
 use crate::payload::{Payload, encode_msgpack};
@@ -14,17 +15,6 @@ use serde::Serialize;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use tokio::time::Instant;
-
-/// Who raised an event, for the handlers' contexts.
-struct Origin {
-    request_id: u64,
-    parent_id: Option<u64>,
-    caller: Option<Arc<str>>,
-    node_id: Option<Arc<str>>,
-    level: u32,
-    meta: Option<Arc<crate::packet::Meta>>,
-    headers: Option<Arc<crate::packet::Headers>>,
-}
 
 impl Broker {
     /// Emits `event`: in every group that listens, exactly one handler runs (balanced across the
@@ -47,12 +37,12 @@ impl Broker {
     /// # Ok(()) }
     /// ```
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.emit_in(event, data, EmitKind::Emit, None).await
+        self.emit_in(event, data, EmitKind::Emit).await
     }
 
     /// Broadcasts `event` to every listening service on every node.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.emit_in(event, data, EmitKind::Broadcast, None).await
+        self.emit_in(event, data, EmitKind::Broadcast).await
     }
 
     /// Broadcasts `event` to the listening services of this node only.
@@ -61,37 +51,40 @@ impl Broker {
         event: &str,
         data: &T,
     ) -> Result<()> {
-        self.emit_in(event, data, EmitKind::BroadcastLocal, None)
+        self.emit_in(event, data, EmitKind::BroadcastLocal).await
+    }
+
+    /// Raises an event of the framework's own (`$node.*`, `$services.changed`,
+    /// `$circuit-breaker.*`) on this node's listeners right away, outside the emit middleware.
+    pub(crate) fn raise_local(&self, event: &str, data: Bytes) {
+        let listeners = self.inner.registry().local_listeners(event, None);
+        let lineage = Lineage::root(self.next_id());
+        self.dispatch_local(listeners, event, data, ContentType::MsgPack, &lineage, None);
+    }
+
+    async fn emit_in<T: Serialize + ?Sized>(
+        &self,
+        event: &str,
+        data: &T,
+        kind: EmitKind,
+    ) -> Result<()> {
+        self.emit_encoded(event, encode_msgpack(data)?, kind, None)
             .await
     }
 
-    /// Broadcasts a broker event (`$node.*`, `$services.changed`) on this node right away,
-    /// outside the emit middleware.
-    pub(crate) fn broadcast_local_now<T: Serialize + ?Sized>(
+    /// Emits MessagePack `data` through the emit middleware.
+    pub(crate) async fn emit_encoded(
         &self,
         event: &str,
-        data: &T,
-    ) -> Result<()> {
-        let data = encode_msgpack(data)?;
-        let listeners = self.inner.registry().local_listeners(event, None);
-        let origin = self.origin(None);
-        self.dispatch_local(listeners, event, data, ContentType::MsgPack, &origin);
-        Ok(())
-    }
-
-    pub(crate) async fn emit_in<T: Serialize + ?Sized>(
-        &self,
-        event: &str,
-        data: &T,
+        data: Bytes,
         kind: EmitKind,
         parent: Option<&Context>,
     ) -> Result<()> {
         let emit = Emit {
             event,
             kind,
-            data: encode_msgpack(data)?,
+            data,
             parent,
-            broker: self,
         };
         let stack = &self.inner.middleware;
         if stack.is_empty(HookKind::Emit) {
@@ -111,7 +104,6 @@ impl Broker {
             kind,
             data,
             parent,
-            ..
         } = emit;
         let (local, remote) = {
             let registry = self.inner.registry();
@@ -129,25 +121,28 @@ impl Broker {
                 }
             }
         };
-        let origin = self.origin(parent);
-        self.dispatch_local(local, event, data.clone(), ContentType::MsgPack, &origin);
+        let lineage = Lineage::new(parent, self.next_id());
+        let local_data = data.clone();
+        self.dispatch_local(
+            local,
+            event,
+            local_data,
+            ContentType::MsgPack,
+            &lineage,
+            None,
+        );
         for (node_id, groups) in remote {
-            let packet = Packet::new(
-                self.inner.node_id.clone(),
-                PacketBody::Event(Event {
-                    id: self.next_id(),
-                    event: event.to_owned(),
-                    data: data.clone(),
-                    content_type: ContentType::MsgPack,
-                    groups,
-                    broadcast: kind == EmitKind::Broadcast,
-                    meta: origin.meta.as_deref().cloned(),
-                    headers: origin.headers.as_deref().cloned(),
-                    level: origin.level,
-                    request_id: origin.request_id,
-                    caller: origin.caller.as_deref().map(str::to_owned),
-                }),
-            );
+            let mut sent = Event {
+                id: self.next_id(),
+                event: event.to_owned(),
+                data: data.clone(),
+                content_type: ContentType::MsgPack,
+                groups,
+                broadcast: kind == EmitKind::Broadcast,
+                ..Event::default()
+            };
+            lineage.stamp_event(&mut sent);
+            let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Event(sent));
             let sent = match self.transport_for(&node_id) {
                 Ok((transport, _)) => transport.send(&node_id, &packet).await,
                 Err(err) => Err(err),
@@ -160,82 +155,48 @@ impl Broker {
     }
 
     /// Runs this node's handlers for an EVENT from a peer.
-    pub(crate) fn serve_event(&self, sender: Arc<str>, event: Event) {
+    pub(crate) fn serve_event(&self, sender: Arc<str>, mut event: Event) {
         let listeners = self
             .inner
             .registry()
             .local_listeners(&event.event, event.groups.as_deref());
-        let origin = Origin {
-            request_id: event.request_id,
-            parent_id: None,
-            caller: event.caller.map(Into::into),
-            node_id: Some(sender),
-            level: event.level,
-            meta: event.meta.map(Arc::new),
-            headers: event.headers.map(Arc::new),
-        };
+        let lineage = Lineage::of_event(&mut event);
         self.dispatch_local(
             listeners,
             &event.event,
             event.data,
             event.content_type,
-            &origin,
+            &lineage,
+            Some(sender),
         );
-    }
-
-    fn origin(&self, parent: Option<&Context>) -> Origin {
-        match parent {
-            Some(p) => Origin {
-                request_id: p.request_id,
-                parent_id: Some(p.id),
-                caller: p.service.clone(),
-                node_id: None,
-                level: p.level + 1,
-                meta: p.meta.clone(),
-                headers: p.headers.clone(),
-            },
-            None => Origin {
-                request_id: self.next_id(),
-                parent_id: None,
-                caller: None,
-                node_id: None,
-                level: 1,
-                meta: None,
-                headers: None,
-            },
-        }
     }
 
     /// Starts each handler as its own task: events are fire-and-forget, and one slow listener
     /// must not hold up the others.
     fn dispatch_local(
         &self,
-        listeners: LocalListeners,
+        listeners: LocalListeners<Stack>,
         event: &str,
         data: Bytes,
         content_type: ContentType,
-        origin: &Origin,
+        lineage: &Lineage,
+        sender: Option<Arc<str>>,
     ) {
         let started = Instant::now();
         for listener in listeners {
-            let ctx = Context {
-                broker: self.clone(),
-                id: self.next_id(),
-                request_id: origin.request_id,
-                parent_id: origin.parent_id,
-                caller: origin.caller.clone(),
-                service: Some(listener.service.clone()),
-                node_id: origin.node_id.clone(),
-                level: origin.level,
-                meta: origin.meta.clone(),
-                headers: origin.headers.clone(),
-                deadline: None,
+            let mut ctx = Context::new(
+                self.dispatch(),
+                self.next_id(),
+                lineage.clone(),
+                None,
                 started,
-            };
+            );
+            ctx.node_id = sender.clone();
+            ctx.service = Some(listener.service.clone());
             let payload = Payload::encoded(data.clone(), content_type);
             let event = event.to_owned();
+            let broker = self.clone();
             tokio::spawn(async move {
-                let broker = ctx.broker.clone();
                 let _running = InFlight::enter(&broker);
                 let call = LocalEvent {
                     event: &event,
@@ -246,7 +207,7 @@ impl Broker {
                 let handler = |e: LocalEvent<'_>| (listener.handler)(e.ctx, e.data);
                 let service_layers = |e| {
                     listener
-                        .middleware
+                        .layers
                         .next(HookKind::Event, hooks::event, &handler)
                         .run(e)
                 };

@@ -3,8 +3,9 @@
 
 use super::{Broker, BrokerInner};
 use crate::packet::{Discover, Heartbeat, Info, PROTOCOL_VERSION, Packet, PacketBody, Pong};
+use crate::payload::encode_msgpack;
 use crate::registry::NodeChange;
-use crate::transport::{Direction, LinkKind, TransportHandler};
+use crate::transport::{LinkKind, TransportHandler};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -60,14 +61,6 @@ impl TransportHandler for Inbound {
     fn on_bus(&self, link: LinkKind, up: bool) {
         let Some(broker) = self.broker() else { return };
         broker.bus_state(link, up);
-    }
-
-    fn on_traffic(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
-        let Some(broker) = self.broker() else { return };
-        broker
-            .inner
-            .metrics
-            .traffic(link, peer, direction == Direction::Sent, bytes);
     }
 }
 
@@ -257,14 +250,13 @@ impl Broker {
     fn internal_event(&self, event: &str, node_id: &str) {
         self.inner.registry_changed.notify_waiters();
         self.report_registry_sizes();
-        let data = serde_json::json!({ "node": node_id });
-        if let Err(err) = self.broadcast_local_now(event, &data) {
-            tracing::warn!(%event, %err, "internal event failed");
-        }
-        if event != "$services.changed"
-            && let Err(err) = self.broadcast_local_now("$services.changed", &data)
-        {
-            tracing::warn!(%err, "internal event failed");
+        let data = match encode_msgpack(&serde_json::json!({ "node": node_id })) {
+            Ok(data) => data,
+            Err(err) => return tracing::warn!(%event, %err, "internal event failed"),
+        };
+        self.raise_local(event, data.clone());
+        if event != "$services.changed" {
+            self.raise_local("$services.changed", data);
         }
     }
 

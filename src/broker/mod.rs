@@ -16,20 +16,32 @@ mod builder;
 mod call;
 mod events;
 mod inbound;
+mod node_service;
+mod service;
 
 pub use builder::BrokerBuilder;
-pub(crate) use builder::host_id;
+pub use service::ServiceBuilder;
 
 use crate::codec::Codec;
+use crate::context::{CallOptions, Context, Dispatch, EmitKind};
 use crate::error::{Error, Result};
 use crate::handler::{ActionFn, EventFn};
-use crate::metrics::{BrokerMetrics, MetricsSnapshot};
-use crate::middleware::Stack;
+use crate::metrics::{BrokerMetrics, MetricsSnapshot, NodeState, RegistryMetrics};
+use crate::middleware::{NodeHandle, Stack};
 use crate::packet::ServiceInfo;
 use crate::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
-use crate::registry::Registry;
-use crate::service::{Hook, ServiceBuilder};
+use crate::payload::Payload;
+use crate::registry;
+use bytes::Bytes;
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use std::any::Any;
+
+/// The registry as a broker fills it: each local service keeps its own middleware beside its
+/// handlers.
+pub(crate) type Registry = registry::Registry<Stack>;
 use crate::transport::{LinkKind, Transporter};
+use service::Hook;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -94,7 +106,10 @@ pub(crate) struct BrokerInner {
     registry: RwLock<Registry>,
     /// The broker's middleware, outermost first.
     pub(crate) middleware: Stack,
-    pub(crate) metrics: BrokerMetrics,
+    pub(crate) metrics: Arc<BrokerMetrics>,
+    /// Whether the middleware lets the balancer choose an endpoint now; `None` when no layer
+    /// vetoes.
+    pub(crate) admission: Option<Box<registry::Admission>>,
     transports: Vec<Arc<dyn Transporter>>,
     pending: Mutex<std::collections::HashMap<u64, PendingCall>>,
     next_id: AtomicU64,
@@ -179,17 +194,21 @@ impl Broker {
 
     /// This node's metrics since it started (what `$node.metrics` returns).
     pub fn metrics(&self) -> MetricsSnapshot {
-        self.inner.metrics.snapshot(self)
-    }
-
-    /// Available remote nodes, distinct actions and event subscriptions in the registry.
-    pub(crate) fn registry_sizes(&self) -> (usize, usize, usize) {
-        self.inner.registry().sizes()
+        let (nodes, actions, subscriptions) = self.inner.registry().sizes();
+        self.inner.metrics.snapshot(NodeState {
+            uptime: self.uptime(),
+            in_flight: self.in_flight(),
+            registry: RegistryMetrics {
+                nodes,
+                actions,
+                subscriptions,
+            },
+        })
     }
 
     /// Reports the registry's new sizes after a change.
     pub(crate) fn report_registry_sizes(&self) {
-        let (nodes, actions, _) = self.registry_sizes();
+        let (nodes, actions, _) = self.inner.registry().sizes();
         self.inner.metrics.registry_sizes(nodes, actions);
     }
 
@@ -302,8 +321,9 @@ impl Broker {
         stopped: Vec<Hook>,
     ) {
         let name = info.full_name.clone();
+        let node = self.node_handle();
         for layer in middleware.layers() {
-            layer.started(self);
+            layer.on_start(&node);
         }
         self.inner
             .registry_mut()
@@ -364,6 +384,32 @@ impl Broker {
         }
     }
 
+    /// What the middleware may use of this node: its id, metrics and local events (held
+    /// weakly: layers belong to the broker).
+    pub(crate) fn node_handle(&self) -> NodeHandle {
+        let broker = self.downgrade();
+        let events = move |event: &str, data: Bytes| {
+            let Some(broker) = broker.upgrade() else {
+                return;
+            };
+            let event = event.to_owned();
+            // Never inline: the caller may hold the registry's lock, which dispatch takes.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { broker.raise_local(&event, data) });
+            }
+        };
+        NodeHandle::new(
+            self.inner.node_id.clone(),
+            self.inner.metrics.clone(),
+            Arc::new(events),
+        )
+    }
+
+    /// This broker as contexts reach it.
+    pub(crate) fn dispatch(&self) -> Arc<dyn Dispatch> {
+        self.inner.clone()
+    }
+
     pub(crate) fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -387,6 +433,65 @@ impl Broker {
             .iter()
             .find(|t| t.kind() == link)
             .cloned()
+    }
+}
+
+impl Dispatch for BrokerInner {
+    fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    fn call<'a>(
+        self: Arc<Self>,
+        action: &'a str,
+        params: Payload<'a>,
+        options: &'a CallOptions,
+        parent: &'a Context,
+    ) -> BoxFuture<'a, Result<Payload<'static>>> {
+        async move {
+            Broker { inner: self }
+                .call_payload(action, params, options, Some(parent))
+                .await
+        }
+        .boxed()
+    }
+
+    fn emit<'a>(
+        self: Arc<Self>,
+        event: &'a str,
+        data: Bytes,
+        kind: EmitKind,
+        parent: &'a Context,
+    ) -> BoxFuture<'a, Result<()>> {
+        async move {
+            Broker { inner: self }
+                .emit_encoded(event, data, kind, Some(parent))
+                .await
+        }
+        .boxed()
+    }
+}
+
+impl Context {
+    /// The broker serving this call.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().node_id("n1").start().await?;
+    /// broker.service("who").action("am-i", |ctx: phalanx::Context, _: ()| async move {
+    ///     Ok(ctx.broker().node_id().to_owned())
+    /// }).start().await?;
+    /// assert_eq!(broker.call::<String>("who.am-i", ()).await?, "n1");
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn broker(&self) -> Broker {
+        let node: Arc<dyn Any + Send + Sync> = self.dispatch.clone();
+        let inner = node
+            .downcast::<BrokerInner>()
+            .unwrap_or_else(|_| unreachable!("only brokers make contexts"));
+        Broker { inner }
     }
 }
 

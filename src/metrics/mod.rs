@@ -36,13 +36,9 @@
 
 mod histogram;
 
-use crate::broker::Broker;
 use crate::error::Result;
-use crate::middleware::{BreakerState, Call, Emit, Hooks, LocalCall, LocalEvent, Middleware, Next};
-use crate::payload::Payload;
-use crate::transport::LinkKind;
-use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use crate::registry::BreakerState;
+use crate::transport::{Direction, LinkKind, TrafficMeter};
 use histogram::Histogram;
 use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
@@ -110,9 +106,11 @@ impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
 }
 
 /// Which side of a call a counter belongs to.
-#[derive(Clone, Copy)]
-enum Side {
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Side {
+    /// Calls this node made.
     Caller,
+    /// Calls this node's handlers served.
     Handler,
 }
 
@@ -133,6 +131,14 @@ impl Side {
     }
 }
 
+/// What the node itself knows at snapshot time, beside the counters.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NodeState {
+    pub(crate) uptime: std::time::Duration,
+    pub(crate) in_flight: usize,
+    pub(crate) registry: RegistryMetrics,
+}
+
 /// The metrics of one broker.
 pub(crate) struct BrokerMetrics {
     node_id: Arc<str>,
@@ -142,6 +148,14 @@ pub(crate) struct BrokerMetrics {
     received: Cache<String, EventStats>,
     links: Cache<LinkKind, Cache<Arc<str>, LinkStats>>,
     breakers: Mutex<BTreeMap<(String, String), BreakerState>>,
+}
+
+impl std::fmt::Debug for BrokerMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerMetrics")
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BrokerMetrics {
@@ -179,7 +193,14 @@ impl BrokerMetrics {
         })
     }
 
-    fn record(&self, side: Side, action: &str, started: Instant, result: Result<(), u16>) {
+    /// Records one finished call (`Err(code)` when it failed).
+    pub(crate) fn record(
+        &self,
+        side: Side,
+        action: &str,
+        started: Instant,
+        result: Result<(), u16>,
+    ) {
         let stats = self.stats(side, action);
         let elapsed = started.elapsed();
         stats.total.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +215,8 @@ impl BrokerMetrics {
         }
     }
 
-    fn count_event(&self, emitted: bool, event: &str) {
+    /// Counts an event this node emitted (`emitted`) or received.
+    pub(crate) fn count_event(&self, emitted: bool, event: &str) {
         let (cache, name) = if emitted {
             (&self.emitted, "phalanx_events_emitted_total")
         } else {
@@ -211,9 +233,11 @@ impl BrokerMetrics {
         stats.count.fetch_add(1, Ordering::Relaxed);
         stats.series.increment(1);
     }
+}
 
-    /// Records one frame of `bytes` sent to or received from `peer`.
-    pub(crate) fn traffic(&self, link: LinkKind, peer: &str, sent: bool, bytes: usize) {
+impl TrafficMeter for BrokerMetrics {
+    fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
+        let sent = direction == Direction::Sent;
         let peers = self.links.get(&link, || (link, Cache::default()));
         let stats = peers.get(peer, || {
             let labels = [
@@ -246,7 +270,9 @@ impl BrokerMetrics {
         stats.series[series].increment(1);
         stats.series[series + 2].increment(bytes);
     }
+}
 
+impl BrokerMetrics {
     /// Records a circuit's new state.
     pub(crate) fn breaker_changed(&self, action: &str, peer: &str, state: BreakerState) {
         metrics::gauge!("phalanx_circuit_breaker_state", "node" => self.node_id.to_string(), "action" => action.to_owned(), "peer" => peer.to_owned())
@@ -274,7 +300,8 @@ impl BrokerMetrics {
             .set(running as f64);
     }
 
-    pub(crate) fn snapshot(&self, broker: &Broker) -> MetricsSnapshot {
+    /// Everything counted so far, with the node's current `state`.
+    pub(crate) fn snapshot(&self, state: NodeState) -> MetricsSnapshot {
         let actions = |cache: &Cache<String, ActionStats>| {
             cache
                 .collect(|(name, s)| {
@@ -311,11 +338,10 @@ impl BrokerMetrics {
             .flatten()
             .collect();
         links.sort_by(|a, b| (&a.link, &a.peer).cmp(&(&b.link, &b.peer)));
-        let (nodes, actions_known, subscriptions) = broker.registry_sizes();
         MetricsSnapshot {
             node_id: self.node_id.to_string(),
-            uptime_ms: broker.uptime().as_millis() as u64,
-            in_flight: broker.in_flight(),
+            uptime_ms: state.uptime.as_millis() as u64,
+            in_flight: state.in_flight,
             calls: actions(&self.calls),
             handled: actions(&self.handled),
             events_emitted: events(&self.emitted),
@@ -332,11 +358,7 @@ impl BrokerMetrics {
                     state: *state,
                 })
                 .collect(),
-            registry: RegistryMetrics {
-                nodes,
-                actions: actions_known,
-                subscriptions,
-            },
+            registry: state.registry,
         }
     }
 }
@@ -421,89 +443,6 @@ pub struct RegistryMetrics {
     pub actions: usize,
     /// Event subscriptions.
     pub subscriptions: usize,
-}
-
-/// The metrics layer: counts and times every call this broker makes, every handler it runs and
-/// every event it emits or handles. Part of the default stack.
-///
-/// ```
-/// let layer = phalanx::metrics::Metrics;
-/// # let _ = layer;
-/// ```
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Metrics;
-
-fn outcome<T>(result: &Result<T>) -> Result<(), u16> {
-    result.as_ref().map(|_| ()).map_err(|e| e.code())
-}
-
-/// `work`, recorded for `side` of `action` when it finishes (latency from `started`).
-fn recorded<'a>(
-    side: Side,
-    action: &'a str,
-    started: Instant,
-    broker: Broker,
-    work: BoxFuture<'a, Result<Payload<'static>>>,
-) -> BoxFuture<'a, Result<Payload<'static>>> {
-    work.map(move |result| {
-        broker
-            .inner
-            .metrics
-            .record(side, action, started, outcome(&result));
-        result
-    })
-    .boxed()
-}
-
-impl Middleware for Metrics {
-    fn name(&self) -> &'static str {
-        "metrics"
-    }
-
-    fn hooks(&self) -> Hooks {
-        Hooks::CALL | Hooks::LOCAL_ACTION | Hooks::EVENT | Hooks::EMIT
-    }
-
-    fn call<'a>(
-        &'a self,
-        call: Call<'a>,
-        next: Next<'a, Call<'a>>,
-    ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        let (action, started, broker) = (call.action, call.ctx.started, call.ctx.broker.clone());
-        recorded(Side::Caller, action, started, broker, next.run(call))
-    }
-
-    fn local_action<'a>(
-        &'a self,
-        call: LocalCall<'a>,
-        next: Next<'a, LocalCall<'a>>,
-    ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        let (action, started, broker) = (call.action, call.ctx.started, call.ctx.broker.clone());
-        recorded(Side::Handler, action, started, broker, next.run(call))
-    }
-
-    fn event<'a>(
-        &'a self,
-        event: LocalEvent<'a>,
-        next: Next<'a, LocalEvent<'a>, Result<()>>,
-    ) -> BoxFuture<'a, Result<()>> {
-        event
-            .ctx
-            .broker
-            .inner
-            .metrics
-            .count_event(false, event.event);
-        next.run(event)
-    }
-
-    fn emit<'a>(
-        &'a self,
-        emit: Emit<'a>,
-        next: Next<'a, Emit<'a>, Result<()>>,
-    ) -> BoxFuture<'a, Result<()>> {
-        emit.broker.inner.metrics.count_event(true, emit.event);
-        next.run(emit)
-    }
 }
 
 /// Installs a Prometheus recorder for the `metrics` facade and serves it on `addr` at

@@ -1,9 +1,9 @@
 //! The circuit breaker (see [`CircuitBreaker`]).
 
-use super::{Hooks, Middleware, Next, RemoteCall};
-use crate::broker::{Broker, WeakBroker};
+use super::{Hooks, Middleware, Next, NodeHandle, RemoteCall};
 use crate::error::Result;
 use crate::payload::Payload;
+use crate::registry::BreakerState;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use rustc_hash::FxHashMap as HashMap;
@@ -71,38 +71,6 @@ impl BreakerConfig {
     }
 }
 
-/// The state of one endpoint's circuit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum BreakerState {
-    /// Calls flow.
-    Closed,
-    /// Calls are kept away.
-    Open,
-    /// One probe may go through.
-    HalfOpen,
-}
-
-impl BreakerState {
-    /// The event name suffix: `opened`, `half-opened`, `closed`.
-    fn event(self) -> &'static str {
-        match self {
-            Self::Closed => "$circuit-breaker.closed",
-            Self::Open => "$circuit-breaker.opened",
-            Self::HalfOpen => "$circuit-breaker.half-opened",
-        }
-    }
-
-    /// As a gauge value: 0 closed, 1 half-open, 2 open.
-    pub fn as_gauge(self) -> f64 {
-        match self {
-            Self::Closed => 0.0,
-            Self::HalfOpen => 1.0,
-            Self::Open => 2.0,
-        }
-    }
-}
-
 struct Endpoint {
     state: BreakerState,
     window_start: Instant,
@@ -137,7 +105,7 @@ pub struct CircuitBreaker {
     config: BreakerConfig,
     /// action → node → endpoint state.
     endpoints: Mutex<HashMap<String, HashMap<Arc<str>, Endpoint>>>,
-    broker: OnceLock<WeakBroker>,
+    node: OnceLock<NodeHandle>,
 }
 
 impl std::fmt::Debug for CircuitBreaker {
@@ -273,21 +241,12 @@ impl CircuitBreaker {
             "{}",
             t.state.event()
         );
-        let Some(broker) = self.broker.get().and_then(WeakBroker::upgrade) else {
+        let Some(node) = self.node.get() else {
             return;
         };
-        broker
-            .inner
-            .metrics
-            .breaker_changed(&t.action, &t.node_id, t.state);
-        // Not inline: this may run under the registry's lock, which event dispatch takes.
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move {
-                if let Err(err) = broker.broadcast_local(t.state.event(), &t).await {
-                    tracing::warn!(%err, "could not announce a circuit change");
-                }
-            });
-        }
+        node.metrics.breaker_changed(&t.action, &t.node_id, t.state);
+        // This may run under the registry's lock: the handle raises the event without waiting.
+        node.broadcast_local(t.state.event(), &t);
     }
 }
 
@@ -310,8 +269,8 @@ impl Middleware for CircuitBreaker {
         Hooks::REMOTE_CALL
     }
 
-    fn started(&self, broker: &Broker) {
-        let _ = self.broker.set(broker.downgrade());
+    fn on_start(&self, node: &NodeHandle) {
+        let _ = self.node.set(node.clone());
     }
 
     fn remote_call<'a>(

@@ -1,56 +1,12 @@
 //! Fallbacks: an answer for a call that failed, per action or per call.
 
 use super::{Call, Hooks, Middleware, Next};
-use crate::error::{Error, Result};
+use crate::context::FallbackFn;
+use crate::error::Result;
 use crate::payload::Payload;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use rustc_hash::FxHashMap as HashMap;
-use serde::Serialize;
-use std::fmt;
-use std::sync::Arc;
-
-/// Turns a call's final error into an answer (or another error).
-///
-/// ```
-/// use phalanx::middleware::FallbackFn;
-///
-/// let cached = FallbackFn::value(vec!["cached", "list"]);
-/// let by_error = FallbackFn::new(|err: &phalanx::Error| {
-///     if err.is_retryable() { Ok(Vec::<String>::new()) } else { Err(err.clone()) }
-/// });
-/// # let _ = (cached, by_error);
-/// ```
-#[derive(Clone)]
-pub struct FallbackFn(Arc<AnswerFn>);
-
-type AnswerFn = dyn Fn(&Error) -> Result<Payload<'static>> + Send + Sync;
-
-impl fmt::Debug for FallbackFn {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FallbackFn(..)")
-    }
-}
-
-impl FallbackFn {
-    /// A function of the error.
-    pub fn new<T, F>(f: F) -> Self
-    where
-        T: Serialize + Send + 'static,
-        F: Fn(&Error) -> Result<T> + Send + Sync + 'static,
-    {
-        Self(Arc::new(move |err| f(err).map(Payload::local)))
-    }
-
-    /// Always the same value.
-    pub fn value<T: Serialize + Clone + Send + Sync + 'static>(value: T) -> Self {
-        Self::new(move |_| Ok(value.clone()))
-    }
-
-    fn answer(&self, err: &Error) -> Result<Payload<'static>> {
-        (self.0)(err)
-    }
-}
 
 /// The fallback layer: on a failed call, answers with the call's fallback
 /// ([`CallOptions::fallback`](crate::CallOptions::fallback)) or the action's

@@ -19,7 +19,7 @@
 //! assembles its stack as
 //!
 //! 1. the built-in layers, unless [`without_default_middleware`](crate::BrokerBuilder::without_default_middleware):
-//!    [`Tracing`] (a span per call and event), [`Metrics`](crate::metrics::Metrics),
+//!    [`Tracing`] (a span per call and event), [`Metrics`],
 //!    [`Fallback`], [`Retry`];
 //! 2. [`CircuitBreaker`] when configured with
 //!    [`BrokerBuilder::circuit_breaker`](crate::BrokerBuilder::circuit_breaker);
@@ -60,16 +60,21 @@
 mod breaker;
 mod bulkhead;
 mod fallback;
+mod metrics_layer;
+mod node_handle;
 mod retry;
 mod tracing_layer;
 
-pub use breaker::{BreakerConfig, BreakerState, CircuitBreaker};
+pub use crate::context::{EmitKind, FallbackFn};
+pub use crate::registry::BreakerState;
+pub use breaker::{BreakerConfig, CircuitBreaker};
 pub use bulkhead::Bulkhead;
-pub use fallback::{Fallback, FallbackFn};
+pub use fallback::Fallback;
+pub use metrics_layer::Metrics;
+pub use node_handle::NodeHandle;
 pub use retry::{Retry, RetryPolicy};
 pub use tracing_layer::Tracing;
 
-use crate::broker::Broker;
 use crate::context::{CallOptions, Context};
 use crate::error::Result;
 use crate::payload::Payload;
@@ -83,9 +88,10 @@ pub trait Middleware: Send + Sync + 'static {
     /// A short name for logs and debugging.
     fn name(&self) -> &'static str;
 
-    /// Called once when the broker owning this layer has started (services may not be up yet).
-    fn started(&self, broker: &Broker) {
-        let _ = broker;
+    /// Called once when the broker owning this layer starts (services may not be up yet), with
+    /// what the layer may use of that node. A service's layers get it when the service starts.
+    fn on_start(&self, node: &NodeHandle) {
+        let _ = node;
     }
 
     /// Around a whole call made by this broker, before an endpoint is chosen. `next` may be run
@@ -157,8 +163,8 @@ impl<M: Middleware> Middleware for Arc<M> {
     fn name(&self) -> &'static str {
         (**self).name()
     }
-    fn started(&self, broker: &Broker) {
-        (**self).started(broker)
+    fn on_start(&self, node: &NodeHandle) {
+        (**self).on_start(node)
     }
     fn call<'a>(
         &'a self,
@@ -351,17 +357,6 @@ pub struct LocalEvent<'a> {
     pub data: Payload<'a>,
 }
 
-/// How an event is delivered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmitKind {
-    /// One handler per listening group.
-    Emit,
-    /// Every listener on every node.
-    Broadcast,
-    /// Every listener on this node.
-    BroadcastLocal,
-}
-
 /// An event this broker is about to send, as [`emit`](Middleware::emit) sees it.
 #[derive(Debug)]
 pub struct Emit<'a> {
@@ -373,8 +368,6 @@ pub struct Emit<'a> {
     pub data: Bytes,
     /// The emitting handler's context, if emitted from one.
     pub parent: Option<&'a Context>,
-    /// The emitting broker.
-    pub broker: &'a Broker,
 }
 
 /// The hooks a layer implements, so the stack can leave it out of the others.

@@ -35,10 +35,10 @@ impl Middleware for Tracing {
         let span = tracing::debug_span!(
             "call",
             action = call.action,
-            request_id = call.ctx.request_id,
-            caller = call.ctx.caller.as_deref(),
-            level = call.ctx.level,
-            node = call.ctx.broker.node_id(),
+            request_id = call.ctx.request_id(),
+            caller = call.ctx.caller(),
+            level = call.ctx.level(),
+            node = call.ctx.this_node(),
         );
         if span.is_disabled() {
             return next.run(call);
@@ -66,10 +66,10 @@ impl Middleware for Tracing {
         let span = tracing::debug_span!(
             "handle",
             action = call.action,
-            request_id = call.ctx.request_id,
-            caller = call.ctx.caller.as_deref(),
-            from = call.ctx.node_id.as_deref(),
-            node = call.ctx.broker.node_id(),
+            request_id = call.ctx.request_id(),
+            caller = call.ctx.caller(),
+            from = call.ctx.node_id(),
+            node = call.ctx.this_node(),
         );
         if span.is_disabled() {
             return next.run(call);
@@ -86,9 +86,9 @@ impl Middleware for Tracing {
             "event",
             event = event.event,
             service = &**event.service,
-            request_id = event.ctx.request_id,
-            from = event.ctx.node_id.as_deref(),
-            node = event.ctx.broker.node_id(),
+            request_id = event.ctx.request_id(),
+            from = event.ctx.node_id(),
+            node = event.ctx.this_node(),
         );
         if span.is_disabled() {
             return next.run(event);

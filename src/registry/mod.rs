@@ -6,16 +6,17 @@
 //! endpoint prefers this node's own (a direct call), then nodes on the same host, then the
 //! rest, and balances within that tier with the broker's [`Strategy`] (or the action's own).
 
+mod circuit;
 mod endpoint_stats;
 mod pattern;
 mod strategy;
 
+pub use circuit::BreakerState;
 pub(crate) use endpoint_stats::EndpointStats;
 pub use pattern::pattern_matches;
 pub use strategy::{Candidate, Strategy};
 
 use crate::handler::{ActionFn, EventFn};
-use crate::middleware::Stack;
 use crate::packet::{Info, ServiceInfo};
 use crate::transport::LinkKind;
 use rustc_hash::FxHashMap as HashMap;
@@ -40,21 +41,28 @@ pub(crate) struct NodeEntry {
     pub(crate) cpu: Option<f32>,
 }
 
-/// A handler of this broker with its service's full name and the service's own middleware.
+/// A handler of this broker with its service's full name and what the broker keeps with the
+/// service (`L`: its own middleware; the registry only stores it).
 #[derive(Clone)]
-pub(crate) struct LocalHandler {
+pub(crate) struct LocalHandler<L> {
     pub(crate) handler: ActionFn,
     pub(crate) service: Arc<str>,
-    pub(crate) middleware: Stack,
+    pub(crate) layers: L,
 }
 
 /// Where a call goes, borrowed from the registry.
-pub(crate) enum Target<'r> {
+pub(crate) enum Target<'r, L> {
     /// A handler of this broker: call it directly.
-    Local(&'r LocalHandler),
+    Local(&'r LocalHandler<L>),
     /// Another node, and what this node has measured of the endpoint.
     Remote(&'r Arc<str>, &'r Arc<EndpointStats>),
 }
+
+/// Whether an endpoint (action, node) may be chosen now: the middleware's veto, handed down.
+pub(crate) type Admission = dyn Fn(&str, &str) -> bool + Send + Sync;
+
+/// One of [`Registry::pick`]'s filters over the endpoints of an action.
+type EndpointFilter<'f, L> = dyn Fn(&&ActionEndpoint<L>) -> bool + 'f;
 
 /// What a call asks of [`Registry::pick`].
 pub(crate) struct Pick<'a> {
@@ -63,31 +71,41 @@ pub(crate) struct Pick<'a> {
     pub(crate) node_id: Option<&'a str>,
     /// Nodes to skip when another can serve.
     pub(crate) avoid: &'a [Arc<str>],
-    /// Middleware that may veto endpoints.
-    pub(crate) middleware: &'a Stack,
+    /// Whether an endpoint (action, node) may be chosen now (an open circuit may not); `None`
+    /// when nothing vetoes.
+    pub(crate) admits: Option<&'a Admission>,
     /// The shard key of the call, for [`Strategy::Shard`].
     pub(crate) shard_key: Option<&'a str>,
 }
 
-struct ActionEndpoint {
+struct ActionEndpoint<L> {
     node_id: Arc<str>,
-    handler: Option<LocalHandler>,
+    handler: Option<LocalHandler<L>>,
     stats: Arc<EndpointStats>,
 }
 
-#[derive(Default)]
-struct ActionSet {
-    endpoints: Vec<ActionEndpoint>,
+struct ActionSet<L> {
+    endpoints: Vec<ActionEndpoint<L>>,
     /// How many of the endpoints are this node's own.
     local: usize,
     counter: AtomicUsize,
 }
 
-struct EventEndpoint {
+impl<L> Default for ActionSet<L> {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            local: 0,
+            counter: AtomicUsize::new(0),
+        }
+    }
+}
+
+struct EventEndpoint<L> {
     pattern: String,
     group: String,
     node_id: Arc<str>,
-    handler: Option<LocalListener>,
+    handler: Option<LocalListener<L>>,
 }
 
 /// An action endpoint list entry for `$node.actions`.
@@ -119,22 +137,22 @@ pub(crate) enum NodeChange {
 
 /// An event handler of this node with its service's full name and middleware.
 #[derive(Clone)]
-pub(crate) struct LocalListener {
+pub(crate) struct LocalListener<L> {
     pub(crate) handler: EventFn,
     pub(crate) service: Arc<str>,
-    pub(crate) middleware: Stack,
+    pub(crate) layers: L,
 }
 
 /// Event handlers of this node chosen for one event.
-pub(crate) type LocalListeners = Vec<LocalListener>;
+pub(crate) type LocalListeners<L> = Vec<LocalListener<L>>;
 
-/// The registry of one broker.
-pub(crate) struct Registry {
+/// The registry of one broker; `L` is what the broker keeps with each local service.
+pub(crate) struct Registry<L> {
     local_id: Arc<str>,
     strategy: Strategy,
     nodes: HashMap<Arc<str>, NodeEntry>,
-    actions: HashMap<String, ActionSet>,
-    events: Vec<EventEndpoint>,
+    actions: HashMap<String, ActionSet<L>>,
+    events: Vec<EventEndpoint<L>>,
     local_services: Vec<ServiceInfo>,
     local_host: String,
     /// Strategies chosen for single actions.
@@ -145,7 +163,7 @@ pub(crate) struct Registry {
     buses_down: Vec<LinkKind>,
 }
 
-impl Registry {
+impl<L: Clone> Registry<L> {
     pub(crate) fn new(
         local_id: Arc<str>,
         local_host: String,
@@ -173,7 +191,7 @@ impl Registry {
         info: ServiceInfo,
         actions: Vec<(String, ActionFn)>,
         events: Vec<(String, String, EventFn)>,
-        middleware: Stack,
+        layers: L,
     ) {
         let service: Arc<str> = info.full_name.as_str().into();
         for (name, handler) in actions {
@@ -184,7 +202,7 @@ impl Registry {
                 handler: Some(LocalHandler {
                     handler,
                     service: service.clone(),
-                    middleware: middleware.clone(),
+                    layers: layers.clone(),
                 }),
                 stats: Arc::default(),
             });
@@ -197,7 +215,7 @@ impl Registry {
                 handler: Some(LocalListener {
                     handler,
                     service: service.clone(),
-                    middleware: middleware.clone(),
+                    layers: layers.clone(),
                 }),
             });
         }
@@ -368,14 +386,14 @@ impl Registry {
 
     /// Chooses the endpoint for a call: this node's own if it has one, then one on this host,
     /// then any, skipping avoided and vetoed endpoints while others remain.
-    pub(crate) fn pick(&self, pick: &Pick<'_>) -> Option<Target<'_>> {
+    pub(crate) fn pick(&self, pick: &Pick<'_>) -> Option<Target<'_, L>> {
         let set = self.actions.get(pick.action)?;
         if let Some(wanted) = pick.node_id {
             let ep = set.endpoints.iter().find(|ep| &*ep.node_id == wanted)?;
             return Some(target(ep));
         }
         let strategy = self.strategy_for(pick.action);
-        let simple = pick.avoid.is_empty() && !pick.middleware.vetoes();
+        let simple = pick.avoid.is_empty() && pick.admits.is_none();
         if simple && set.local > 0 {
             let turn = set.counter.fetch_add(1, Ordering::Relaxed);
             let i = if set.local == 1 {
@@ -390,20 +408,23 @@ impl Registry {
                 .nth(i)
                 .map(target);
         }
-        let admitted = |ep: &&ActionEndpoint| pick.middleware.admits(pick.action, &ep.node_id);
-        let fresh = |ep: &&ActionEndpoint| !pick.avoid.contains(&ep.node_id);
+        let admitted = |ep: &&ActionEndpoint<L>| {
+            pick.admits
+                .is_none_or(|admits| admits(pick.action, &ep.node_id))
+        };
+        let fresh = |ep: &&ActionEndpoint<L>| !pick.avoid.contains(&ep.node_id);
         // Preference tiers; within the first non-empty one the strategy decides.
-        let tiers: [&dyn Fn(&&ActionEndpoint) -> bool; 3] = [
+        let tiers: [&EndpointFilter<'_, L>; 3] = [
             &|ep| ep.handler.is_some(),
             &|ep| self.same_host(&ep.node_id),
             &|_| true,
         ];
         for filters in [
-            &[&fresh as &dyn Fn(&&ActionEndpoint) -> bool, &admitted][..],
+            &[&fresh as &EndpointFilter<'_, L>, &admitted][..],
             &[&admitted],
         ] {
             for tier in tiers {
-                let chosen: Vec<&ActionEndpoint> = set
+                let chosen: Vec<&ActionEndpoint<L>> = set
                     .endpoints
                     .iter()
                     .filter(|ep| tier(ep) && filters.iter().all(|f| f(ep)))
@@ -427,7 +448,7 @@ impl Registry {
             .is_some_and(|n| !n.info.host_id.is_empty() && n.info.host_id == self.local_host)
     }
 
-    fn candidate<'e>(&self, ep: &'e ActionEndpoint) -> Candidate<'e> {
+    fn candidate<'e>(&self, ep: &'e ActionEndpoint<L>) -> Candidate<'e> {
         Candidate {
             node_id: &ep.node_id,
             latency: ep.stats.latency(),
@@ -464,8 +485,8 @@ impl Registry {
     pub(crate) fn emit_targets(
         &self,
         event: &str,
-    ) -> (LocalListeners, BTreeMap<Arc<str>, Vec<String>>) {
-        let mut by_group: BTreeMap<&str, Vec<&EventEndpoint>> = BTreeMap::new();
+    ) -> (LocalListeners<L>, BTreeMap<Arc<str>, Vec<String>>) {
+        let mut by_group: BTreeMap<&str, Vec<&EventEndpoint<L>>> = BTreeMap::new();
         for ep in self
             .events
             .iter()
@@ -512,7 +533,11 @@ impl Registry {
     }
 
     /// This node's handlers for `event`, limited to `groups` when given.
-    pub(crate) fn local_listeners(&self, event: &str, groups: Option<&[String]>) -> LocalListeners {
+    pub(crate) fn local_listeners(
+        &self,
+        event: &str,
+        groups: Option<&[String]>,
+    ) -> LocalListeners<L> {
         self.events
             .iter()
             .filter(|ep| pattern_matches(&ep.pattern, event))
@@ -558,7 +583,7 @@ impl Registry {
     }
 }
 
-fn target(ep: &ActionEndpoint) -> Target<'_> {
+fn target<L>(ep: &ActionEndpoint<L>) -> Target<'_, L> {
     match &ep.handler {
         Some(local) => Target::Local(local),
         None => Target::Remote(&ep.node_id, &ep.stats),

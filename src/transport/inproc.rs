@@ -129,7 +129,7 @@ impl Transporter for InProcTransport {
                 while let Some(frame) = rx.recv().await {
                     match reader_ctx.codec.decode_frame(&frame) {
                         Ok(packet) => {
-                            reader_ctx.handler.on_traffic(
+                            reader_ctx.traffic.record(
                                 &packet.sender,
                                 LinkKind::InProc,
                                 Direction::Received,
@@ -193,8 +193,8 @@ impl Transporter for InProcTransport {
                 .bus
                 .member(node_id)
                 .ok_or_else(|| Error::transport(format!("no link to node '{node_id}'")))?;
-            ctx.handler
-                .on_traffic(node_id, LinkKind::InProc, Direction::Sent, frame.len());
+            ctx.traffic
+                .record(node_id, LinkKind::InProc, Direction::Sent, frame.len());
             member
                 .frames
                 .send(frame)
@@ -217,8 +217,8 @@ impl Transporter for InProcTransport {
                     .collect()
             };
             for (id, peer) in peers {
-                ctx.handler
-                    .on_traffic(&id, LinkKind::InProc, Direction::Sent, frame.len());
+                ctx.traffic
+                    .record(&id, LinkKind::InProc, Direction::Sent, frame.len());
                 // A peer leaving meanwhile is not an error for a broadcast.
                 let _ = peer.frames.send(frame.clone()).await;
             }

@@ -99,11 +99,18 @@ pub trait TransportHandler: Send + Sync + 'static {
     /// The first packet to send on a new link: this node's `INFO`, so the peer knows us before
     /// anything else we send on that link arrives.
     fn hello(&self) -> Packet;
+}
+
+/// Counts the frames a transport moves (the broker hands in its metrics).
+pub trait TrafficMeter: Send + Sync + 'static {
     /// One frame of `bytes` (length prefix included) went to or came from `peer` over `link`
-    /// (`*` for a bus broadcast), for traffic metrics.
-    fn on_traffic(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
-        let _ = (peer, link, direction, bytes);
-    }
+    /// (`*` for a bus broadcast).
+    fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize);
+}
+
+/// Counts nothing: for a transport started outside a broker.
+impl TrafficMeter for () {
+    fn record(&self, _: &str, _: LinkKind, _: Direction, _: usize) {}
 }
 
 /// Which way a frame went.
@@ -122,10 +129,15 @@ pub struct TransportContext {
     pub node_id: Arc<str>,
     /// This node's namespace.
     pub namespace: Arc<str>,
+    /// Identity of this machine, boot and network namespace: nodes with the same host id can
+    /// share memory.
+    pub host_id: Arc<str>,
     /// Frame limits.
     pub codec: Codec,
     /// Where to report packets and link changes.
     pub handler: Arc<dyn TransportHandler>,
+    /// Where to count traffic.
+    pub traffic: Arc<dyn TrafficMeter>,
 }
 
 impl fmt::Debug for TransportContext {
@@ -133,6 +145,7 @@ impl fmt::Debug for TransportContext {
         f.debug_struct("TransportContext")
             .field("node_id", &self.node_id)
             .field("namespace", &self.namespace)
+            .field("host_id", &self.host_id)
             .field("codec", &self.codec)
             .finish_non_exhaustive()
     }

@@ -80,7 +80,7 @@ struct Bus {
     broadcast_subject: String,
     node_prefix: String,
     codec: crate::codec::Codec,
-    handler: std::sync::Arc<dyn super::TransportHandler>,
+    traffic: std::sync::Arc<dyn super::TrafficMeter>,
     readers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -192,7 +192,7 @@ impl Transporter for NatsTransport {
                     while let Some(message) = subscription.next().await {
                         match ctx.codec.decode_frame(&message.payload) {
                             Ok(packet) => {
-                                ctx.handler.on_traffic(
+                                ctx.traffic.record(
                                     &packet.sender,
                                     LinkKind::Nats,
                                     Direction::Received,
@@ -216,7 +216,7 @@ impl Transporter for NatsTransport {
                 broadcast_subject,
                 node_prefix,
                 codec: ctx.codec,
-                handler: ctx.handler.clone(),
+                traffic: ctx.traffic.clone(),
                 readers: Mutex::new(readers),
             };
             self.bus
@@ -232,8 +232,8 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
-            bus.handler
-                .on_traffic(node_id, LinkKind::Nats, Direction::Sent, frame.len());
+            bus.traffic
+                .record(node_id, LinkKind::Nats, Direction::Sent, frame.len());
             bus.client
                 .publish(format!("{}{}", bus.node_prefix, token(node_id)), frame)
                 .await
@@ -246,8 +246,8 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
-            bus.handler
-                .on_traffic("*", LinkKind::Nats, Direction::Sent, frame.len());
+            bus.traffic
+                .record("*", LinkKind::Nats, Direction::Sent, frame.len());
             bus.client
                 .publish(bus.broadcast_subject.clone(), frame)
                 .await

@@ -270,7 +270,7 @@ impl Mesh {
                 let buffered = buf.len();
                 match decoder.decode(&mut buf) {
                     Ok(Some(packet)) => {
-                        self.ctx.handler.on_traffic(
+                        self.ctx.traffic.record(
                             &link.node_id,
                             LinkKind::Quic,
                             Direction::Received,
@@ -310,7 +310,7 @@ impl Mesh {
         }
         let limit = self.ctx.codec.max_frame_len() + 4;
         let frame = stream.read_to_end(limit).await.map_err(|e| e.to_string())?;
-        self.ctx.handler.on_traffic(
+        self.ctx.traffic.record(
             &link.node_id,
             LinkKind::Quic,
             Direction::Received,

@@ -257,8 +257,8 @@ impl Transporter for QuicTransport {
             let link = mesh.link(node_id)?;
             let frame = mesh.ctx.codec.encode(packet)?;
             mesh.ctx
-                .handler
-                .on_traffic(node_id, LinkKind::Quic, Direction::Sent, frame.len());
+                .traffic
+                .record(node_id, LinkKind::Quic, Direction::Sent, frame.len());
             link.send(frame, &mesh.config).await
         }
         .boxed()
@@ -276,7 +276,7 @@ impl Transporter for QuicTransport {
                 .cloned()
                 .collect();
             for link in &links {
-                mesh.ctx.handler.on_traffic(
+                mesh.ctx.traffic.record(
                     &link.node_id,
                     LinkKind::Quic,
                     Direction::Sent,

@@ -251,7 +251,7 @@ impl Transporter for ShmTransport {
                     return Ok(());
                 }
             };
-            let host_id = crate::broker::host_id();
+            let host_id = ctx.host_id.to_string();
             let secret = format!("{:032x}", rand::random::<u128>());
             let running = Running {
                 address: format!("shm:{host_id}:{secret}:{}", path.display()),
@@ -300,8 +300,8 @@ impl Transporter for ShmTransport {
             let frame = running.ctx.codec.encode(packet)?;
             running
                 .ctx
-                .handler
-                .on_traffic(node_id, LinkKind::Shm, Direction::Sent, frame.len());
+                .traffic
+                .record(node_id, LinkKind::Shm, Direction::Sent, frame.len());
             self.write(&link, frame).await
         }
         .boxed()
@@ -322,7 +322,7 @@ impl Transporter for ShmTransport {
                 .cloned()
                 .collect();
             for link in links {
-                running.ctx.handler.on_traffic(
+                running.ctx.traffic.record(
                     &link.node_id,
                     LinkKind::Shm,
                     Direction::Sent,
@@ -794,7 +794,7 @@ fn read_frames(
                 if *packet.sender != *link.node_id {
                     return Err(format!("frame claims to come from '{}'", packet.sender));
                 }
-                running.ctx.handler.on_traffic(
+                running.ctx.traffic.record(
                     &link.node_id,
                     LinkKind::Shm,
                     Direction::Received,
@@ -883,8 +883,10 @@ mod tests {
             .start(TransportContext {
                 node_id: id.into(),
                 namespace: "t".into(),
+                host_id: "test-host".into(),
                 codec: Codec::new(1 << 20),
                 handler: recorder.clone(),
+                traffic: Arc::new(()),
             })
             .await
             .unwrap();

@@ -22,7 +22,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::context::Context;
 use crate::error::Result;
 use crate::handler::{ActionFn, EventFn, action_fn, event_fn};

@@ -19,7 +19,7 @@
 //! # Ok(()) }
 //! ```
 
-use crate::broker::Broker;
+use super::Broker;
 use crate::context::Context;
 use crate::error::Result;
 use crate::transport::LinkKind;
@@ -65,11 +65,11 @@ pub(crate) async fn start(broker: &Broker) -> Result<()> {
         .service("$node")
         .action(
             "list",
-            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(list(ctx.broker())) },
+            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(list(&ctx.broker())) },
         )
         .action(
             "services",
-            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(services(ctx.broker())) },
+            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(services(&ctx.broker())) },
         )
         .action(
             "actions",
@@ -85,7 +85,7 @@ pub(crate) async fn start(broker: &Broker) -> Result<()> {
         )
         .action(
             "health",
-            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(health(ctx.broker())) },
+            |ctx: Context, _: serde::de::IgnoredAny| async move { Ok(health(&ctx.broker())) },
         )
         .action(
             "metrics",

@@ -28,30 +28,73 @@
 //! # Ok(()) }
 //! ```
 
-use crate::broker::Broker;
+mod lineage;
+mod options;
+
+pub(crate) use lineage::Lineage;
+pub use options::{CallOptions, FallbackFn};
+
 use crate::error::Result;
-use crate::middleware::FallbackFn;
 use crate::packet::{Headers, Meta};
+use crate::payload::{Payload, encode_msgpack};
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
+/// The broker behind a context, as the context sees it: calls and emits made from a handler go
+/// back through it. Implemented by the broker, which sits above this module; `Any` lets the
+/// broker module recover its own type for [`Context::broker`].
+pub(crate) trait Dispatch: Any + Send + Sync {
+    /// This node's id.
+    fn node_id(&self) -> &str;
+
+    /// Calls `action` as a child of `parent`.
+    fn call<'a>(
+        self: Arc<Self>,
+        action: &'a str,
+        params: Payload<'a>,
+        options: &'a CallOptions,
+        parent: &'a Context,
+    ) -> BoxFuture<'a, Result<Payload<'static>>>;
+
+    /// Emits `event` (MessagePack `data`) as a child of `parent`.
+    fn emit<'a>(
+        self: Arc<Self>,
+        event: &'a str,
+        data: Bytes,
+        kind: EmitKind,
+        parent: &'a Context,
+    ) -> BoxFuture<'a, Result<()>>;
+}
+
+/// How an event is delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EmitKind {
+    /// One handler per listening group.
+    Emit,
+    /// Every listener on every node.
+    Broadcast,
+    /// Every listener on this node.
+    BroadcastLocal,
+}
+
 /// What a handler knows about the call it serves.
 #[derive(Clone)]
 pub struct Context {
-    pub(crate) broker: Broker,
+    /// The broker serving this context.
+    pub(crate) dispatch: Arc<dyn Dispatch>,
     pub(crate) id: u64,
-    pub(crate) request_id: u64,
-    pub(crate) parent_id: Option<u64>,
-    pub(crate) caller: Option<Arc<str>>,
+    pub(crate) lineage: Lineage,
+    /// Full name of the service whose handler runs with this context.
     pub(crate) service: Option<Arc<str>>,
+    /// The node the call or event came from; `None` when made on this node.
     pub(crate) node_id: Option<Arc<str>>,
-    pub(crate) level: u32,
-    pub(crate) meta: Option<Arc<Meta>>,
-    pub(crate) headers: Option<Arc<Headers>>,
     pub(crate) deadline: Option<Instant>,
     /// When the call was made (or, serving a peer, when its request arrived).
     pub(crate) started: Instant,
@@ -61,20 +104,42 @@ impl fmt::Debug for Context {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Context")
             .field("id", &self.id)
-            .field("request_id", &self.request_id)
-            .field("parent_id", &self.parent_id)
-            .field("caller", &self.caller)
+            .field("lineage", &self.lineage)
             .field("node_id", &self.node_id)
-            .field("level", &self.level)
             .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
 
 impl Context {
-    /// The broker serving this call.
-    pub fn broker(&self) -> &Broker {
-        &self.broker
+    /// A context for a call, event or handler run by `dispatch`'s node.
+    pub(crate) fn new(
+        dispatch: Arc<dyn Dispatch>,
+        id: u64,
+        lineage: Lineage,
+        deadline: Option<Instant>,
+        started: Instant,
+    ) -> Self {
+        Self {
+            dispatch,
+            id,
+            lineage,
+            service: None,
+            node_id: None,
+            deadline,
+            started,
+        }
+    }
+
+    /// The same context, as it reached this node from `node_id`.
+    pub(crate) fn arrived_from(mut self, node_id: Arc<str>) -> Self {
+        self.node_id = Some(node_id);
+        self
+    }
+
+    /// Id of the node serving this context (not the caller's: see [`Context::node_id`]).
+    pub(crate) fn this_node(&self) -> &str {
+        self.dispatch.node_id()
     }
 
     /// Id of this context.
@@ -84,17 +149,17 @@ impl Context {
 
     /// Id shared by every call of one chain.
     pub fn request_id(&self) -> u64 {
-        self.request_id
+        self.lineage.request_id
     }
 
     /// Id of the context that made this call, if any.
     pub fn parent_id(&self) -> Option<u64> {
-        self.parent_id
+        self.lineage.parent_id
     }
 
     /// Full name of the service that made this call, if it came from a handler.
     pub fn caller(&self) -> Option<&str> {
-        self.caller.as_deref()
+        self.lineage.caller.as_deref()
     }
 
     /// Node the call came from; `None` when it was made on this node.
@@ -104,13 +169,14 @@ impl Context {
 
     /// Depth in the call chain: 1 for a call made outside any handler.
     pub fn level(&self) -> u32 {
-        self.level
+        self.lineage.level
     }
 
     /// Call metadata (empty when none was given).
     pub fn meta(&self) -> &Meta {
         static EMPTY: std::sync::OnceLock<Meta> = std::sync::OnceLock::new();
-        self.meta
+        self.lineage
+            .meta
             .as_deref()
             .unwrap_or_else(|| EMPTY.get_or_init(Meta::new))
     }
@@ -118,7 +184,7 @@ impl Context {
     /// Headers (empty when none were given).
     pub fn headers(&self) -> &Headers {
         static EMPTY: Headers = Headers::new();
-        self.headers.as_deref().unwrap_or(&EMPTY)
+        self.lineage.headers.as_deref().unwrap_or(&EMPTY)
     }
 
     /// When the caller stops waiting, if it set a deadline.
@@ -165,127 +231,29 @@ impl Context {
         params: impl Serialize + Send + 'static,
         options: CallOptions,
     ) -> Result<R> {
-        self.broker
-            .call_in(action, params, &options, Some(self))
-            .await
+        let mut params = Some(params);
+        self.dispatch
+            .clone()
+            .call(action, Payload::lend(&mut params), &options, self)
+            .await?
+            .decode()
     }
 
     /// Emits an event as part of this chain (balanced across groups).
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.broker
-            .emit_in(event, data, crate::middleware::EmitKind::Emit, Some(self))
+        let data = encode_msgpack(data)?;
+        self.dispatch
+            .clone()
+            .emit(event, data, EmitKind::Emit, self)
             .await
     }
 
     /// Broadcasts an event as part of this chain.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        self.broker
-            .emit_in(
-                event,
-                data,
-                crate::middleware::EmitKind::Broadcast,
-                Some(self),
-            )
+        let data = encode_msgpack(data)?;
+        self.dispatch
+            .clone()
+            .emit(event, data, EmitKind::Broadcast, self)
             .await
-    }
-}
-
-/// Options of one call.
-///
-/// ```
-/// use std::time::Duration;
-/// use phalanx::CallOptions;
-///
-/// let options = CallOptions::new()
-///     .timeout(Duration::from_millis(200))
-///     .meta("tenant", "acme")
-///     .header("x-trace", "abc");
-/// # let _ = options;
-/// ```
-#[derive(Debug, Clone, Default)]
-pub struct CallOptions {
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) meta: Option<Meta>,
-    pub(crate) headers: Option<Headers>,
-    pub(crate) node_id: Option<String>,
-    pub(crate) retries: Option<u32>,
-    pub(crate) fallback: Option<FallbackFn>,
-}
-
-impl CallOptions {
-    /// No options: the broker's default timeout, no meta.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Fail with a timeout error after `timeout`.
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = Some(timeout);
-        self
-    }
-
-    /// Adds a meta entry (merged over the parent context's meta).
-    pub fn meta(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
-        self.meta
-            .get_or_insert_with(Meta::new)
-            .insert(key.into(), value.into());
-        self
-    }
-
-    /// Adds a header.
-    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers
-            .get_or_insert_with(Headers::new)
-            .insert(key.into(), value.into());
-        self
-    }
-
-    /// Retries for this call, with the broker's back-off (overrides
-    /// [`BrokerBuilder::retry`](crate::BrokerBuilder::retry)'s count; 0 turns retries off).
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> phalanx::Result<()> {
-    /// use std::sync::atomic::{AtomicU32, Ordering};
-    /// let broker = phalanx::Broker::builder().start().await?;
-    /// let tries = std::sync::Arc::new(AtomicU32::new(0));
-    /// let seen = tries.clone();
-    /// broker.service("flaky").action("get", move |_ctx, _: ()| {
-    ///     let n = seen.fetch_add(1, Ordering::SeqCst);
-    ///     async move {
-    ///         if n == 0 { Err(phalanx::Error::rejected("busy")) } else { Ok(n) }   // 503, retryable
-    ///     }
-    /// }).start().await?;
-    /// let options = phalanx::CallOptions::new().retries(2);
-    /// assert_eq!(broker.call_with::<u32>("flaky.get", (), options).await?, 1);
-    /// # broker.stop().await;
-    /// # Ok(()) }
-    /// ```
-    pub fn retries(mut self, retries: u32) -> Self {
-        self.retries = Some(retries);
-        self
-    }
-
-    /// The answer if this call fails.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> phalanx::Result<()> {
-    /// use phalanx::{CallOptions, middleware::FallbackFn};
-    /// let broker = phalanx::Broker::builder().start().await?;
-    /// let options = CallOptions::new().fallback(FallbackFn::value("offline"));
-    /// assert_eq!(broker.call_with::<String>("status.get", (), options).await?, "offline");
-    /// # broker.stop().await;
-    /// # Ok(()) }
-    /// ```
-    pub fn fallback(mut self, fallback: FallbackFn) -> Self {
-        self.fallback = Some(fallback);
-        self
-    }
-
-    /// Sends the call to this node only.
-    pub fn node(mut self, node_id: impl Into<String>) -> Self {
-        self.node_id = Some(node_id.into());
-        self
     }
 }

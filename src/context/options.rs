@@ -1,0 +1,151 @@
+//! The options of one call.
+
+use crate::error::{Error, Result};
+use crate::packet::{Headers, Meta};
+use crate::payload::Payload;
+use serde::Serialize;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Options of one call.
+///
+/// ```
+/// use std::time::Duration;
+/// use phalanx::CallOptions;
+///
+/// let options = CallOptions::new()
+///     .timeout(Duration::from_millis(200))
+///     .meta("tenant", "acme")
+///     .header("x-trace", "abc");
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct CallOptions {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) meta: Option<Meta>,
+    pub(crate) headers: Option<Headers>,
+    pub(crate) node_id: Option<String>,
+    pub(crate) retries: Option<u32>,
+    pub(crate) fallback: Option<FallbackFn>,
+}
+
+impl CallOptions {
+    /// No options: the broker's default timeout, no meta.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Fail with a timeout error after `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Adds a meta entry (merged over the parent context's meta).
+    pub fn meta(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.meta
+            .get_or_insert_with(Meta::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers
+            .get_or_insert_with(Headers::new)
+            .insert(key.into(), value.into());
+        self
+    }
+
+    /// Retries for this call, with the broker's back-off (overrides
+    /// [`BrokerBuilder::retry`](crate::BrokerBuilder::retry)'s count; 0 turns retries off).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use std::sync::atomic::{AtomicU32, Ordering};
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// let tries = std::sync::Arc::new(AtomicU32::new(0));
+    /// let seen = tries.clone();
+    /// broker.service("flaky").action("get", move |_ctx, _: ()| {
+    ///     let n = seen.fetch_add(1, Ordering::SeqCst);
+    ///     async move {
+    ///         if n == 0 { Err(phalanx::Error::rejected("busy")) } else { Ok(n) }   // 503, retryable
+    ///     }
+    /// }).start().await?;
+    /// let options = phalanx::CallOptions::new().retries(2);
+    /// assert_eq!(broker.call_with::<u32>("flaky.get", (), options).await?, 1);
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn retries(mut self, retries: u32) -> Self {
+        self.retries = Some(retries);
+        self
+    }
+
+    /// The answer if this call fails.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::{CallOptions, middleware::FallbackFn};
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// let options = CallOptions::new().fallback(FallbackFn::value("offline"));
+    /// assert_eq!(broker.call_with::<String>("status.get", (), options).await?, "offline");
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn fallback(mut self, fallback: FallbackFn) -> Self {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// Sends the call to this node only.
+    pub fn node(mut self, node_id: impl Into<String>) -> Self {
+        self.node_id = Some(node_id.into());
+        self
+    }
+}
+
+/// Turns a call's final error into an answer (or another error).
+///
+/// ```
+/// use phalanx::middleware::FallbackFn;
+///
+/// let cached = FallbackFn::value(vec!["cached", "list"]);
+/// let by_error = FallbackFn::new(|err: &phalanx::Error| {
+///     if err.is_retryable() { Ok(Vec::<String>::new()) } else { Err(err.clone()) }
+/// });
+/// # let _ = (cached, by_error);
+/// ```
+#[derive(Clone)]
+pub struct FallbackFn(Arc<AnswerFn>);
+
+type AnswerFn = dyn Fn(&Error) -> Result<Payload<'static>> + Send + Sync;
+
+impl fmt::Debug for FallbackFn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FallbackFn(..)")
+    }
+}
+
+impl FallbackFn {
+    /// A function of the error.
+    pub fn new<T, F>(f: F) -> Self
+    where
+        T: Serialize + Send + 'static,
+        F: Fn(&Error) -> Result<T> + Send + Sync + 'static,
+    {
+        Self(Arc::new(move |err| f(err).map(Payload::local)))
+    }
+
+    /// Always the same value.
+    pub fn value<T: Serialize + Clone + Send + Sync + 'static>(value: T) -> Self {
+        Self::new(move |_| Ok(value.clone()))
+    }
+
+    pub(crate) fn answer(&self, err: &Error) -> Result<Payload<'static>> {
+        (self.0)(err)
+    }
+}
