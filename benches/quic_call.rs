@@ -9,7 +9,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use phalanx::Broker;
-use phalanx::membership::{CLUSTER_SERVER_NAME, Membership};
+use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
 use phalanx::transport::QuicTransport;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,7 +55,7 @@ async fn phalanx_pair() -> (Broker, Broker) {
     let quic = |seed: Option<SocketAddr>| {
         let mut b = QuicTransport::builder()
             .listen("127.0.0.1:0".parse().expect("addr"))
-            .membership(Membership::secret("bench"))
+            .cluster_ca(ClusterCa::secret("bench"))
             .mdns(false);
         if let Some(seed) = seed {
             b = b.seed(seed.to_string());
@@ -96,7 +96,7 @@ struct RawClient {
 
 impl RawClient {
     async fn start() -> Self {
-        let creds = Membership::secret("raw").credentials("raw").expect("creds");
+        let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
         let server_crypto =
             quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
                 .expect("quic tls");

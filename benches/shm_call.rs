@@ -8,7 +8,7 @@
 #![allow(clippy::print_stdout)]
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
-use phalanx::membership::Membership;
+use phalanx::identity::ClusterCa;
 use phalanx::transport::{QuicTransport, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
 use std::collections::HashMap;
@@ -66,7 +66,7 @@ async fn pair(shm: bool) -> (Broker, Broker) {
     let node = |id: &str, seed: Option<String>| {
         let mut quic = QuicTransport::builder()
             .listen("127.0.0.1:0".parse().expect("addr"))
-            .membership(Membership::secret("bench"))
+            .cluster_ca(ClusterCa::secret("bench"))
             .mdns(false);
         if let Some(seed) = seed {
             quic = quic.seed(seed);

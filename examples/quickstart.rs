@@ -5,7 +5,7 @@
 //! Run: `cargo run --release --example quickstart`
 #![allow(clippy::print_stdout)]
 
-use phalanx::membership::Membership;
+use phalanx::identity::ClusterCa;
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, Context, Error};
 use serde::{Deserialize, Serialize};
@@ -31,7 +31,7 @@ async fn node(id: &str, seed: Option<&QuicTransport>) -> phalanx::Result<(Broker
     let mut quic = QuicTransport::builder()
         .listen("127.0.0.1:0".parse().expect("address"))
         // Zero config: the user's cluster secret file, created on first run.
-        .membership(Membership::local()?)
+        .cluster_ca(ClusterCa::local()?)
         // Seeds keep this demo deterministic; on a LAN, mDNS (on by default) finds nodes too.
         .mdns(false);
     if let Some(addr) = seed.and_then(QuicTransport::local_addr) {

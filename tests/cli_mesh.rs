@@ -1,6 +1,6 @@
 //! Real `phalanx demo` processes on loopback, driven by the CLI and by a broker in this test.
 
-use phalanx::membership::{CLUSTER_SERVER_NAME, Membership};
+use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
 use phalanx::transport::{QuicTransport, ShmTransport};
 use phalanx::{Broker, CallOptions, ErrorKind};
 use std::io::{BufRead, BufReader};
@@ -116,7 +116,7 @@ async fn observer_from(builder: phalanx::BrokerBuilder, secret: &str, seed: &str
             QuicTransport::builder()
                 .listen("127.0.0.1:0".parse().unwrap())
                 .seed(seed)
-                .membership(Membership::secret(secret))
+                .cluster_ca(ClusterCa::secret(secret))
                 .mdns(false)
                 .build(),
         )
@@ -405,7 +405,7 @@ async fn garbage_and_malformed_frames_leave_the_node_serving() {
     }
 
     // A member that breaks the protocol in several ways, one connection each.
-    let creds = Membership::secret(s.clone()).credentials("rogue").unwrap();
+    let creds = ClusterCa::secret(s.clone()).credentials("rogue").unwrap();
     let client_crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

@@ -1,6 +1,6 @@
 //! Brokers linked by the real QUIC transport on loopback: mutual TLS, seeds, gossip, liveness.
 
-use phalanx::membership::Membership;
+use phalanx::identity::ClusterCa;
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::sync::Arc;
@@ -17,7 +17,7 @@ async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, QuicTranspor
     let quic = QuicTransport::builder()
         .listen("127.0.0.1:0".parse().unwrap())
         .seeds(seeds.iter().cloned())
-        .membership(Membership::secret(secret))
+        .cluster_ca(ClusterCa::secret(secret))
         .mdns(false)
         .build();
     let broker = Broker::builder()
@@ -104,7 +104,7 @@ async fn a_node_with_another_secret_never_joins() {
     assert!(qx.linked_nodes().is_empty() && qa.linked_nodes().is_empty());
     let err = x.call::<String>("vault.open", ()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
-    let err = qx.membership_error().expect("an authentication error");
+    let err = qx.authentication_error().expect("an authentication error");
     assert_eq!(err.kind(), ErrorKind::Authentication);
     a.stop().await;
     x.stop().await;
@@ -178,12 +178,12 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_pose_as_another_node() {
     use phalanx::codec::Codec;
-    use phalanx::membership::CLUSTER_SERVER_NAME;
+    use phalanx::identity::CLUSTER_SERVER_NAME;
     use phalanx::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
 
     let (a, qa) = node("a", "s3cret", &[]).await;
     // A member of the cluster (same secret), certified as "mallory".
-    let creds = Membership::secret("s3cret").credentials("mallory").unwrap();
+    let creds = ClusterCa::secret("s3cret").credentials("mallory").unwrap();
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();

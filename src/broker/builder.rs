@@ -300,7 +300,7 @@ impl BrokerBuilder {
             layer.on_start(&node);
         }
         super::node_service::start(&broker).await?;
-        let handler = super::inbound::handler(&broker);
+        let handler = super::dispatch::handler(&broker);
         for transport in &broker.inner.transports {
             transport
                 .start(TransportContext {
@@ -314,7 +314,7 @@ impl BrokerBuilder {
                 .await?;
         }
         broker.discover_all().await;
-        super::inbound::spawn_heartbeat(&broker);
+        super::liveness::spawn_heartbeat(&broker);
         tracing::info!(node = %broker.inner.node_id, namespace = %broker.inner.namespace, "broker started");
         Ok(broker)
     }

@@ -2,7 +2,7 @@
 
 use super::{Broker, InFlight, PendingCall};
 use crate::context::{CallOptions, Context, Lineage};
-use crate::deadline::LazyDeadline;
+use crate::deadline::{self, LazyDeadline};
 use crate::error::{Error, Result};
 use crate::handler::ActionFn;
 use crate::middleware::{Call, HookKind, LocalCall, RemoteCall, Stack, hooks};
@@ -185,15 +185,8 @@ impl Broker {
     /// the sooner of the call's own timeout and the one it inherits.
     fn child_context(&self, options: &CallOptions, parent: Option<&Context>) -> Context {
         let started = Instant::now();
-        let own_deadline = options
-            .timeout
-            .or(self.inner.timings.request_timeout)
-            .map(|t| started + t);
-        let inherited = parent.and_then(|p| p.deadline);
-        let deadline = match (own_deadline, inherited) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let timeout = options.timeout.or(self.inner.timings.request_timeout);
+        let deadline = deadline::of_call(started, timeout, parent.and_then(|p| p.deadline));
         let id = self.next_id();
         let lineage =
             Lineage::new(parent, id).with(options.meta.as_ref(), options.headers.as_ref());
@@ -316,7 +309,7 @@ impl Broker {
             action: action.to_owned(),
             params,
             content_type,
-            timeout_ms: ctx.remaining().map(|d| d.as_millis() as u64),
+            timeout_ms: deadline::remaining_ms(ctx.deadline),
             ..Request::default()
         };
         ctx.lineage.stamp_request(&mut request);
@@ -426,11 +419,8 @@ impl Broker {
         }
         self.await_member(sender).await?;
         let started = Instant::now();
-        let deadline = match request.timeout_ms {
-            Some(0) => return Err(Error::timeout(&request.action)),
-            Some(ms) => Some(started + Duration::from_millis(ms)),
-            None => None,
-        };
+        let deadline = deadline::of_arrival(started, request.timeout_ms)
+            .map_err(|_| Error::timeout(&request.action))?;
         let lineage = Lineage::of_request(&mut request);
         let ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
             .arrived_from(sender.clone());

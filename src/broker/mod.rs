@@ -14,8 +14,10 @@
 
 mod builder;
 mod call;
+mod dispatch;
 mod events;
-mod inbound;
+mod liveness;
+mod membership;
 mod node_service;
 mod service;
 

@@ -4,7 +4,7 @@ mod bench;
 mod demo;
 
 use clap::{Args, Parser, Subcommand};
-use phalanx::membership::Membership;
+use phalanx::identity::ClusterCa;
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, CallOptions, Error, Result};
 use std::net::SocketAddr;
@@ -137,8 +137,10 @@ pub(crate) struct Joined {
 
 impl Joined {
     /// An authentication error when this node's membership does not match the mesh.
-    pub(crate) fn membership_error(&self) -> Option<Error> {
-        self.quic.as_ref().and_then(QuicTransport::membership_error)
+    pub(crate) fn authentication_error(&self) -> Option<Error> {
+        self.quic
+            .as_ref()
+            .and_then(QuicTransport::authentication_error)
     }
 
     /// Where peers can reach this node.
@@ -177,13 +179,13 @@ impl MeshArgs {
             return Ok(Joined { broker, quic: None });
         }
         let membership = match &self.secret {
-            Some(secret) => Membership::secret(secret.clone()),
-            None => Membership::local()?,
+            Some(secret) => ClusterCa::secret(secret.clone()),
+            None => ClusterCa::local()?,
         };
         let quic = QuicTransport::builder()
             .listen(self.listen)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
-            .membership(membership)
+            .cluster_ca(membership)
             .mdns(!self.no_mdns)
             .build();
         let broker = builder.transport(quic.clone()).start().await?;
@@ -292,7 +294,7 @@ async fn publish(event: &str, data: &str, mesh: &MeshArgs, broadcast: bool) -> R
     };
     broker.stop().await;
     sent?;
-    if let Some(err) = joined.membership_error() {
+    if let Some(err) = joined.authentication_error() {
         return Err(err);
     }
     Ok(ExitCode::SUCCESS)
@@ -332,7 +334,7 @@ pub(crate) async fn wait_for_action(
         }
         if Instant::now() >= deadline {
             return Err(joined
-                .membership_error()
+                .authentication_error()
                 .unwrap_or_else(|| Error::service_not_found(action)));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -373,7 +375,7 @@ pub(crate) async fn settle(joined: &Joined, wait: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    if let Some(err) = joined.membership_error() {
+    if let Some(err) = joined.authentication_error() {
         tracing::warn!(%err, "could not join the mesh");
     }
 }

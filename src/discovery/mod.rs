@@ -1,5 +1,9 @@
-//! How nodes find each other. Seeds and peer gossip live with the QUIC dialer
-//! ([`transport::QuicTransport`](crate::transport::QuicTransport)); this module holds the LAN
-//! announcer.
+//! How nodes find each other: seeds and peers learned through gossip ([`DialPlan`], used by the
+//! point-to-point transports to decide whom to dial and when), and mDNS on the LAN ([`mdns`]).
+//! Discovery only proposes addresses: the TLS handshake decides who is a member, and liveness
+//! comes from the links.
 
+mod dial_plan;
 pub mod mdns;
+
+pub(crate) use dial_plan::DialPlan;

@@ -49,6 +49,7 @@ use std::fmt;
 use std::sync::Arc;
 
 /// The kind of link used to reach a node, fastest first.
+#[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkKind {
@@ -60,8 +61,6 @@ pub enum LinkKind {
     Shm,
     /// QUIC.
     Quic,
-    /// TCP with TLS.
-    Tcp,
     /// A NATS bus.
     Nats,
 }
@@ -74,7 +73,6 @@ impl LinkKind {
             Self::InProc => "inproc",
             Self::Shm => "shm",
             Self::Quic => "quic",
-            Self::Tcp => "tcp",
             Self::Nats => "nats",
         }
     }

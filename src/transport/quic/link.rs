@@ -4,7 +4,7 @@ use super::{Mesh, QuicConfig};
 use crate::codec::FrameDecoder;
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
-use crate::membership::certified_node_id;
+use crate::identity::certified_node_id;
 use crate::packet::Packet;
 use crate::transport::{Direction, LinkKind};
 use bytes::{Bytes, BytesMut};

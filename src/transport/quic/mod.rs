@@ -27,12 +27,12 @@
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> phalanx::Result<()> {
-//! use phalanx::{Broker, membership::Membership, transport::QuicTransport};
+//! use phalanx::{Broker, identity::ClusterCa, transport::QuicTransport};
 //!
 //! let quic = QuicTransport::builder()
 //!     .listen("0.0.0.0:4000".parse().unwrap())
 //!     .seed("10.0.0.2:4000")
-//!     .membership(Membership::secret("shared cluster secret"))
+//!     .cluster_ca(ClusterCa::secret("shared cluster secret"))
 //!     .build();
 //! let broker = Broker::builder().transport(quic).start().await?;
 //! # Ok(()) }
@@ -42,9 +42,10 @@ mod dial;
 mod link;
 
 use super::{Direction, LinkKind, TransportContext, Transporter};
+use crate::discovery::DialPlan;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
-use crate::membership::{Credentials, Membership};
+use crate::identity::{ClusterCa, Credentials};
 use crate::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -63,8 +64,8 @@ pub struct QuicConfig {
     pub listen: SocketAddr,
     /// Seeds to dial, as `host:port`.
     pub seeds: Vec<String>,
-    /// How membership is proven. `None`: [`Membership::local`] at start.
-    pub membership: Option<Membership>,
+    /// How membership is proven. `None`: [`ClusterCa::local`] at start.
+    pub cluster_ca: Option<ClusterCa>,
     /// Give up a dial after this long. Default 2 s.
     pub connect_timeout: Duration,
     /// Close a link whose writes stall this long (peer not reading). Default 5 s.
@@ -84,7 +85,7 @@ impl Default for QuicConfig {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
             seeds: Vec::new(),
-            membership: None,
+            cluster_ca: None,
             connect_timeout: Duration::from_secs(2),
             write_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
@@ -120,9 +121,9 @@ impl QuicTransportBuilder {
         self
     }
 
-    /// How this node proves membership (default: [`Membership::local`]).
-    pub fn membership(mut self, membership: Membership) -> Self {
-        self.config.membership = Some(membership);
+    /// How this node proves membership (default: [`ClusterCa::local`]).
+    pub fn cluster_ca(mut self, cluster_ca: ClusterCa) -> Self {
+        self.config.cluster_ca = Some(cluster_ca);
         self
     }
 
@@ -162,7 +163,7 @@ pub(crate) struct Mesh {
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
     links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
-    dialer: dial::Dialer,
+    dialer: DialPlan,
     auth_failures: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     addresses: Vec<String>,
@@ -213,7 +214,7 @@ impl QuicTransport {
 
     /// An authentication error if handshakes failed and no peer is linked: this node's
     /// membership does not match the cluster's.
-    pub fn membership_error(&self) -> Option<Error> {
+    pub fn authentication_error(&self) -> Option<Error> {
         let failures = self.auth_failures();
         (failures > 0 && self.linked_nodes().is_empty()).then(|| authentication_error(failures))
     }
@@ -232,11 +233,11 @@ impl Transporter for QuicTransport {
 
     fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>> {
         async move {
-            let membership = match &self.config.membership {
+            let cluster_ca = match &self.config.cluster_ca {
                 Some(m) => m.clone(),
-                None => Membership::local()?,
+                None => ClusterCa::local()?,
             };
-            let credentials = membership.credentials(&ctx.node_id)?;
+            let credentials = cluster_ca.credentials(&ctx.node_id)?;
             let mesh = Mesh::start(ctx, (*self.config).clone(), &credentials)?;
             self.mesh
                 .set(mesh.clone())
@@ -381,7 +382,7 @@ impl Mesh {
             .map_err(|e| Error::transport(format!("cannot listen on {}: {e}", config.listen)))?;
         let local = endpoint.local_addr().map_err(|e| quic_error(&e))?;
         let addresses = announce_addresses(local);
-        let dialer = dial::Dialer::new(&config.seeds);
+        let dialer = DialPlan::new(&config.seeds);
         Ok(Arc::new(Self {
             ctx,
             config,

@@ -1,17 +1,18 @@
-//! Cluster membership: who may join the mesh, and the TLS credentials that prove it.
+//! Identity: who a node is and how it proves it belongs to the cluster — the cluster CA
+//! ([`ClusterCa`]) and the TLS credentials it issues each node.
 //!
 //! Every link is mutually authenticated TLS 1.3. A node's identity is a fresh Ed25519 key; its
 //! membership is a certificate for that key signed by the cluster CA. The CA comes from, in order:
 //!
 //! 1. **CA files** (production): the CA certificate plus this node's certificate and key, issued
-//!    by your own PKI — [`Membership::files`].
+//!    by your own PKI — [`ClusterCa::files`].
 //! 2. **A cluster secret** (`PHALANX_SECRET` / `--secret`): the CA key is derived from the secret
 //!    with HKDF-SHA256, so every node that knows the secret derives the same CA and issues its own
-//!    node certificate — [`Membership::secret`].
+//!    node certificate — [`ClusterCa::secret`].
 //! 3. **Zero config**: a random secret created on first run in `$XDG_CONFIG_HOME/phalanx/secret`
 //!    (or `~/.config/phalanx/secret`, mode 0600) and shared by every node of that user on the
 //!    host. Copy that file (or its contents as `PHALANX_SECRET`) to other machines to let them
-//!    join — [`Membership::local`].
+//!    join — [`ClusterCa::local`].
 //!
 //! A node without the membership cannot complete a handshake: it never reaches a registry and can
 //! neither call nor be called.
@@ -22,10 +23,10 @@
 //! whoever holds it can derive the CA key and certify any id — the secret is the trust boundary.
 //!
 //! ```
-//! use phalanx::membership::Membership;
+//! use phalanx::identity::ClusterCa;
 //!
-//! let a = Membership::secret("correct horse battery staple").credentials("node-a").unwrap();
-//! let b = Membership::secret("correct horse battery staple").credentials("node-b").unwrap();
+//! let a = ClusterCa::secret("correct horse battery staple").credentials("node-a").unwrap();
+//! let b = ClusterCa::secret("correct horse battery staple").credentials("node-b").unwrap();
 //! assert_eq!(a.ca_fingerprint(), b.ca_fingerprint());   // same secret, same CA
 //! assert_ne!(a.fingerprint(), b.fingerprint());         // each node has its own key
 //! ```
@@ -51,7 +52,7 @@ pub const ALPN: &[u8] = b"phalanx/1";
 
 /// Where the cluster CA comes from.
 #[derive(Clone)]
-pub enum Membership {
+pub enum ClusterCa {
     /// CA certificate plus this node's certificate chain and private key, as PEM files.
     Files {
         /// The cluster CA certificate.
@@ -65,7 +66,7 @@ pub enum Membership {
     Secret(String),
 }
 
-impl fmt::Debug for Membership {
+impl fmt::Debug for ClusterCa {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Files { ca_cert, cert, key } => f
@@ -79,8 +80,8 @@ impl fmt::Debug for Membership {
     }
 }
 
-impl Membership {
-    /// Membership by CA-issued files.
+impl ClusterCa {
+    /// ClusterCa by CA-issued files.
     pub fn files(
         ca_cert: impl Into<PathBuf>,
         cert: impl Into<PathBuf>,
@@ -93,7 +94,7 @@ impl Membership {
         }
     }
 
-    /// Membership by a shared secret.
+    /// ClusterCa by a shared secret.
     pub fn secret(secret: impl Into<String>) -> Self {
         Self::Secret(secret.into())
     }
@@ -111,7 +112,7 @@ impl Membership {
     }
 
     /// Issues this node's credentials: a fresh key and a certificate signed by the cluster CA,
-    /// naming `node_id` as its subject Common Name. With [`Membership::files`], the given
+    /// naming `node_id` as its subject Common Name. With [`ClusterCa::files`], the given
     /// certificate must already name `node_id` (peers check that a node's certificate names the
     /// id it claims).
     pub fn credentials(&self, node_id: &str) -> Result<Credentials> {
@@ -130,9 +131,9 @@ impl Membership {
 /// node.
 ///
 /// ```
-/// use phalanx::membership::{Membership, certified_node_id};
+/// use phalanx::identity::{ClusterCa, certified_node_id};
 ///
-/// let creds = Membership::secret("s3cret").credentials("node-a").unwrap();
+/// let creds = ClusterCa::secret("s3cret").credentials("node-a").unwrap();
 /// assert_eq!(certified_node_id(creds.certificate()).as_deref(), Some("node-a"));
 /// ```
 pub fn certified_node_id(cert: &CertificateDer<'_>) -> Option<String> {
@@ -162,7 +163,7 @@ impl Credentials {
     /// This node's certificate (the leaf of its chain).
     ///
     /// ```
-    /// let creds = phalanx::membership::Membership::secret("s3cret").credentials("n1").unwrap();
+    /// let creds = phalanx::identity::ClusterCa::secret("s3cret").credentials("n1").unwrap();
     /// assert!(!creds.certificate().is_empty());
     /// ```
     pub fn certificate(&self) -> &CertificateDer<'static> {
@@ -448,7 +449,7 @@ mod tests {
         std::fs::write(dir.join("ca.pem"), ca_pem).unwrap();
         std::fs::write(dir.join("node.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
-        let files = Membership::files(
+        let files = ClusterCa::files(
             dir.join("ca.pem"),
             dir.join("node.pem"),
             dir.join("node.key"),
