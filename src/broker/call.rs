@@ -9,7 +9,7 @@ use crate::middleware::{Call, HookKind, LocalCall, RemoteCall, Stack, hooks};
 use crate::packet::{Packet, PacketBody, Request, Response};
 use crate::payload::Payload;
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
-use crate::transport::LinkKind;
+use crate::transport::{LinkKind, PendingReply};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -17,7 +17,6 @@ use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot::error::TryRecvError;
 use tokio::time::Instant;
 
 /// How long a request or event from a sender we have not met yet waits for its INFO.
@@ -291,18 +290,14 @@ impl Broker {
         } = call;
         let (params, content_type) = params.encode()?;
         let id = ctx.id;
-        let (reply, mut response) = tokio::sync::oneshot::channel();
-        let alone = {
-            let mut pending = self.inner.pending.lock().expect("pending lock");
-            pending.insert(
-                id,
-                PendingCall {
-                    node_id: node_id.clone(),
-                    reply,
-                },
-            );
-            pending.len() == 1
-        };
+        let (reply, pending) = PendingReply::channel();
+        self.inner.pending.lock().expect("pending lock").insert(
+            id,
+            PendingCall {
+                node_id: node_id.clone(),
+                reply,
+            },
+        );
         let _pending = PendingGuard { broker: self, id };
         let mut request = Request {
             id,
@@ -315,28 +310,14 @@ impl Broker {
         ctx.lineage.stamp_request(&mut request);
         let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Request(request));
         let (transport, _) = self.transport_for(&node_id)?;
-        transport.send(&node_id, &packet).await?;
-        // Read the link here once: answers that have already arrived (for other calls too) are
-        // handled on this thread, waking their tasks here instead of from a reader thread. A
-        // lone call keeps reading for a while: with nothing else to run, sleeping until another
-        // thread wakes us costs more than the round trip on a fast link.
-        let mut early = None;
-        transport.wait_actively(&node_id, &mut || match response.try_recv() {
-            Err(TryRecvError::Empty) => !alone,
-            outcome => {
-                early = Some(outcome.map_err(|_| ()));
-                true
-            }
-        });
-        let response = match (early, ctx.deadline) {
-            (Some(outcome), _) => outcome,
-            (None, Some(deadline)) => tokio::time::timeout_at(deadline, response)
+        let reply = transport.request(&node_id, &packet, pending).await?;
+        let response = match ctx.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, reply)
                 .await
-                .map_err(|_| Error::timeout(action).with_node(&node_id))?
-                .map_err(|_| ()),
-            (None, None) => response.await.map_err(|_| ()),
+                .map_err(|_| Error::timeout(action).with_node(&node_id))?,
+            None => reply.await,
         }
-        .map_err(|()| Error::rejected(format!("call to node '{node_id}' was abandoned")))??;
+        .map_err(|err| err.with_node(&node_id))?;
         match (response.error, response.data) {
             (Some(error), _) => Err(Error::from_body(error).with_node(&node_id)),
             (None, data) => Ok(Payload::encoded(

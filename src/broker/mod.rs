@@ -42,13 +42,13 @@ use std::any::Any;
 /// The registry as a broker fills it: each local service keeps its own middleware beside its
 /// handlers.
 pub(crate) type Registry = registry::Registry<Stack>;
-use crate::transport::{LinkKind, Transporter};
+use crate::transport::{LinkKind, ReplySender, Transporter};
 use service::Hook;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
-use tokio::sync::{Notify, Semaphore, oneshot};
+use tokio::sync::{Notify, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -93,7 +93,7 @@ pub(crate) struct Timings {
 
 pub(crate) struct PendingCall {
     node_id: Arc<str>,
-    reply: oneshot::Sender<Result<crate::packet::Response>>,
+    reply: ReplySender,
 }
 
 pub(crate) struct BrokerInner {

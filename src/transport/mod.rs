@@ -32,17 +32,21 @@ mod inproc;
 #[cfg(feature = "nats")]
 mod nats;
 mod quic;
+mod reply;
 mod shm;
 
 pub use inproc::{InProcBus, InProcTransport};
 #[cfg(feature = "nats")]
 pub use nats::{NatsTransport, NatsTransportBuilder};
 pub use quic::{QuicConfig, QuicTransport, QuicTransportBuilder};
+pub use reply::PendingReply;
+pub(crate) use reply::ReplySender;
 pub use shm::{ShmTransport, ShmTransportBuilder};
 
 use crate::codec::Codec;
 use crate::error::Result;
 use crate::packet::Packet;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -180,17 +184,19 @@ pub trait Transporter: Send + Sync + 'static {
         let _ = node_id;
     }
 
-    /// Reads the link from `node_id` on the calling thread instead of leaving it to another
-    /// thread: handles what has arrived, asks `done`, and keeps reading until `done` returns
-    /// `true` or the transport's own budget runs out. Returns whether `done` ended it.
-    ///
-    /// The broker calls it after sending a request: a call alone in flight waits for its answer
-    /// this way (a thread wake-up would cost more than the round trip on shared memory); other
-    /// calls read once, so answers already there wake their tasks on this thread. The default
-    /// reads nothing and returns `false`: the caller then awaits as usual.
-    fn wait_actively(&self, node_id: &str, done: &mut dyn FnMut() -> bool) -> bool {
-        let _ = (node_id, done);
-        false
+    /// Sends a REQUEST to `node_id` and hands back its `reply`, which the broker fills when the
+    /// RESPONSE arrives. The default sends and returns at once; a transport may do more before
+    /// it returns (shared memory reads its own link on the calling thread while a call is
+    /// alone in flight: a thread wake-up costs more than its round trip).
+    fn request<'a>(
+        &'a self,
+        node_id: &'a str,
+        packet: &'a Packet,
+        reply: PendingReply,
+    ) -> BoxFuture<'a, Result<PendingReply>> {
+        self.send(node_id, packet)
+            .map(|sent| sent.map(|()| reply))
+            .boxed()
     }
 
     /// Closes every link and stops accepting new ones.

@@ -6,6 +6,7 @@
 //! runtime.
 
 use super::ShmTransport;
+use super::link::Link;
 use super::reader::{INBOX_POISONED, read_frames};
 use std::sync::TryLockError;
 use std::sync::atomic::Ordering;
@@ -18,23 +19,15 @@ const ACTIVE_WAIT: Duration = Duration::from_micros(50);
 const ACTIVE_SPINS: u32 = 64;
 
 impl ShmTransport {
-    /// Reads the link from `node_id` on the calling thread (see the module docs) until `done`
-    /// says the caller has what it waits for, or the budget runs out; whether `done` ended it.
-    pub(super) fn read_while_waiting(&self, node_id: &str, done: &mut dyn FnMut() -> bool) -> bool {
-        let Some(running) = self.state.get() else {
+    /// Reads `link` on the calling thread (see the module docs) until `done` says the caller
+    /// has what it waits for, or the budget runs out; whether `done` ended it.
+    pub(super) fn read_while_waiting(&self, link: &Link, done: &mut dyn FnMut() -> bool) -> bool {
+        let Ok(running) = self.running() else {
             return false;
         };
-        let Some(link) = running
-            .links
-            .lock()
-            .expect("links lock")
-            .get(node_id)
-            .cloned()
-        else {
-            return false;
-        };
+        let node_id = &*link.node_id;
         let look = || match link.inbox.try_lock() {
-            Ok(mut inbox) => read_frames(running, &link, &mut inbox).map(drop),
+            Ok(mut inbox) => read_frames(running, link, &mut inbox).map(drop),
             Err(TryLockError::WouldBlock) => Ok(()),
             Err(TryLockError::Poisoned(_)) => Err(INBOX_POISONED.to_owned()),
         };

@@ -28,6 +28,8 @@ pub(super) struct Link {
     pub(super) incoming: Ring,
     /// Reading the incoming ring: the reader thread, or a caller waiting actively.
     pub(super) inbox: Mutex<Inbox>,
+    /// Requests sent on this link still waiting for their answer.
+    pub(super) waiting: Arc<AtomicUsize>,
     /// Callers waiting actively on this link; while any does, the reader thread stays asleep.
     pub(super) drivers: AtomicUsize,
     /// The reader thread, woken when the last active waiter leaves.
@@ -113,6 +115,7 @@ impl ShmTransport {
                 decoder: FrameDecoder::new(running.ctx.codec),
                 buf: BytesMut::with_capacity(64 << 10),
             }),
+            waiting: Arc::default(),
             drivers: AtomicUsize::new(0),
             reader: OnceLock::new(),
             closed: Arc::new(AtomicBool::new(false)),

@@ -17,7 +17,7 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-use super::{Direction, LinkKind, TransportContext, Transporter};
+use super::{Direction, LinkKind, PendingReply, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::packet::Packet;
 use futures_util::FutureExt;
@@ -222,20 +222,27 @@ impl Transporter for ShmTransport {
 
     fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
         async move {
-            let running = self.running()?;
-            let link = running
-                .links
-                .lock()
-                .expect("links lock")
-                .get(node_id)
-                .cloned()
-                .ok_or_else(|| Error::transport(format!("no shared-memory link to '{node_id}'")))?;
-            let frame = running.ctx.codec.encode(packet)?;
-            running
-                .ctx
-                .traffic
-                .record(node_id, LinkKind::Shm, Direction::Sent, frame.len());
-            self.write(&link, frame).await
+            let link = self.link(node_id)?;
+            self.send_on(&link, packet).await
+        }
+        .boxed()
+    }
+
+    fn request<'a>(
+        &'a self,
+        node_id: &'a str,
+        packet: &'a Packet,
+        mut reply: PendingReply,
+    ) -> BoxFuture<'a, Result<PendingReply>> {
+        async move {
+            let link = self.link(node_id)?;
+            reply.count_in(&link.waiting);
+            self.send_on(&link, packet).await?;
+            // Read the link here once: answers already there (for other calls too) wake their
+            // tasks on this thread. A call alone in flight keeps reading for a while.
+            let alone = link.waiting.load(Ordering::Acquire) == 1;
+            self.read_while_waiting(&link, &mut || reply.is_ready() || !alone);
+            Ok(reply)
         }
         .boxed()
     }
@@ -267,10 +274,6 @@ impl Transporter for ShmTransport {
             Ok(())
         }
         .boxed()
-    }
-
-    fn wait_actively(&self, node_id: &str, done: &mut dyn FnMut() -> bool) -> bool {
-        self.read_while_waiting(node_id, done)
     }
 
     fn addresses(&self) -> Vec<String> {
@@ -354,6 +357,28 @@ impl Transporter for ShmTransport {
 }
 
 impl ShmTransport {
+    /// The open link to `node_id`.
+    fn link(&self, node_id: &str) -> Result<Arc<Link>> {
+        self.running()?
+            .links
+            .lock()
+            .expect("links lock")
+            .get(node_id)
+            .cloned()
+            .ok_or_else(|| Error::transport(format!("no shared-memory link to '{node_id}'")))
+    }
+
+    /// Encodes `packet` and writes it to `link`.
+    async fn send_on(&self, link: &Link, packet: &Packet) -> Result<()> {
+        let running = self.running()?;
+        let frame = running.ctx.codec.encode(packet)?;
+        running
+            .ctx
+            .traffic
+            .record(&link.node_id, LinkKind::Shm, Direction::Sent, frame.len());
+        self.write(link, frame).await
+    }
+
     /// Forgets the link to `node_id` and tells the broker.
     fn lost(&self, node_id: &str, reason: &str) {
         let Some(running) = self.state.get() else {
