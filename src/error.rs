@@ -16,6 +16,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::sync::Arc;
 
 /// Result alias used across Phalanx.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -33,14 +34,23 @@ pub enum ErrorKind {
     Timeout,
     /// Parameters could not be decoded into the handler's type, or failed validation (422).
     Validation,
-    /// A bulkhead or link queue is full (429).
+    /// A link's queue is full: the serving node has too many requests from this one (429,
+    /// retryable).
     QueueFull,
-    /// The target node went away or refused the call, e.g. while stopping (503, retryable).
+    /// The action's bulkhead is full: too many calls running and waiting (429, retryable).
+    BulkheadFull,
+    /// The target node went away or refused the call (503, retryable).
     Rejected,
+    /// The node is stopping and takes no new work (503, retryable: another node may serve).
+    NodeStopping,
+    /// Every endpoint of the action has an open circuit (503, retryable once one half-opens).
+    CircuitOpen,
     /// A required service did not become available in time (503).
     DependencyTimeout,
     /// The handler itself returned an error; code and type are the handler's own.
     Handler,
+    /// The handler panicked (500); the panic message is the error's message.
+    HandlerPanic,
     /// A frame or packet broke the protocol (400).
     Protocol,
     /// The transport could not deliver (502, retryable).
@@ -59,9 +69,13 @@ impl ErrorKind {
             Self::Timeout => "RequestTimeoutError",
             Self::Validation => "ValidationError",
             Self::QueueFull => "QueueIsFullError",
+            Self::BulkheadFull => "BulkheadFullError",
             Self::Rejected => "RequestRejectedError",
+            Self::NodeStopping => "NodeStoppingError",
+            Self::CircuitOpen => "CircuitBreakerOpenError",
             Self::DependencyTimeout => "DependencyTimeoutError",
             Self::Handler => "HandlerError",
+            Self::HandlerPanic => "HandlerPanicError",
             Self::Protocol => "ProtocolError",
             Self::Transport => "TransportError",
             Self::Authentication => "AuthenticationError",
@@ -77,7 +91,11 @@ impl ErrorKind {
             "RequestTimeoutError" => Self::Timeout,
             "ValidationError" => Self::Validation,
             "QueueIsFullError" => Self::QueueFull,
+            "BulkheadFullError" => Self::BulkheadFull,
             "RequestRejectedError" => Self::Rejected,
+            "NodeStoppingError" => Self::NodeStopping,
+            "CircuitBreakerOpenError" => Self::CircuitOpen,
+            "HandlerPanicError" => Self::HandlerPanic,
             "DependencyTimeoutError" => Self::DependencyTimeout,
             "ProtocolError" => Self::Protocol,
             "TransportError" => Self::Transport,
@@ -93,9 +111,11 @@ impl ErrorKind {
             Self::ServiceNotFound => 404,
             Self::Timeout => 504,
             Self::Validation => 422,
-            Self::QueueFull => 429,
-            Self::Rejected | Self::DependencyTimeout => 503,
-            Self::Handler | Self::Internal => 500,
+            Self::QueueFull | Self::BulkheadFull => 429,
+            Self::Rejected | Self::NodeStopping | Self::CircuitOpen | Self::DependencyTimeout => {
+                503
+            }
+            Self::Handler | Self::HandlerPanic | Self::Internal => 500,
             Self::Protocol => 400,
             Self::Transport => 502,
             Self::Authentication => 401,
@@ -106,7 +126,13 @@ impl ErrorKind {
     pub fn default_retryable(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::QueueFull | Self::Rejected | Self::Transport
+            Self::Timeout
+                | Self::QueueFull
+                | Self::BulkheadFull
+                | Self::Rejected
+                | Self::NodeStopping
+                | Self::CircuitOpen
+                | Self::Transport
         )
     }
 }
@@ -117,15 +143,46 @@ impl fmt::Display for ErrorKind {
     }
 }
 
-/// A Phalanx error: kind, code and the details that travel back to the caller.
+/// A Phalanx error: kind, code and the details that travel back to the caller, and — on the
+/// node where it happened — the lower-level error that caused it
+/// ([`source`](std::error::Error::source)).
 ///
 /// Boxed inside, so `Result<T, Error>` stays one pointer wide on the hot path.
-#[derive(Clone, PartialEq, thiserror::Error)]
-#[error("{}", self.0)]
-pub struct Error(Box<ErrorBody>);
+#[derive(Clone)]
+pub struct Error(Box<Inner>);
+
+#[derive(Clone)]
+struct Inner {
+    body: ErrorBody,
+    /// Does not travel: the receiving node sees the body only.
+    source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+}
+
+impl PartialEq for Error {
+    /// Errors are equal when their wire forms are.
+    fn eq(&self, other: &Self) -> bool {
+        self.0.body == other.0.body
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.body, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
 
 /// The fields of an [`Error`], in the form they take on the wire.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ErrorBody {
     /// Wire name of the kind (see [`ErrorKind::name`]).
     pub name: String,
@@ -135,7 +192,7 @@ pub struct ErrorBody {
     pub code: u16,
     /// Machine-readable type chosen by the producer, e.g. `"CARD_DECLINED"`.
     #[serde(rename = "type")]
-    pub kind_type: String,
+    pub error_type: String,
     /// Optional structured details.
     #[serde(default)]
     pub data: Option<serde_json::Value>,
@@ -158,22 +215,27 @@ impl fmt::Display for ErrorBody {
 
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        let mut debug = f.debug_struct("Error");
+        debug.field("body", &self.0.body);
+        if let Some(source) = &self.0.source {
+            debug.field("source", source);
+        }
+        debug.finish()
     }
 }
 
 impl Error {
     /// A new error of `kind` with its default code and retryability.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Self(Box::new(ErrorBody {
+        Self::from_body(ErrorBody {
             name: kind.name().to_owned(),
             message: message.into(),
             code: kind.default_code(),
-            kind_type: String::new(),
+            error_type: String::new(),
             data: None,
             retryable: kind.default_retryable(),
             node: None,
-        }))
+        })
     }
 
     /// An error returned by user code, with the code and type its author chose.
@@ -182,10 +244,10 @@ impl Error {
     /// let err = phalanx::Error::handler(409, "CONFLICT", "user exists");
     /// assert_eq!(err.error_type(), "CONFLICT");
     /// ```
-    pub fn handler(code: u16, kind_type: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn handler(code: u16, error_type: impl Into<String>, message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Handler, message)
             .with_code(code)
-            .with_type(kind_type)
+            .with_type(error_type)
     }
 
     /// No endpoint serves `action`.
@@ -228,79 +290,93 @@ impl Error {
 
     /// Replaces the code.
     pub fn with_code(mut self, code: u16) -> Self {
-        self.0.code = code;
+        self.0.body.code = code;
         self
     }
 
     /// Replaces the machine-readable type.
-    pub fn with_type(mut self, kind_type: impl Into<String>) -> Self {
-        self.0.kind_type = kind_type.into();
+    pub fn with_type(mut self, error_type: impl Into<String>) -> Self {
+        self.0.body.error_type = error_type.into();
         self
     }
 
     /// Attaches structured data.
     pub fn with_data(mut self, data: serde_json::Value) -> Self {
-        self.0.data = Some(data);
+        self.0.body.data = Some(data);
         self
     }
 
     /// Overrides retryability.
     pub fn with_retryable(mut self, retryable: bool) -> Self {
-        self.0.retryable = retryable;
+        self.0.body.retryable = retryable;
         self
     }
 
     /// Records the node that produced the error, unless one is already recorded.
     pub fn with_node(mut self, node: &str) -> Self {
-        if self.0.node.is_none() {
-            self.0.node = Some(node.to_owned());
+        if self.0.body.node.is_none() {
+            self.0.body.node = Some(node.to_owned());
         }
+        self
+    }
+
+    /// Keeps the lower-level error that caused this one, for
+    /// [`source`](std::error::Error::source) on this node (it does not travel).
+    ///
+    /// ```
+    /// use std::error::Error as _;
+    /// let io = std::io::Error::other("disk full");
+    /// let err = phalanx::Error::transport("cannot write").with_source(io);
+    /// assert_eq!(err.source().unwrap().to_string(), "disk full");
+    /// ```
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.0.source = Some(Arc::new(source));
         self
     }
 
     /// The matchable kind.
     pub fn kind(&self) -> ErrorKind {
-        ErrorKind::from_name(&self.0.name)
+        ErrorKind::from_name(&self.0.body.name)
     }
 
     /// The HTTP-like status code.
     pub fn code(&self) -> u16 {
-        self.0.code
+        self.0.body.code
     }
 
     /// The machine-readable type.
     pub fn error_type(&self) -> &str {
-        &self.0.kind_type
+        &self.0.body.error_type
     }
 
     /// The message.
     pub fn message(&self) -> &str {
-        &self.0.message
+        &self.0.body.message
     }
 
     /// Structured details, if any.
     pub fn data(&self) -> Option<&serde_json::Value> {
-        self.0.data.as_ref()
+        self.0.body.data.as_ref()
     }
 
     /// Whether trying again may succeed.
     pub fn is_retryable(&self) -> bool {
-        self.0.retryable
+        self.0.body.retryable
     }
 
     /// The node that produced the error, if known.
     pub fn node(&self) -> Option<&str> {
-        self.0.node.as_deref()
+        self.0.body.node.as_deref()
     }
 
     /// The wire form of this error.
     pub fn body(&self) -> &ErrorBody {
-        &self.0
+        &self.0.body
     }
 
     /// Rebuilds an error from its wire form.
     pub fn from_body(body: ErrorBody) -> Self {
-        Self(Box::new(body))
+        Self(Box::new(Inner { body, source: None }))
     }
 }
 
@@ -315,9 +391,13 @@ mod tests {
             ErrorKind::Timeout,
             ErrorKind::Validation,
             ErrorKind::QueueFull,
+            ErrorKind::BulkheadFull,
             ErrorKind::Rejected,
+            ErrorKind::NodeStopping,
+            ErrorKind::CircuitOpen,
             ErrorKind::DependencyTimeout,
             ErrorKind::Handler,
+            ErrorKind::HandlerPanic,
             ErrorKind::Protocol,
             ErrorKind::Transport,
             ErrorKind::Authentication,

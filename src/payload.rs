@@ -70,7 +70,7 @@ impl<T: Serialize + Send + 'static> LocalValue for T {
 pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
     rmp_serde::to_vec_named(value)
         .map(Bytes::from)
-        .map_err(|e| Error::validation(format!("cannot encode payload: {e}")))
+        .map_err(|e| Error::validation(format!("cannot encode payload: {e}")).with_source(e))
 }
 
 /// Parameters or a result: a live value (owned, or lent by the caller for the time it takes
@@ -172,9 +172,9 @@ impl<'a> Payload<'a> {
 fn decode_bytes<T: DeserializeOwned>(bytes: &[u8], content_type: ContentType) -> Result<T> {
     match content_type {
         ContentType::Json => serde_json::from_slice(bytes)
-            .map_err(|e| Error::validation(format!("invalid JSON payload: {e}"))),
+            .map_err(|e| Error::validation(format!("invalid JSON payload: {e}")).with_source(e)),
         _ => rmp_serde::from_slice(bytes)
-            .map_err(|e| Error::validation(format!("invalid payload: {e}"))),
+            .map_err(|e| Error::validation(format!("invalid payload: {e}")).with_source(e)),
     }
 }
 

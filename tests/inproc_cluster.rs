@@ -105,7 +105,7 @@ async fn remote_errors_keep_kind_code_and_node() {
     let err = a.call::<()>("pay.boom", ()).await.unwrap_err();
     assert_eq!(
         err.kind(),
-        ErrorKind::Internal,
+        ErrorKind::HandlerPanic,
         "a panic is an error, not a timeout"
     );
     assert!(err.message().contains("exploded"));

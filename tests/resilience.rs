@@ -437,7 +437,7 @@ async fn bulkhead_limits_concurrency_and_queue() {
     let rejected: Vec<_> = outcomes.iter().filter(|(r, _)| r.is_err()).collect();
     assert_eq!(rejected.len(), 1, "{outcomes:?}");
     let err = rejected[0].0.as_ref().unwrap_err();
-    assert_eq!((err.kind(), err.code()), (ErrorKind::QueueFull, 429));
+    assert_eq!((err.kind(), err.code()), (ErrorKind::BulkheadFull, 429));
     assert_eq!(rejected[0].1, Duration::ZERO, "rejected at once");
     let mut done: Vec<Duration> = outcomes
         .iter()

@@ -3,7 +3,7 @@
 use super::{Broker, InFlight, PendingCall};
 use crate::context::{CallOptions, Context, Lineage};
 use crate::deadline::{self, LazyDeadline};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::handler::ActionFn;
 use crate::middleware::{Call, HookKind, LocalCall, RemoteCall, Stack, hooks};
 use crate::packet::{Packet, PacketBody, Request, Response};
@@ -104,7 +104,10 @@ impl Broker {
         parent: Option<&Context>,
     ) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
-            return Err(Error::rejected("the broker is stopped"));
+            return Err(Error::new(
+                ErrorKind::NodeStopping,
+                "the calling broker is stopped",
+            ));
         }
         let ctx = self.child_context(options, parent);
         if parent.is_some() && ctx.deadline.is_some_and(|d| d <= ctx.started) {
@@ -159,10 +162,10 @@ impl Broker {
                     Ok(Picked::Remote(node.clone(), stats.clone()))
                 }
                 None if options.node_id.is_none() && registry.has_action(action) => {
-                    Err(Error::rejected(format!(
-                        "every endpoint of '{action}' is unavailable (open circuit)"
+                    Err(Error::new(
+                        ErrorKind::CircuitOpen,
+                        format!("every endpoint of '{action}' has an open circuit"),
                     ))
-                    .with_type("CIRCUIT_OPEN"))
                 }
                 None => Err(Error::service_not_found(action)),
             }
@@ -396,7 +399,10 @@ impl Broker {
         mut request: Request,
     ) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
-            return Err(Error::rejected("the node is stopping"));
+            return Err(Error::new(
+                ErrorKind::NodeStopping,
+                format!("node '{}' is stopping", self.inner.node_id),
+            ));
         }
         self.await_member(sender).await?;
         let started = Instant::now();
@@ -516,10 +522,9 @@ fn panic_error(action: &str, panic: &(dyn std::any::Any + Send)) -> Error {
         .unwrap_or_else(|| "unknown panic".to_owned());
     tracing::error!(%action, %message, "handler panicked");
     Error::new(
-        crate::ErrorKind::Internal,
+        ErrorKind::HandlerPanic,
         format!("handler of '{action}' panicked: {message}"),
     )
-    .with_type("HANDLER_PANIC")
 }
 
 /// The value of a call's shard key (`#name` for a meta entry, else a top-level param field).

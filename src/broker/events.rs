@@ -221,7 +221,7 @@ impl Broker {
                     .await
                     .unwrap_or_else(|_| {
                         Err(crate::Error::new(
-                            crate::ErrorKind::Internal,
+                            crate::ErrorKind::HandlerPanic,
                             "event handler panicked",
                         ))
                     })

@@ -26,7 +26,7 @@ pub use service::ServiceBuilder;
 
 use crate::codec::Codec;
 use crate::context::{CallOptions, Context, Dispatch, EmitKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{ActionFn, EventFn};
 use crate::metrics::{BrokerMetrics, MetricsSnapshot, NodeState, RegistryMetrics};
 use crate::middleware::{NodeHandle, Stack};
@@ -299,9 +299,10 @@ impl Broker {
             .map(|(_, p)| p)
             .collect();
         for call in stranded {
-            let _ = call
-                .reply
-                .send(Err(Error::rejected("the calling broker stopped")));
+            let _ = call.reply.send(Err(Error::new(
+                ErrorKind::NodeStopping,
+                "the calling broker stopped",
+            )));
         }
         // Handlers may hold broker clones: dropping the registry breaks those cycles.
         *inner.registry_mut() = Registry::new(

@@ -115,13 +115,12 @@ impl Middleware for Bulkhead {
             let _waiting = Waiting(&gate.waiting);
             if waiting >= self.queue {
                 return Err(Error::new(
-                    ErrorKind::QueueFull,
+                    ErrorKind::BulkheadFull,
                     format!(
                         "'{}' is busy: {} running, {} waiting",
                         call.action, self.concurrency, self.queue
                     ),
-                )
-                .with_type("BULKHEAD_FULL"));
+                ));
             }
             let _permit = gate.running.acquire().await.expect("never closed");
             drop(_waiting);

@@ -183,10 +183,9 @@ impl Transporter for NatsTransport {
             ];
             let mut readers = Vec::new();
             for subject in subjects {
-                let mut subscription = client
-                    .subscribe(subject.clone())
-                    .await
-                    .map_err(|e| Error::transport(format!("cannot subscribe to {subject}: {e}")))?;
+                let mut subscription = client.subscribe(subject.clone()).await.map_err(|e| {
+                    Error::transport(format!("cannot subscribe to {subject}: {e}")).with_source(e)
+                })?;
                 let ctx = ctx.clone();
                 readers.push(tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
@@ -210,7 +209,7 @@ impl Transporter for NatsTransport {
             client
                 .flush()
                 .await
-                .map_err(|e| Error::transport(format!("NATS flush failed: {e}")))?;
+                .map_err(|e| Error::transport(format!("NATS flush failed: {e}")).with_source(e))?;
             let bus = Bus {
                 client,
                 broadcast_subject,
@@ -237,7 +236,7 @@ impl Transporter for NatsTransport {
             bus.client
                 .publish(format!("{}{}", bus.node_prefix, token(node_id)), frame)
                 .await
-                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")))
+                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")).with_source(e))
         }
         .boxed()
     }
@@ -251,7 +250,7 @@ impl Transporter for NatsTransport {
             bus.client
                 .publish(bus.broadcast_subject.clone(), frame)
                 .await
-                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")))
+                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")).with_source(e))
         }
         .boxed()
     }

@@ -378,8 +378,9 @@ impl Mesh {
         server_config.transport_config(transport.clone());
         let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
         client_config.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
-            .map_err(|e| Error::transport(format!("cannot listen on {}: {e}", config.listen)))?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
+            Error::transport(format!("cannot listen on {}: {e}", config.listen)).with_source(e)
+        })?;
         let local = endpoint.local_addr().map_err(|e| quic_error(&e))?;
         let addresses = announce_addresses(local);
         let dialer = DialPlan::new(&config.seeds);
@@ -503,7 +504,7 @@ impl Mesh {
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|e| Error::transport(format!("invalid idle timeout: {e}")))?;
+        .map_err(|e| Error::transport(format!("invalid idle timeout: {e}")).with_source(e))?;
     transport
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.idle_timeout / 4))

@@ -46,7 +46,9 @@ pub(super) fn listen(dir: &Path, node_id: &str) -> Result<(PathBuf, tokio::net::
             use std::os::unix::fs::PermissionsExt;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         })
-        .map_err(|e| Error::transport(format!("cannot use {}: {e}", dir.display())))?;
+        .map_err(|e| {
+            Error::transport(format!("cannot use {}: {e}", dir.display())).with_source(e)
+        })?;
     remove_stale_sockets(dir);
     let path = dir.join(format!(
         "{}-{:08x}-{}.sock",
@@ -55,8 +57,9 @@ pub(super) fn listen(dir: &Path, node_id: &str) -> Result<(PathBuf, tokio::net::
         std::process::id()
     ));
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path)
-        .map_err(|e| Error::transport(format!("cannot listen on {}: {e}", path.display())))?;
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| {
+        Error::transport(format!("cannot listen on {}: {e}", path.display())).with_source(e)
+    })?;
     Ok((path, listener))
 }
 
