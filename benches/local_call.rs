@@ -7,7 +7,7 @@
 //! Run: `cargo bench --bench local_call`
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use phalanx::middleware::{BreakerConfig, RetryPolicy};
+use phalanx::middleware::{CircuitBreakerConfig, RetryConfig};
 use phalanx::{Broker, BrokerBuilder, Context};
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
@@ -63,8 +63,8 @@ fn local_call(c: &mut Criterion) {
     let default = rt.block_on(broker(Broker::builder(), 0));
     let resilient = rt.block_on(broker(
         Broker::builder()
-            .retry(RetryPolicy::new(2))
-            .circuit_breaker(BreakerConfig::default()),
+            .retry(RetryConfig::new(2))
+            .circuit_breaker(CircuitBreakerConfig::default()),
         0,
     ));
     let mut group = c.benchmark_group("local_call");

@@ -52,6 +52,7 @@ pub const ALPN: &[u8] = b"phalanx/1";
 
 /// Where the cluster CA comes from.
 #[derive(Clone)]
+#[non_exhaustive]
 pub enum ClusterCa {
     /// CA certificate plus this node's certificate chain and private key, as PEM files.
     Files {

@@ -41,18 +41,18 @@
 //! | [`error`] | the one error type |
 
 pub mod broker;
-pub mod codec;
 pub mod context;
 mod deadline;
-pub mod discovery;
+mod discovery;
 pub mod error;
 mod handler;
 pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
-pub mod packet;
 pub mod payload;
+#[doc(hidden)]
+pub mod protocol;
 pub mod registry;
 pub mod transport;
 

@@ -17,6 +17,7 @@ use std::str::FromStr;
 
 /// How log lines look.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum LogFormat {
     /// Aligned text for people (colored on a terminal).
     Human,

@@ -19,7 +19,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::packet::ContentType;
+pub use crate::protocol::packet::ContentType;
 use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -410,17 +410,17 @@ async fn garbage_and_malformed_frames_leave_the_node_serving() {
         quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
-    let codec = phalanx::codec::Codec::default();
+    let codec = phalanx::protocol::codec::Codec::default();
     let hello = codec
-        .encode(&phalanx::packet::Packet::new(
+        .encode(&phalanx::protocol::packet::Packet::new(
             "rogue",
-            phalanx::packet::PacketBody::Discover(Default::default()),
+            phalanx::protocol::packet::PacketBody::Discover(Default::default()),
         ))
         .unwrap();
     let spoofed = codec
-        .encode(&phalanx::packet::Packet::new(
+        .encode(&phalanx::protocol::packet::Packet::new(
             "n1",
-            phalanx::packet::PacketBody::Disconnect(Default::default()),
+            phalanx::protocol::packet::PacketBody::Disconnect(Default::default()),
         ))
         .unwrap();
     let attacks: Vec<Vec<u8>> = vec![

@@ -2,8 +2,8 @@
 //! makes the decoder panic or allocate past its limit.
 
 use bytes::{Bytes, BytesMut};
-use phalanx::codec::{Codec, FrameDecoder};
-use phalanx::packet::*;
+use phalanx::protocol::codec::{Codec, FrameDecoder};
+use phalanx::protocol::packet::*;
 use proptest::prelude::*;
 
 fn text() -> impl Strategy<Value = String> {

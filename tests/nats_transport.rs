@@ -287,8 +287,8 @@ async fn namespaces_stay_apart_and_malformed_messages_are_dropped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_overtakes_its_senders_info_is_served() {
     use futures_util::StreamExt;
-    use phalanx::codec::Codec;
-    use phalanx::packet::{Event, Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
+    use phalanx::protocol::codec::Codec;
+    use phalanx::protocol::packet::{Event, Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
 
     let server = NatsServer::start();
     let b = node(&server, "b", "green").await;

@@ -177,9 +177,9 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
 /// another node's id in its hello is cut off and never enters the registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_pose_as_another_node() {
-    use phalanx::codec::Codec;
     use phalanx::identity::CLUSTER_SERVER_NAME;
-    use phalanx::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
+    use phalanx::protocol::codec::Codec;
+    use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
 
     let (a, qa) = node("a", "s3cret", &[]).await;
     // A member of the cluster (same secret), certified as "mallory".

@@ -9,8 +9,8 @@ use common::{counter, settle};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use phalanx::middleware::{
-    BreakerConfig, Bulkhead, Call, Emit, FallbackFn, LocalCall, LocalEvent, Middleware, Next,
-    RemoteCall, RetryPolicy,
+    Bulkhead, Call, CircuitBreakerConfig, FallbackFn, LocalCall, LocalEvent, Middleware, Next,
+    OutgoingEvent, RemoteCall, RetryConfig,
 };
 use phalanx::registry::Strategy;
 use phalanx::transport::InProcBus;
@@ -131,8 +131,8 @@ impl Middleware for Recorder {
     }
     fn emit<'a>(
         &'a self,
-        emit: Emit<'a>,
-        next: Next<'a, Emit<'a>, Result<()>>,
+        emit: OutgoingEvent<'a>,
+        next: Next<'a, OutgoingEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
         self.around("emit", next, emit)
     }
@@ -225,7 +225,7 @@ async fn middleware_runs_outermost_first_on_every_hook() {
 async fn retries_back_off_exponentially_until_success() {
     let broker = Broker::builder()
         .retry(
-            RetryPolicy::new(5)
+            RetryConfig::new(5)
                 .delay(Duration::from_millis(100))
                 .max_delay(Duration::from_millis(500))
                 .jitter(0.0),
@@ -270,7 +270,7 @@ async fn retries_back_off_exponentially_until_success() {
 async fn retries_stop_at_the_deadline_and_skip_non_retryable_errors() {
     let broker = Broker::builder()
         .retry(
-            RetryPolicy::new(10)
+            RetryConfig::new(10)
                 .delay(Duration::from_millis(100))
                 .jitter(0.0),
         )
@@ -318,7 +318,7 @@ async fn circuit_opens_moves_traffic_and_closes_after_a_probe() {
     let bus = InProcBus::new();
     let caller = builder(&bus, "caller")
         .circuit_breaker(
-            BreakerConfig::default()
+            CircuitBreakerConfig::default()
                 .min_requests(4)
                 .threshold(0.5)
                 .window(Duration::from_secs(60))
@@ -549,9 +549,9 @@ async fn one_bad_replica_of_three_is_invisible_with_retries_and_breaker() {
     let bus = InProcBus::new();
     let (replicas, counts) = three_replicas(&bus).await;
     let caller = builder(&bus, "caller")
-        .retry(RetryPolicy::new(2).delay(Duration::from_millis(1)))
+        .retry(RetryConfig::new(2).delay(Duration::from_millis(1)))
         .circuit_breaker(
-            BreakerConfig::default()
+            CircuitBreakerConfig::default()
                 .min_requests(5)
                 .half_open_after(Duration::from_secs(60)),
         )

@@ -4,7 +4,7 @@
 
 use bytes::BytesMut;
 use libfuzzer_sys::fuzz_target;
-use phalanx::codec::{Codec, FrameDecoder};
+use phalanx::protocol::codec::{Codec, FrameDecoder};
 
 fuzz_target!(|data: &[u8]| {
     let codec = Codec::new(64 * 1024);

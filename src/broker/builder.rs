@@ -2,13 +2,13 @@
 
 use super::Registry;
 use super::{Broker, BrokerInner, RUNNING, Timings};
-use crate::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::error::Result;
 use crate::metrics::BrokerMetrics;
 use crate::middleware::{
-    BreakerConfig, CircuitBreaker, Fallback, FallbackFn, Metrics, Middleware, Retry, RetryPolicy,
-    Stack, Tracing,
+    CircuitBreaker, CircuitBreakerConfig, Fallback, FallbackFn, Metrics, Middleware, Retry,
+    RetryConfig, Stack, Tracing,
 };
+use crate::protocol::codec::{Codec, DEFAULT_MAX_FRAME_LEN};
 use crate::registry::Strategy;
 use crate::transport::{TransportContext, Transporter};
 use rustc_hash::FxHashMap as HashMap;
@@ -47,8 +47,8 @@ pub struct BrokerBuilder {
     action_strategies: HashMap<String, Strategy>,
     transports: Vec<Arc<dyn Transporter>>,
     default_middleware: bool,
-    retry: RetryPolicy,
-    breaker: Option<BreakerConfig>,
+    retry: RetryConfig,
+    breaker: Option<CircuitBreakerConfig>,
     fallbacks: Vec<(String, FallbackFn)>,
     middleware: Vec<Arc<dyn Middleware>>,
 }
@@ -83,7 +83,7 @@ impl Default for BrokerBuilder {
             action_strategies: HashMap::default(),
             transports: Vec::new(),
             default_middleware: true,
-            retry: RetryPolicy::default(),
+            retry: RetryConfig::default(),
             breaker: None,
             fallbacks: Vec::new(),
             middleware: Vec::new(),
@@ -179,12 +179,12 @@ impl BrokerBuilder {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> phalanx::Result<()> {
-    /// use phalanx::middleware::RetryPolicy;
-    /// let broker = phalanx::Broker::builder().retry(RetryPolicy::new(3)).start().await?;
+    /// use phalanx::middleware::RetryConfig;
+    /// let broker = phalanx::Broker::builder().retry(RetryConfig::new(3)).start().await?;
     /// # broker.stop().await;
     /// # Ok(()) }
     /// ```
-    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+    pub fn retry(mut self, policy: RetryConfig) -> Self {
         self.retry = policy;
         self
     }
@@ -194,14 +194,14 @@ impl BrokerBuilder {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> phalanx::Result<()> {
-    /// use phalanx::middleware::BreakerConfig;
+    /// use phalanx::middleware::CircuitBreakerConfig;
     /// let broker = phalanx::Broker::builder()
-    ///     .circuit_breaker(BreakerConfig::default().min_requests(5))
+    ///     .circuit_breaker(CircuitBreakerConfig::default().min_requests(5))
     ///     .start().await?;
     /// # broker.stop().await;
     /// # Ok(()) }
     /// ```
-    pub fn circuit_breaker(mut self, config: BreakerConfig) -> Self {
+    pub fn circuit_breaker(mut self, config: CircuitBreakerConfig) -> Self {
         self.breaker = Some(config);
         self
     }

@@ -3,7 +3,7 @@
 //! heartbeats and DISCONNECT to liveness), and links coming up and going down.
 
 use super::{Broker, BrokerInner};
-use crate::packet::{Discover, Packet, PacketBody, Pong};
+use crate::protocol::packet::{Discover, Packet, PacketBody, Pong};
 use crate::transport::{LinkKind, TransportHandler};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
@@ -101,7 +101,7 @@ impl Broker {
                         ),
                     )
                     .with_node(&self.inner.node_id);
-                    let response = crate::packet::Response {
+                    let response = crate::protocol::packet::Response {
                         id: request.id,
                         error: Some(busy.body().clone()),
                         ..Default::default()

@@ -5,9 +5,9 @@ use super::{Broker, InFlight};
 use crate::context::{Context, Lineage};
 use crate::error::Result;
 use crate::middleware::Stack;
-use crate::middleware::{Emit, EmitKind, HookKind, LocalEvent, hooks};
-use crate::packet::{ContentType, Event, Packet, PacketBody};
+use crate::middleware::{EmitKind, HookKind, LocalEvent, OutgoingEvent, hooks};
 use crate::payload::{Payload, encode_msgpack};
+use crate::protocol::packet::{ContentType, Event, Packet, PacketBody};
 use crate::registry::LocalListeners;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -80,7 +80,7 @@ impl Broker {
         kind: EmitKind,
         parent: Option<&Context>,
     ) -> Result<()> {
-        let emit = Emit {
+        let emit = OutgoingEvent {
             event,
             kind,
             data,
@@ -98,8 +98,8 @@ impl Broker {
     }
 
     /// Hands an event to this node's listeners and to the nodes that should get it.
-    async fn deliver(&self, emit: Emit<'_>) -> Result<()> {
-        let Emit {
+    async fn deliver(&self, emit: OutgoingEvent<'_>) -> Result<()> {
+        let OutgoingEvent {
             event,
             kind,
             data,

@@ -3,7 +3,7 @@
 //! down. A node that goes down leaves the registry and its waiting calls fail at once.
 
 use super::Broker;
-use crate::packet::{Heartbeat, Packet, PacketBody};
+use crate::protocol::packet::{Heartbeat, Packet, PacketBody};
 use crate::transport::LinkKind;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

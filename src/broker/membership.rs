@@ -3,8 +3,8 @@
 //! whom it knows (gossip), so nodes that joined through different seeds find each other.
 
 use super::Broker;
-use crate::packet::{Discover, Info, PROTOCOL_VERSION, Packet, PacketBody};
 use crate::payload::encode_msgpack;
+use crate::protocol::packet::{Discover, Info, PROTOCOL_VERSION, Packet, PacketBody};
 use crate::registry::NodeChange;
 use crate::transport::LinkKind;
 use std::sync::Arc;

@@ -24,15 +24,15 @@ mod service;
 pub use builder::BrokerBuilder;
 pub use service::ServiceBuilder;
 
-use crate::codec::Codec;
 use crate::context::{CallOptions, Context, Dispatch, EmitKind};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{ActionFn, EventFn};
 use crate::metrics::{BrokerMetrics, MetricsSnapshot, NodeState, RegistryMetrics};
 use crate::middleware::{NodeHandle, Stack};
-use crate::packet::ServiceInfo;
-use crate::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
 use crate::payload::Payload;
+use crate::protocol::codec::Codec;
+use crate::protocol::packet::ServiceInfo;
+use crate::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
 use crate::registry;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -43,7 +43,7 @@ use std::any::Any;
 /// handlers.
 pub(crate) type Registry = registry::Registry<Stack>;
 use crate::transport::{LinkKind, ReplySender, Transporter};
-use service::Hook;
+use service::LifecycleFn;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -121,7 +121,7 @@ pub(crate) struct BrokerInner {
     registry_changed: Notify,
     /// Requests from not-yet-known senders waiting for their INFO (bounded).
     introductions: Semaphore,
-    stopped_hooks: Mutex<Vec<(String, Vec<Hook>)>>,
+    stopped_hooks: Mutex<Vec<(String, Vec<LifecycleFn>)>>,
     info_seq: AtomicU64,
     background: Mutex<Vec<JoinHandle<()>>>,
     started_at: Instant,
@@ -321,7 +321,7 @@ impl Broker {
         actions: Vec<(String, ActionFn)>,
         events: Vec<(String, String, EventFn)>,
         middleware: Stack,
-        stopped: Vec<Hook>,
+        stopped: Vec<LifecycleFn>,
     ) {
         let name = info.full_name.clone();
         let node = self.node_handle();

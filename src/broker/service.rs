@@ -27,7 +27,7 @@ use crate::context::Context;
 use crate::error::Result;
 use crate::handler::{ActionFn, EventFn, action_fn, event_fn};
 use crate::middleware::{Middleware, Stack};
-use crate::packet::{ActionInfo, EventInfo, Meta, ServiceInfo};
+use crate::protocol::packet::{ActionInfo, EventInfo, Meta, ServiceInfo};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -38,7 +38,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// A lifecycle hook (`started` / `stopped`).
-pub(crate) type Hook = Arc<dyn Fn(Broker) -> BoxFuture<'static, Result<()>> + Send + Sync>;
+pub(crate) type LifecycleFn = Arc<dyn Fn(Broker) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
 /// Describes a service; [`ServiceBuilder::start`] registers it with the broker.
 #[must_use = "a service does nothing until `.start().await`"]
@@ -48,8 +48,8 @@ pub struct ServiceBuilder {
     version: Option<String>,
     actions: Vec<(String, ActionFn)>,
     events: Vec<(String, Option<String>, EventFn)>,
-    started: Vec<Hook>,
-    stopped: Vec<Hook>,
+    started: Vec<LifecycleFn>,
+    stopped: Vec<LifecycleFn>,
     settings: Meta,
     metadata: Meta,
     dependencies: Vec<String>,

@@ -2,7 +2,7 @@
 
 use super::{MeshArgs, parse_json, wait_for_action};
 use clap::Args;
-use phalanx::middleware::BreakerConfig;
+use phalanx::middleware::CircuitBreakerConfig;
 use phalanx::{Broker, CallOptions, Result};
 use serde::Serialize;
 use std::process::ExitCode;
@@ -70,7 +70,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let params = parse_json(&args.params)?;
     let mut builder = Broker::builder();
     if args.breaker {
-        builder = builder.circuit_breaker(BreakerConfig::default().min_requests(10));
+        builder = builder.circuit_breaker(CircuitBreakerConfig::default().min_requests(10));
     }
     let joined = args.mesh.join(builder).await?;
     let broker = joined.broker.clone();

@@ -4,7 +4,7 @@
 //! merged) are written once.
 
 use super::Context;
-use crate::packet::{Event, Headers, Meta, Request};
+use crate::protocol::packet::{Event, Headers, Meta, Request};
 use std::sync::Arc;
 
 /// The chain a call or event belongs to.

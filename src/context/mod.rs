@@ -35,8 +35,8 @@ pub(crate) use lineage::Lineage;
 pub use options::{CallOptions, FallbackFn};
 
 use crate::error::Result;
-use crate::packet::{Headers, Meta};
 use crate::payload::{Payload, encode_msgpack};
+pub use crate::protocol::packet::{Headers, Meta};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -75,6 +75,7 @@ pub(crate) trait Dispatch: Any + Send + Sync {
 
 /// How an event is delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum EmitKind {
     /// One handler per listening group.
     Emit,

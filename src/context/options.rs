@@ -1,8 +1,8 @@
 //! The options of one call.
 
 use crate::error::{Error, Result};
-use crate::packet::{Headers, Meta};
 use crate::payload::Payload;
+use crate::protocol::packet::{Headers, Meta};
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;

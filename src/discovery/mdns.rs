@@ -11,14 +11,14 @@
 //! non-loopback one.
 
 use crate::error::{Error, Result};
-use crate::packet::PROTOCOL_VERSION;
+use crate::protocol::packet::PROTOCOL_VERSION;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// The DNS-SD service type of Phalanx nodes.
-pub const SERVICE_TYPE: &str = "_phalanx._udp.local.";
+pub(crate) const SERVICE_TYPE: &str = "_phalanx._udp.local.";
 
 /// Called with a found node's id and `ip:port` addresses.
 pub(crate) type OnFound = Arc<dyn Fn(&str, Vec<String>) + Send + Sync>;

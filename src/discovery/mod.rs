@@ -4,6 +4,6 @@
 //! comes from the links.
 
 mod dial_plan;
-pub mod mdns;
+pub(crate) mod mdns;
 
 pub(crate) use dial_plan::DialPlan;

@@ -16,9 +16,9 @@ use tokio::time::Instant;
 ///
 /// ```
 /// use std::time::Duration;
-/// use phalanx::middleware::BreakerConfig;
+/// use phalanx::middleware::CircuitBreakerConfig;
 ///
-/// let config = BreakerConfig::default()
+/// let config = CircuitBreakerConfig::default()
 ///     .threshold(0.5)
 ///     .min_requests(10)
 ///     .window(Duration::from_secs(30))
@@ -26,14 +26,14 @@ use tokio::time::Instant;
 /// # let _ = config;
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct BreakerConfig {
+pub struct CircuitBreakerConfig {
     threshold: f64,
     min_requests: u32,
     window: Duration,
     half_open_after: Duration,
 }
 
-impl Default for BreakerConfig {
+impl Default for CircuitBreakerConfig {
     /// Opens at 50 % failures over 60 s with at least 20 requests; probes after 10 s.
     fn default() -> Self {
         Self {
@@ -45,7 +45,7 @@ impl Default for BreakerConfig {
     }
 }
 
-impl BreakerConfig {
+impl CircuitBreakerConfig {
     /// The failure ratio (`0.0..=1.0`) that opens the circuit.
     pub fn threshold(mut self, threshold: f64) -> Self {
         self.threshold = threshold.clamp(0.0, 1.0);
@@ -102,7 +102,7 @@ struct Transition {
 /// `{ "action", "node_id", "requests", "failures" }`.
 #[derive(Default)]
 pub struct CircuitBreaker {
-    config: BreakerConfig,
+    config: CircuitBreakerConfig,
     /// action → node → endpoint state.
     endpoints: Mutex<HashMap<String, HashMap<Arc<str>, Endpoint>>>,
     node: OnceLock<NodeHandle>,
@@ -120,11 +120,11 @@ impl CircuitBreaker {
     /// A breaker with `config`.
     ///
     /// ```
-    /// use phalanx::middleware::{BreakerConfig, BreakerState, CircuitBreaker};
-    /// let breaker = CircuitBreaker::new(BreakerConfig::default());
+    /// use phalanx::middleware::{CircuitBreakerConfig, BreakerState, CircuitBreaker};
+    /// let breaker = CircuitBreaker::new(CircuitBreakerConfig::default());
     /// assert_eq!(breaker.state("users.get", "node-1"), BreakerState::Closed);
     /// ```
-    pub fn new(config: BreakerConfig) -> Self {
+    pub fn new(config: CircuitBreakerConfig) -> Self {
         Self {
             config,
             ..Self::default()

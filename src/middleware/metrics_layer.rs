@@ -1,6 +1,6 @@
 //! The metrics layer: counts and times calls, handlers and events into the node's metrics.
 
-use super::{Call, Emit, Hooks, LocalCall, LocalEvent, Middleware, Next, NodeHandle};
+use super::{Call, Hooks, LocalCall, LocalEvent, Middleware, Next, NodeHandle, OutgoingEvent};
 use crate::error::Result;
 use crate::metrics::{BrokerMetrics, Side};
 use crate::payload::Payload;
@@ -93,8 +93,8 @@ impl Middleware for Metrics {
 
     fn emit<'a>(
         &'a self,
-        emit: Emit<'a>,
-        next: Next<'a, Emit<'a>, Result<()>>,
+        emit: OutgoingEvent<'a>,
+        next: Next<'a, OutgoingEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
         if let Some(metrics) = self.node.get() {
             metrics.count_event(true, emit.event);

@@ -67,12 +67,12 @@ mod tracing_layer;
 
 pub use crate::context::{EmitKind, FallbackFn};
 pub use crate::registry::BreakerState;
-pub use breaker::{BreakerConfig, CircuitBreaker};
+pub use breaker::{CircuitBreaker, CircuitBreakerConfig};
 pub use bulkhead::Bulkhead;
 pub use fallback::Fallback;
 pub use metrics_layer::Metrics;
 pub use node_handle::NodeHandle;
-pub use retry::{Retry, RetryPolicy};
+pub use retry::{Retry, RetryConfig};
 pub use tracing_layer::Tracing;
 
 use crate::context::{CallOptions, Context};
@@ -134,8 +134,8 @@ pub trait Middleware: Send + Sync + 'static {
     /// Around an emit, broadcast or local broadcast by this broker.
     fn emit<'a>(
         &'a self,
-        emit: Emit<'a>,
-        next: Next<'a, Emit<'a>, Result<()>>,
+        emit: OutgoingEvent<'a>,
+        next: Next<'a, OutgoingEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
         next.run(emit)
     }
@@ -196,8 +196,8 @@ impl<M: Middleware> Middleware for Arc<M> {
     }
     fn emit<'a>(
         &'a self,
-        emit: Emit<'a>,
-        next: Next<'a, Emit<'a>, Result<()>>,
+        emit: OutgoingEvent<'a>,
+        next: Next<'a, OutgoingEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
         (**self).emit(emit, next)
     }
@@ -259,6 +259,7 @@ impl<'a, R, O> Next<'a, R, O> {
 
 /// A whole call, as the [`call`](Middleware::call) hook sees it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Call<'a> {
     /// The action's full name.
     pub action: &'a str,
@@ -320,6 +321,7 @@ impl Call<'_> {
 /// One attempt at an endpoint on another node, as [`remote_call`](Middleware::remote_call)
 /// sees it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct RemoteCall<'a> {
     /// The action's full name.
     pub action: &'a str,
@@ -333,6 +335,7 @@ pub struct RemoteCall<'a> {
 
 /// A handler of this node about to run, as [`local_action`](Middleware::local_action) sees it.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct LocalCall<'a> {
     /// The action's full name.
     pub action: &'a str,
@@ -346,6 +349,7 @@ pub struct LocalCall<'a> {
 
 /// An event handler of this node about to run.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct LocalEvent<'a> {
     /// The event's name.
     pub event: &'a str,
@@ -359,7 +363,8 @@ pub struct LocalEvent<'a> {
 
 /// An event this broker is about to send, as [`emit`](Middleware::emit) sees it.
 #[derive(Debug)]
-pub struct Emit<'a> {
+#[non_exhaustive]
+pub struct OutgoingEvent<'a> {
     /// The event's name.
     pub event: &'a str,
     /// How it is delivered.
@@ -534,8 +539,8 @@ pub(crate) mod hooks {
 
     pub(crate) fn emit<'a>(
         m: &'a dyn Middleware,
-        r: Emit<'a>,
-        n: Next<'a, Emit<'a>, Result<()>>,
+        r: OutgoingEvent<'a>,
+        n: Next<'a, OutgoingEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
         m.emit(r, n)
     }

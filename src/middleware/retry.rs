@@ -17,9 +17,9 @@ use tokio::time::Instant;
 ///
 /// ```
 /// use std::time::Duration;
-/// use phalanx::middleware::RetryPolicy;
+/// use phalanx::middleware::RetryConfig;
 ///
-/// let policy = RetryPolicy::new(5)
+/// let policy = RetryConfig::new(5)
 ///     .delay(Duration::from_millis(100))
 ///     .max_delay(Duration::from_millis(300))
 ///     .jitter(0.0);
@@ -27,7 +27,7 @@ use tokio::time::Instant;
 /// assert_eq!(waits, [100, 200, 300, 300]);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
+pub struct RetryConfig {
     retries: u32,
     delay: Duration,
     max_delay: Duration,
@@ -35,7 +35,7 @@ pub struct RetryPolicy {
     jitter: f64,
 }
 
-impl Default for RetryPolicy {
+impl Default for RetryConfig {
     /// No retries; when turned on: 100 ms doubling up to 2 s, half of it jittered.
     fn default() -> Self {
         Self {
@@ -48,7 +48,7 @@ impl Default for RetryPolicy {
     }
 }
 
-impl RetryPolicy {
+impl RetryConfig {
     /// Up to `retries` retries after the first attempt, with the default back-off.
     pub fn new(retries: u32) -> Self {
         Self {
@@ -95,26 +95,26 @@ impl RetryPolicy {
     }
 }
 
-/// The retry layer: applies the broker's [`RetryPolicy`], or the call's own
+/// The retry layer: applies the broker's [`RetryConfig`], or the call's own
 /// ([`CallOptions::retries`](crate::CallOptions::retries)).
 #[derive(Debug, Clone, Default)]
 pub struct Retry {
-    policy: RetryPolicy,
+    policy: RetryConfig,
 }
 
 impl Retry {
     /// A retry layer with `policy`.
     ///
     /// ```
-    /// let retry = phalanx::middleware::Retry::new(phalanx::middleware::RetryPolicy::new(2));
+    /// let retry = phalanx::middleware::Retry::new(phalanx::middleware::RetryConfig::new(2));
     /// assert_eq!(retry.policy().retries(), 2);
     /// ```
-    pub fn new(policy: RetryPolicy) -> Self {
+    pub fn new(policy: RetryConfig) -> Self {
         Self { policy }
     }
 
     /// The policy of this layer.
-    pub fn policy(&self) -> &RetryPolicy {
+    pub fn policy(&self) -> &RetryConfig {
         &self.policy
     }
 }

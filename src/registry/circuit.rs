@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 /// The state of one endpoint's circuit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
 pub enum BreakerState {
     /// Calls flow.
     Closed,

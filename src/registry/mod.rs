@@ -17,7 +17,7 @@ pub use pattern::pattern_matches;
 pub use strategy::{Candidate, Strategy};
 
 use crate::handler::{ActionFn, EventFn};
-use crate::packet::{Info, ServiceInfo};
+use crate::protocol::packet::{Info, ServiceInfo};
 use crate::transport::LinkKind;
 use rustc_hash::FxHashMap as HashMap;
 use serde::Serialize;

@@ -25,7 +25,7 @@
 
 use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
-use crate::packet::Packet;
+use crate::protocol::packet::Packet;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;

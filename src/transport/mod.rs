@@ -43,9 +43,9 @@ pub use reply::PendingReply;
 pub(crate) use reply::ReplySender;
 pub use shm::{ShmTransport, ShmTransportBuilder};
 
-use crate::codec::Codec;
 use crate::error::Result;
-use crate::packet::Packet;
+pub use crate::protocol::codec::{Codec, FrameDecoder};
+pub use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -117,6 +117,7 @@ impl TrafficMeter for () {
 
 /// Which way a frame went.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Direction {
     /// To the peer.
     Sent,
@@ -126,6 +127,7 @@ pub enum Direction {
 
 /// What a transport needs to know about the node it serves.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct TransportContext {
     /// This node's id.
     pub node_id: Arc<str>,

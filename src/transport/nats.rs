@@ -30,7 +30,7 @@
 
 use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
-use crate::packet::Packet;
+use crate::protocol::packet::Packet;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::path::PathBuf;
@@ -79,7 +79,7 @@ struct Bus {
     client: async_nats::Client,
     broadcast_subject: String,
     node_prefix: String,
-    codec: crate::codec::Codec,
+    codec: crate::protocol::codec::Codec,
     traffic: std::sync::Arc<dyn super::TrafficMeter>,
     readers: Mutex<Vec<JoinHandle<()>>>,
 }

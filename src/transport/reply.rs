@@ -3,7 +3,7 @@
 //! it when the node is lost; a transport may look whether it is already there.
 
 use crate::error::{Error, Result};
-use crate::packet::Response;
+use crate::protocol::packet::Response;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;

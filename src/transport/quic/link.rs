@@ -1,11 +1,11 @@
 //! One QUIC link: the handshake that names the peer, the stream readers, and the send path.
 
 use super::{Mesh, QuicConfig};
-use crate::codec::FrameDecoder;
 use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::identity::certified_node_id;
-use crate::packet::Packet;
+use crate::protocol::codec::FrameDecoder;
+use crate::protocol::packet::Packet;
 use crate::transport::{Direction, LinkKind};
 use bytes::{Bytes, BytesMut};
 use rustls::pki_types::CertificateDer;

@@ -46,7 +46,7 @@ use crate::discovery::DialPlan;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{ClusterCa, Credentials};
-use crate::packet::Packet;
+use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use link::Link;
@@ -59,6 +59,7 @@ use tokio::task::JoinHandle;
 
 /// Settings of a [`QuicTransport`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct QuicConfig {
     /// Address to listen on. Default `0.0.0.0:0` (any interface, a free port).
     pub listen: SocketAddr,

@@ -5,8 +5,8 @@
 use super::ShmTransport;
 use super::reader::INBOX_POISONED;
 use super::ring::{self, Ring};
-use crate::codec::FrameDecoder;
 use crate::error::{Error, Result};
+use crate::protocol::codec::FrameDecoder;
 use crate::transport::LinkKind;
 use bytes::{Bytes, BytesMut};
 use std::panic::AssertUnwindSafe;

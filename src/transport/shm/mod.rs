@@ -19,7 +19,7 @@ mod tests;
 
 use super::{Direction, LinkKind, PendingReply, TransportContext, Transporter};
 use crate::error::{Error, Result};
-use crate::packet::Packet;
+use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use link::Link;

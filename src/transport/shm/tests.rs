@@ -1,8 +1,8 @@
 //! Two shared-memory transports on one host, without brokers.
 
 use super::*;
-use crate::codec::Codec;
-use crate::packet::{PacketBody, Ping};
+use crate::protocol::codec::Codec;
+use crate::protocol::packet::{PacketBody, Ping};
 use crate::transport::TransportHandler;
 use bytes::Bytes;
 use socket::PeerAddress;
@@ -126,7 +126,7 @@ async fn a_corrupted_ring_closes_the_link_on_both_sides() {
     a_seen.wait_for("up b shm").await;
     b_seen.wait_for("up a shm").await;
     // A frame three times the ring's size streams through it.
-    let big = crate::packet::Event {
+    let big = crate::protocol::packet::Event {
         event: "big".into(),
         data: Bytes::from(vec![7u8; 200_000]),
         ..Default::default()

@@ -7,7 +7,7 @@
 //! [`ContentType`]: routing never decodes them.
 //!
 //! ```
-//! use phalanx::packet::{Packet, PacketBody, PacketKind, Ping};
+//! use phalanx::protocol::packet::{Packet, PacketBody, PacketKind, Ping};
 //!
 //! let packet = Packet::new("node-1", PacketBody::Ping(Ping { id: 7, time_us: 42 }));
 //! assert_eq!(packet.kind(), PacketKind::Ping);

@@ -16,8 +16,8 @@
 //!
 //! ```
 //! use bytes::BytesMut;
-//! use phalanx::codec::{Codec, FrameDecoder};
-//! use phalanx::packet::{Disconnect, Packet, PacketBody};
+//! use phalanx::protocol::codec::{Codec, FrameDecoder};
+//! use phalanx::protocol::packet::{Disconnect, Packet, PacketBody};
 //!
 //! let codec = Codec::default();
 //! let frame = codec.encode(&Packet::new("a", PacketBody::Disconnect(Disconnect {}))).unwrap();
@@ -29,7 +29,7 @@
 //! ```
 
 use crate::error::Error;
-use crate::packet::{PROTOCOL_VERSION, Packet, PacketBody, PacketKind};
+use crate::protocol::packet::{PROTOCOL_VERSION, Packet, PacketBody, PacketKind};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -96,7 +96,7 @@ impl Codec {
     /// A codec accepting frames of at most `max_frame_len` bytes (header excluded).
     ///
     /// ```
-    /// let codec = phalanx::codec::Codec::new(1024);
+    /// let codec = phalanx::protocol::codec::Codec::new(1024);
     /// assert_eq!(codec.max_frame_len(), 1024);
     /// ```
     pub fn new(max_frame_len: usize) -> Self {
@@ -283,7 +283,7 @@ impl FrameDecoder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::*;
+    use crate::protocol::packet::*;
 
     fn request() -> Packet {
         Packet::new(
