@@ -9,7 +9,7 @@
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use phalanx::identity::ClusterCa;
-use phalanx::transport::{QuicTransport, ShmTransport};
+use phalanx::transport::{LinkKind, QuicTransport, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -84,20 +84,13 @@ async fn pair(shm: bool) -> (Broker, Broker) {
     let seed = callee_quic.local_addr().expect("listening").to_string();
     let (builder, _) = node("caller", Some(seed));
     let caller = builder.start().await.expect("caller");
-    let want = if shm { "shm" } else { "quic" };
+    let want = if shm { LinkKind::Shm } else { LinkKind::Quic };
     tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let nodes = caller
-                .call_json("$node.list", serde_json::Value::Null)
-                .await
-                .expect("list");
-            let link = nodes
-                .as_array()
-                .expect("array")
-                .iter()
-                .find(|n| n["id"] == "callee" && n["services"].to_string().contains("echo"))
-                .map(|n| n["link"].clone());
-            if link.as_ref().and_then(|l| l.as_str()) == Some(want) {
+            let ready = caller.nodes().into_iter().any(|n| {
+                n.id == "callee" && n.link == want && n.services.iter().any(|s| s == "echo")
+            });
+            if ready {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;

@@ -141,11 +141,12 @@ async fn main() -> phalanx::Result<()> {
     }
 
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let nodes = api.call_json("$node.list", serde_json::Value::Null).await?;
-    for n in nodes.as_array().into_iter().flatten() {
+    for n in api.nodes() {
         println!(
             "[api-node] knows {} via {}: services {}",
-            n["id"], n["link"], n["services"]
+            n.id,
+            n.link,
+            n.services.join(", ")
         );
     }
 

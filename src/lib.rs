@@ -41,6 +41,7 @@
 //! | [`error`] | the one error type |
 
 pub mod broker;
+pub mod cluster;
 pub mod context;
 mod deadline;
 mod discovery;

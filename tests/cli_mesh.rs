@@ -1,7 +1,11 @@
 //! Real `phalanx demo` processes on loopback, driven by the CLI and by a broker in this test.
 
+mod common;
+
+use common::cluster::quic_loopback;
+use phalanx::cluster::NodeInfo;
 use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
-use phalanx::transport::{QuicTransport, ShmTransport};
+use phalanx::transport::{LinkKind, ShmTransport};
 use phalanx::{Broker, CallOptions, ErrorKind};
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -112,14 +116,7 @@ async fn observer_from(builder: phalanx::BrokerBuilder, secret: &str, seed: &str
     builder
         .node_id(format!("observer-{:x}", rand_u64() % 0xffff))
         .heartbeat(Duration::from_millis(300), Duration::from_millis(2500))
-        .transport(
-            QuicTransport::builder()
-                .listen("127.0.0.1:0".parse().unwrap())
-                .seed(seed)
-                .cluster_ca(ClusterCa::secret(secret))
-                .mdns(false)
-                .build(),
-        )
+        .transport(quic_loopback(secret, [seed.to_owned()]))
         .start()
         .await
         .expect("observer")
@@ -128,16 +125,11 @@ async fn observer_from(builder: phalanx::BrokerBuilder, secret: &str, seed: &str
 async fn wait_for_nodes(broker: &Broker, ids: &[&str]) {
     let ok = tokio::time::timeout(Duration::from_secs(10), async {
         loop {
-            let list = broker
-                .call_json("$node.list", serde_json::Value::Null)
-                .await
-                .unwrap();
-            let up: Vec<String> = list
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|n| n["available"] == true && n["services"].to_string().contains("demo"))
-                .map(|n| n["id"].as_str().unwrap().to_owned())
+            let up: Vec<String> = broker
+                .nodes()
+                .into_iter()
+                .filter(|n| n.available && n.services.iter().any(|s| s == "demo"))
+                .map(|n| n.id)
                 .collect();
             if ids.iter().all(|id| up.iter().any(|u| u == id)) {
                 return;
@@ -158,22 +150,15 @@ async fn three_nodes_with_one_seed_each_form_a_mesh_that_the_cli_drives() {
 
     let (ok, out) = cli(&["nodes", "--json"], &s, &n3.addr);
     assert!(ok, "{out}");
-    let nodes: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let mut ids: Vec<&str> = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
+    let nodes: Vec<NodeInfo> = serde_json::from_str(&out).unwrap();
+    let mut ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
     ids.sort();
     assert_eq!(ids, ["n1", "n2", "n3"]);
     assert!(
         nodes
-            .as_array()
-            .unwrap()
             .iter()
             // Same host: shared memory once negotiated, QUIC until then.
-            .all(|n| (n["link"] == "quic" || n["link"] == "shm") && n["available"] == true)
+            .all(|n| matches!(n.link, LinkKind::Quic | LinkKind::Shm) && n.available)
     );
 
     // Each node knows the two others although it was given at most one seed.
@@ -181,16 +166,11 @@ async fn three_nodes_with_one_seed_each_form_a_mesh_that_the_cli_drives() {
     wait_for_nodes(&probe, &["n1", "n2", "n3"]).await;
     for id in ["n1", "n2", "n3"] {
         let list = probe
-            .call_with::<serde_json::Value>("$node.list", (), CallOptions::new().node(id))
+            .call_with::<Vec<NodeInfo>>("$node.list", (), CallOptions::new().node(id))
             .await
             .unwrap();
-        let known = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|n| n["available"] == true)
-            .count();
-        assert!(known >= 3, "{id} knows {known} nodes: {list}");
+        let known = list.iter().filter(|n| n.available).count();
+        assert!(known >= 3, "{id} knows {known} nodes: {list:?}");
     }
 
     let (ok, out) = cli(&["call", "demo.add", r#"{"a":2,"b":3}"#], &s, &n1.addr);
@@ -338,15 +318,7 @@ async fn kill_9_fails_calls_only_until_the_lease_and_graceful_stop_loses_nothing
     // Wait until the registry declares n2 down, then no call may fail any more.
     let deadline = Instant::now() + Duration::from_secs(8);
     loop {
-        let list = probe
-            .call_json("$node.list", serde_json::Value::Null)
-            .await
-            .unwrap();
-        let n2_up = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["id"] == "n2" && n["available"] == true);
+        let n2_up = probe.nodes().iter().any(|n| n.id == "n2" && n.available);
         if !n2_up && down_at.lock().unwrap().is_some() {
             break;
         }
@@ -553,20 +525,11 @@ async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_
 
 /// The link kind `broker` uses for each node it knows.
 async fn links(broker: &Broker) -> std::collections::BTreeMap<String, String> {
-    let list = broker
-        .call_json("$node.list", serde_json::Value::Null)
-        .await
-        .unwrap();
-    list.as_array()
-        .unwrap()
-        .iter()
-        .filter(|n| n["available"] == true)
-        .map(|n| {
-            (
-                n["id"].as_str().unwrap().to_owned(),
-                n["link"].as_str().unwrap().to_owned(),
-            )
-        })
+    broker
+        .nodes()
+        .into_iter()
+        .filter(|n| n.available)
+        .map(|n| (n.id, n.link.to_string()))
         .collect()
 }
 
@@ -607,18 +570,12 @@ async fn same_host_nodes_talk_over_shared_memory_survive_kill_9_and_renegotiate(
     // The demo nodes chose shared memory between themselves too, as `phalanx nodes` shows.
     let (ok, out) = cli(&["nodes", "--json", "--no-shm"], &s, &n1.addr);
     assert!(ok, "{out}");
-    let s1_view: serde_json::Value = probe
+    let s1_view: Vec<NodeInfo> = probe
         .call_with("$node.list", (), CallOptions::new().node("s1"))
         .await
         .unwrap();
-    let s2_link = s1_view
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|n| n["id"] == "s2")
-        .unwrap()["link"]
-        .clone();
-    assert_eq!(s2_link, "shm");
+    let s2 = s1_view.iter().find(|n| n.id == "s2").expect("s1 knows s2");
+    assert_eq!(s2.link, LinkKind::Shm);
 
     // 1 MiB each way, larger than a ring slot would be: streamed through the ring.
     let big = "x".repeat(1 << 20);
@@ -709,14 +666,11 @@ async fn same_host_nodes_talk_over_shared_memory_survive_kill_9_and_renegotiate(
     // (2.5 s) would tell, and keeps serving.
     let mut n1 = n1;
     let s2_sees_s1 = |probe: Broker| async move {
-        let list: serde_json::Value = probe
+        let list: Vec<NodeInfo> = probe
             .call_with("$node.list", (), CallOptions::new().node("s2"))
             .await
             .unwrap();
-        list.as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["id"] == "s1" && n["available"] == true)
+        list.iter().any(|n| n.id == "s1" && n.available)
     };
     assert!(s2_sees_s1(probe.clone()).await);
     n1.child.kill().unwrap();

@@ -3,8 +3,10 @@
 
 mod common;
 
+use common::cluster::Cluster;
 use common::{counter, counting, settle};
-use phalanx::transport::InProcBus;
+use phalanx::cluster::NodeInfo;
+use phalanx::transport::LinkKind;
 use phalanx::{Broker, CallOptions, Context, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -12,18 +14,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(5);
-
-async fn node(bus: &InProcBus, id: &str) -> Broker {
-    Broker::builder()
-        .node_id(id)
-        .namespace("test")
-        .transport(bus.transport())
-        .stop_grace(Duration::from_millis(20))
-        .drain_timeout(Duration::from_secs(1))
-        .start()
-        .await
-        .expect("broker starts")
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Add {
@@ -33,9 +23,8 @@ struct Add {
 
 #[tokio::test]
 async fn calls_cross_brokers_and_keep_their_types() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
+    let cluster = Cluster::inproc(&["a", "b"]).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     b.service("math")
         .action("add", |ctx: Context, p: Add| async move {
             assert_eq!(ctx.node_id(), Some("a"));
@@ -54,28 +43,24 @@ async fn calls_cross_brokers_and_keep_their_types() {
         .unwrap();
     assert_eq!(json, serde_json::json!(2));
 
-    let nodes = a
-        .call_json("$node.list", serde_json::Value::Null)
+    // What `$node.list` answers, typed, from the other node.
+    let nodes: Vec<NodeInfo> = a
+        .call_with("$node.list", (), CallOptions::new().node("b"))
         .await
         .unwrap();
-    let ids: Vec<&str> = nodes
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n["id"].as_str().unwrap())
-        .collect();
-    assert_eq!(ids, ["a", "b"]);
-    assert_eq!(nodes[1]["link"], "inproc");
-    assert_eq!(nodes[1]["available"], true);
-    a.stop().await;
-    b.stop().await;
+    let ids: Vec<&str> = nodes.iter().map(|n| n.id.as_str()).collect();
+    assert_eq!(ids, ["b", "a"]);
+    assert_eq!(
+        (nodes[1].link, nodes[1].available),
+        (LinkKind::InProc, true)
+    );
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn remote_errors_keep_kind_code_and_node() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
+    let cluster = Cluster::inproc(&["a", "b"]).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     b.service("pay")
         .action("charge", |_ctx, _: serde_json::Value| async move {
             Err::<(), _>(
@@ -117,16 +102,13 @@ async fn remote_errors_keep_kind_code_and_node() {
     let err = a.call::<()>("pay.refund", ()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
     assert_eq!(err.code(), 404);
-    a.stop().await;
-    b.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn emit_balances_per_group_and_broadcast_reaches_everyone() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
-    let c = node(&bus, "c").await;
+    let cluster = Cluster::inproc(&["a", "b", "c"]).await;
+    let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
     let (mail_b, mail_c, audit) = (counter(), counter(), counter());
     for (broker, count) in [(&b, mail_b.clone()), (&c, mail_c.clone())] {
         broker
@@ -169,16 +151,13 @@ async fn emit_balances_per_group_and_broadcast_reaches_everyone() {
     assert_eq!(settle(&audit, 12).await, 12);
     b.broadcast_local("user.removed", "x").await.unwrap();
     assert_eq!(settle(&audit, 12).await, 12);
-    for n in [a, b, c] {
-        n.stop().await;
-    }
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn wildcards_match_one_or_many_segments() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
+    let cluster = Cluster::inproc(&["a", "b"]).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     let (one, many) = (counter(), counter());
     b.service("watch")
         .event_in_group("order.*", "one", counting::<u32>(&one))
@@ -192,15 +171,13 @@ async fn wildcards_match_one_or_many_segments() {
     a.emit("invoice.created", &3u32).await.unwrap();
     assert_eq!(settle(&many, 2).await, 2);
     assert_eq!(settle(&one, 1).await, 1);
-    a.stop().await;
-    b.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn a_node_that_vanishes_fails_its_pending_calls_at_once() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
+    let cluster = Cluster::inproc(&["a", "b"]).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     let started = counter();
     let s = started.clone();
     b.service("slow")
@@ -242,23 +219,20 @@ async fn a_node_that_vanishes_fails_its_pending_calls_at_once() {
             .await
     });
     settle(&started, 1).await;
-    bus.sever("b");
+    cluster.bus.sever("b");
     let err = call.await.unwrap().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
     assert!(err.is_retryable());
     assert_eq!(settle(&disconnected, 1).await, 1);
     let err = a.call::<()>("slow.work", ()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
-    a.stop().await;
-    b.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn deadlines_travel_with_nested_calls() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
-    let c = node(&bus, "c").await;
+    let cluster = Cluster::inproc(&["a", "b", "c"]).await;
+    let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
     let inner_runs = counter();
     let runs = inner_runs.clone();
     c.service("inner")
@@ -308,16 +282,13 @@ async fn deadlines_travel_with_nested_calls() {
         1,
         "work past its deadline was started"
     );
-    for n in [a, b, c] {
-        n.stop().await;
-    }
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn dependencies_wait_and_time_out() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
+    let cluster = Cluster::inproc(&["a", "b"]).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     let err = a
         .service("orders")
         .dependencies(["v2.stock"])
@@ -350,15 +321,13 @@ async fn dependencies_wait_and_time_out() {
         .unwrap();
     waiting.await.unwrap().unwrap();
     assert_eq!(a.call::<u32>("orders.place", ()).await.unwrap(), 7);
-    a.stop().await;
-    b.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn graceful_stop_finishes_in_flight_calls_and_runs_hooks_in_reverse() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
+    let cluster = Cluster::inproc(&["a", "b"]).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
     for name in ["first", "second"] {
         let order = order.clone();
@@ -393,17 +362,17 @@ async fn graceful_stop_finishes_in_flight_calls_and_runs_hooks_in_reverse() {
     assert_eq!(*order.lock().unwrap(), ["second", "first"]);
     let err = a.call::<u64>("first.work", 1u64).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
-    a.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn namespaces_do_not_see_each_other() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
+    let cluster = Cluster::inproc(&["a"]).await;
+    let a = cluster.node("a");
     let other = Broker::builder()
         .node_id("x")
         .namespace("other")
-        .transport(bus.transport())
+        .transport(cluster.bus.transport())
         .start()
         .await
         .unwrap();
@@ -420,16 +389,14 @@ async fn namespaces_do_not_see_each_other() {
     assert_eq!(err.kind(), ErrorKind::DependencyTimeout);
     let err = a.call::<i32>("secret.get", ()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
-    a.stop().await;
     other.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn local_calls_prefer_this_node_and_round_robin_remote_replicas() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
-    let b = node(&bus, "b").await;
-    let c = node(&bus, "c").await;
+    let cluster = Cluster::inproc(&["a", "b", "c"]).await;
+    let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
     for n in [&b, &c] {
         n.service("who")
             .action("am_i", |ctx: Context, _: ()| async move {
@@ -452,19 +419,17 @@ async fn local_calls_prefer_this_node_and_round_robin_remote_replicas() {
     for _ in 0..5 {
         assert_eq!(b.call::<String>("who.am_i", ()).await.unwrap(), "b");
     }
-    for n in [a, b, c] {
-        n.stop().await;
-    }
+    cluster.stop().await;
 }
 
 #[tokio::test]
 async fn a_flooding_peer_gets_queue_full_beyond_its_in_flight_limit() {
-    let bus = InProcBus::new();
-    let a = node(&bus, "a").await;
+    let cluster = Cluster::inproc(&["a"]).await;
+    let a = cluster.node("a");
     let b = Broker::builder()
         .node_id("b")
         .namespace("test")
-        .transport(bus.transport())
+        .transport(cluster.bus.transport())
         .max_peer_in_flight(2)
         .start()
         .await
@@ -499,6 +464,6 @@ async fn a_flooding_peer_gets_queue_full_beyond_its_in_flight_limit() {
     assert_eq!((ok, full), (2, 3));
     // Capacity comes back once the first requests are answered.
     assert_eq!(a.call::<u64>("slow.work", 1u64).await.unwrap(), 1);
-    a.stop().await;
     b.stop().await;
+    cluster.stop().await;
 }

@@ -7,7 +7,7 @@ mod nats_server;
 
 use common::{counter, counting, settle};
 use nats_server::NatsServer;
-use phalanx::transport::NatsTransport;
+use phalanx::transport::{LinkKind, NatsTransport};
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -70,15 +70,10 @@ async fn three_brokers_call_emit_and_broadcast_over_nats() {
         2,
         "calls are balanced across both replicas"
     );
-    let list = a
-        .call_json("$node.list", serde_json::Value::Null)
-        .await
-        .unwrap();
     assert!(
-        list.as_array()
-            .unwrap()
+        a.nodes()
             .iter()
-            .any(|n| n["id"] == "b" && n["link"] == "nats")
+            .any(|n| n.id == "b" && n.link == LinkKind::Nats)
     );
 
     for _ in 0..4 {
@@ -133,15 +128,7 @@ async fn a_killed_node_is_down_within_the_lease() {
     demo.0.kill().unwrap();
     let _ = demo.0.wait();
     loop {
-        let list = a
-            .call_json("$node.list", serde_json::Value::Null)
-            .await
-            .unwrap();
-        let up = list
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["id"] == "victim" && n["available"] == true);
+        let up = a.nodes().iter().any(|n| n.id == "victim" && n.available);
         if !up {
             break;
         }

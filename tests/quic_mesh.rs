@@ -1,7 +1,10 @@
 //! Brokers linked by the real QUIC transport on loopback: mutual TLS, seeds, gossip, liveness.
 
+mod common;
+
+use common::cluster::quic_loopback;
 use phalanx::identity::ClusterCa;
-use phalanx::transport::QuicTransport;
+use phalanx::transport::{LinkKind, QuicTransport};
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,12 +17,7 @@ async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, QuicTranspor
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let quic = QuicTransport::builder()
-        .listen("127.0.0.1:0".parse().unwrap())
-        .seeds(seeds.iter().cloned())
-        .cluster_ca(ClusterCa::secret(secret))
-        .mdns(false)
-        .build();
+    let quic = quic_loopback(secret, seeds.iter().cloned());
     let broker = Broker::builder()
         .node_id(id)
         .namespace("quic-test")
@@ -67,12 +65,8 @@ async fn one_seed_each_forms_a_full_mesh_and_calls_cross_it() {
     assert_eq!(qb.linked_nodes(), ["a", "c"]);
     a.wait_for_services(&["math"], WAIT).await.unwrap();
     assert_eq!(a.call::<i64>("math.add", (40, 2)).await.unwrap(), 42);
-    let nodes = a
-        .call_json("$node.list", serde_json::Value::Null)
-        .await
-        .unwrap();
-    assert_eq!(nodes[2]["id"], "c");
-    assert_eq!(nodes[2]["link"], "quic");
+    let nodes = a.nodes();
+    assert_eq!((nodes[2].id.as_str(), nodes[2].link), ("c", LinkKind::Quic));
     // A large payload travels on its own stream and arrives intact.
     c.service("echo")
         .action(
@@ -216,13 +210,7 @@ async fn a_member_cannot_pose_as_another_node() {
         "{close:?}"
     );
     assert_eq!(qa.auth_failures(), 1);
-    let nodes = a
-        .call_json("$node.list", serde_json::Value::Null)
-        .await
-        .unwrap();
-    assert!(
-        nodes.as_array().unwrap().iter().all(|n| n["id"] != "b"),
-        "{nodes}"
-    );
+    let nodes = a.nodes();
+    assert!(nodes.iter().all(|n| n.id != "b"), "{nodes:?}");
     a.stop().await;
 }

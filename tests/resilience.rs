@@ -349,19 +349,7 @@ async fn circuit_opens_moves_traffic_and_closes_after_a_probe() {
     let (bad, bad_calls) = replica(&bus, "bad", bad_failing.clone()).await;
     let (good, good_calls) = replica(&bus, "good", Arc::new(AtomicBool::new(false))).await;
     caller.wait_for_services(&["echo"], WAIT).await.unwrap();
-    while caller
-        .call_json("$node.actions", serde_json::Value::Null)
-        .await
-        .unwrap()
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["name"] == "echo.hi")
-        .map(|a| a["nodes"].as_array().unwrap().len())
-        != Some(2)
-    {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for_endpoints(&caller, "echo.hi", 2).await;
 
     let mut failures = 0;
     for n in 0..40 {
@@ -524,16 +512,11 @@ async fn three_replicas(bus: &InProcBus) -> (Vec<Broker>, Vec<Arc<AtomicUsize>>)
 async fn wait_for_endpoints(broker: &Broker, action: &str, want: usize) {
     tokio::time::timeout(WAIT, async {
         loop {
-            let actions = broker
-                .call_json("$node.actions", serde_json::Value::Null)
-                .await
-                .unwrap();
-            let nodes = actions
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|a| a["name"] == action)
-                .map_or(0, |a| a["nodes"].as_array().unwrap().len());
+            let nodes = broker
+                .actions()
+                .into_iter()
+                .find(|a| a.name == action)
+                .map_or(0, |a| a.nodes.len());
             if nodes == want {
                 return;
             }

@@ -103,9 +103,8 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
 async fn write_status(broker: Broker, path: std::path::PathBuf) {
     let mut last = None;
     loop {
-        if let Ok(peers) = super::available_peers(&broker).await
-            && last.as_ref() != Some(&peers)
-        {
+        let peers = super::available_peers(&broker);
+        if last.as_ref() != Some(&peers) {
             let unix_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 
 use clap::{Args, Parser, Subcommand};
+use phalanx::cluster::NodeInfo;
 use phalanx::identity::ClusterCa;
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, CallOptions, Error, Result};
@@ -243,34 +244,19 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             let joined = mesh.join(Broker::builder()).await?;
             let broker = &joined.broker;
             settle(&joined, mesh.wait()).await;
-            let nodes = broker
-                .call_json("$node.list", serde_json::Value::Null)
-                .await;
+            let nodes: Vec<NodeInfo> = broker.nodes().into_iter().filter(|n| !n.local).collect();
             broker.stop().await;
-            let nodes: Vec<serde_json::Value> = nodes?
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|n| n["local"] != true)
-                .collect();
             if json {
-                print_json(&serde_json::Value::Array(nodes));
+                print_json(&nodes);
             } else {
                 println!("{:<28} {:<10} {:<7} SERVICES", "NODE", "AVAILABLE", "LINK");
                 for n in nodes {
-                    let services: Vec<&str> = n["services"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|s| s.as_str())
-                        .collect();
                     println!(
                         "{:<28} {:<10} {:<7} {}",
-                        n["id"].as_str().unwrap_or("?"),
-                        n["available"],
-                        n["link"].as_str().unwrap_or("?"),
-                        services.join(", ")
+                        n.id,
+                        n.available,
+                        n.link,
+                        n.services.join(", ")
                     );
                 }
             }
@@ -305,11 +291,11 @@ fn parse_json(text: &str) -> Result<serde_json::Value> {
         .map_err(|e| Error::validation(format!("parameters are not JSON: {e}")))
 }
 
-fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+fn print_json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => println!("{text}"),
+        Err(err) => tracing::error!(%err, "cannot print as JSON"),
+    }
 }
 
 /// Waits until `action` is served (by `node`, if given); explains why not when it never is.
@@ -321,14 +307,11 @@ pub(crate) async fn wait_for_action(
 ) -> Result<()> {
     let deadline = Instant::now() + wait;
     loop {
-        let actions = joined
+        let served = joined
             .broker
-            .call_json("$node.actions", serde_json::Value::Null)
-            .await?;
-        let served = actions.as_array().into_iter().flatten().any(|a| {
-            a["name"] == action
-                && node.is_none_or(|n| a["nodes"].as_array().into_iter().flatten().any(|x| x == n))
-        });
+            .actions()
+            .iter()
+            .any(|a| a.name == action && node.is_none_or(|n| a.nodes.iter().any(|x| x == n)));
         if served {
             return Ok(());
         }
@@ -342,19 +325,15 @@ pub(crate) async fn wait_for_action(
 }
 
 /// Ids of the other nodes `broker` currently sees as available, sorted.
-pub(crate) async fn available_peers(broker: &Broker) -> Result<Vec<String>> {
-    let nodes = broker
-        .call_json("$node.list", serde_json::Value::Null)
-        .await?;
-    let mut peers: Vec<String> = nodes
-        .as_array()
+pub(crate) fn available_peers(broker: &Broker) -> Vec<String> {
+    let mut peers: Vec<String> = broker
+        .nodes()
         .into_iter()
-        .flatten()
-        .filter(|n| n["available"] == true && n["local"] != true)
-        .filter_map(|n| n["id"].as_str().map(str::to_owned))
+        .filter(|n| n.available && !n.local)
+        .map(|n| n.id)
         .collect();
     peers.sort();
-    Ok(peers)
+    peers
 }
 
 /// Waits until the set of available nodes has stopped changing (or `wait` passes).
@@ -364,9 +343,7 @@ pub(crate) async fn settle(joined: &Joined, wait: Duration) {
     let mut last = Vec::new();
     let mut since = Instant::now();
     while Instant::now() < deadline {
-        let Ok(known) = available_peers(&joined.broker).await else {
-            break;
-        };
+        let known = available_peers(&joined.broker);
         if known != last {
             last = known;
             since = Instant::now();

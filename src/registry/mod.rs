@@ -16,11 +16,11 @@ pub(crate) use endpoint_stats::EndpointStats;
 pub use pattern::pattern_matches;
 pub use strategy::{Candidate, Strategy};
 
+use crate::cluster::{ActionInfo, EventInfo};
 use crate::handler::{ActionFn, EventFn};
 use crate::protocol::packet::{Info, ServiceInfo};
 use crate::transport::LinkKind;
 use rustc_hash::FxHashMap as HashMap;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -106,22 +106,6 @@ struct EventEndpoint<L> {
     group: String,
     node_id: Arc<str>,
     handler: Option<LocalListener<L>>,
-}
-
-/// An action endpoint list entry for `$node.actions`.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct ActionView {
-    pub(crate) name: String,
-    pub(crate) nodes: Vec<String>,
-    pub(crate) local: bool,
-}
-
-/// An event subscription entry for `$node.events`.
-#[derive(Debug, Clone, Serialize)]
-pub(crate) struct EventView {
-    pub(crate) name: String,
-    pub(crate) group: String,
-    pub(crate) nodes: Vec<String>,
 }
 
 /// What changed when an INFO was applied.
@@ -547,11 +531,11 @@ impl<L: Clone> Registry<L> {
     }
 
     /// Actions with the nodes serving them, for `$node.actions`.
-    pub(crate) fn action_views(&self) -> Vec<ActionView> {
-        let mut views: Vec<ActionView> = self
+    pub(crate) fn action_views(&self) -> Vec<ActionInfo> {
+        let mut views: Vec<ActionInfo> = self
             .actions
             .iter()
-            .map(|(name, set)| ActionView {
+            .map(|(name, set)| ActionInfo {
                 name: name.clone(),
                 nodes: set
                     .endpoints
@@ -566,7 +550,7 @@ impl<L: Clone> Registry<L> {
     }
 
     /// Event subscriptions grouped by pattern and group, for `$node.events`.
-    pub(crate) fn event_views(&self) -> Vec<EventView> {
+    pub(crate) fn event_views(&self) -> Vec<EventInfo> {
         let mut map: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
         for ep in &self.events {
             map.entry((&ep.pattern, &ep.group))
@@ -574,7 +558,7 @@ impl<L: Clone> Registry<L> {
                 .push(ep.node_id.to_string());
         }
         map.into_iter()
-            .map(|((name, group), nodes)| EventView {
+            .map(|((name, group), nodes)| EventInfo {
                 name: name.to_owned(),
                 group: group.to_owned(),
                 nodes,

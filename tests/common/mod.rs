@@ -1,4 +1,7 @@
-//! Helpers shared by the integration tests.
+//! Helpers shared by the integration tests (not every test binary uses every one).
+#![allow(dead_code)]
+
+pub(crate) mod cluster;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,7 +13,6 @@ pub(crate) fn counter() -> Arc<AtomicUsize> {
 }
 
 /// An event listener that only counts its deliveries into `count`.
-#[allow(dead_code)] // not every test binary listens to events
 pub(crate) fn counting<P>(
     count: &Arc<AtomicUsize>,
 ) -> impl Fn(phalanx::Context, P) -> std::future::Ready<phalanx::Result<()>> + use<P> {
