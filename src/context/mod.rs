@@ -258,3 +258,50 @@ impl Context {
             .await
     }
 }
+
+/// Contexts for testing layers without a broker.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+    use futures_util::FutureExt;
+
+    /// A node whose calls and emits fail at once.
+    struct Detached;
+
+    impl Dispatch for Detached {
+        fn node_id(&self) -> &str {
+            "test-node"
+        }
+
+        fn call<'a>(
+            self: Arc<Self>,
+            action: &'a str,
+            _: Payload<'a>,
+            _: &'a CallOptions,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<Payload<'static>>> {
+            futures_util::future::ready(Err(crate::Error::service_not_found(action))).boxed()
+        }
+
+        fn emit<'a>(
+            self: Arc<Self>,
+            _: &'a str,
+            _: Bytes,
+            _: EmitKind,
+            _: &'a Context,
+        ) -> BoxFuture<'a, Result<()>> {
+            futures_util::future::ready(Ok(())).boxed()
+        }
+    }
+
+    /// A root context on a detached node, without a deadline.
+    pub(crate) fn context() -> Context {
+        Context::new(
+            Arc::new(Detached),
+            1,
+            Lineage::root(1),
+            None,
+            Instant::now(),
+        )
+    }
+}

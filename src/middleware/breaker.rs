@@ -319,3 +319,88 @@ impl Middleware for CircuitBreaker {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn breaker() -> CircuitBreaker {
+        CircuitBreaker::new(
+            CircuitBreakerConfig::default()
+                .threshold(0.5)
+                .min_requests(4)
+                .window(Duration::from_secs(10))
+                .half_open_after(Duration::from_secs(5)),
+        )
+    }
+
+    fn outcomes(breaker: &CircuitBreaker, node: &str, failed: &[bool]) {
+        let node: Arc<str> = node.into();
+        for failed in failed {
+            breaker.record("a.b", &node, *failed);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn opens_at_the_threshold_once_enough_requests_counted() {
+        let breaker = breaker();
+        outcomes(&breaker, "n1", &[true, true, true]);
+        assert_eq!(
+            breaker.state("a.b", "n1"),
+            BreakerState::Closed,
+            "too few requests"
+        );
+        outcomes(&breaker, "n1", &[false]);
+        assert_eq!(
+            breaker.state("a.b", "n1"),
+            BreakerState::Open,
+            "3 of 4 failed"
+        );
+        assert!(!breaker.admits("a.b", "n1"));
+        assert!(breaker.admits("a.b", "n2"), "per endpoint");
+        assert_eq!(breaker.not_closed().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_new_window_forgets_old_failures() {
+        let breaker = breaker();
+        outcomes(&breaker, "n1", &[true, true, true]);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        outcomes(&breaker, "n1", &[false, false, false, true]);
+        assert_eq!(breaker.state("a.b", "n1"), BreakerState::Closed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn half_opens_for_one_probe_then_closes_or_opens_again() {
+        let breaker = breaker();
+        outcomes(&breaker, "n1", &[true; 4]);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert!(breaker.admits("a.b", "n1"), "one probe may go");
+        assert_eq!(breaker.state("a.b", "n1"), BreakerState::HalfOpen);
+        // The probe is marked when it is sent; a second caller waits for its outcome.
+        breaker
+            .endpoints
+            .lock()
+            .unwrap()
+            .get_mut("a.b")
+            .and_then(|n| n.get_mut("n1"))
+            .unwrap()
+            .probing = true;
+        assert!(!breaker.admits("a.b", "n1"), "only one probe at a time");
+        outcomes(&breaker, "n1", &[true]);
+        assert_eq!(
+            breaker.state("a.b", "n1"),
+            BreakerState::Open,
+            "the probe failed"
+        );
+        tokio::time::advance(Duration::from_secs(5)).await;
+        assert_eq!(breaker.state("a.b", "n1"), BreakerState::HalfOpen);
+        outcomes(&breaker, "n1", &[false]);
+        assert_eq!(
+            breaker.state("a.b", "n1"),
+            BreakerState::Closed,
+            "the probe succeeded"
+        );
+        assert!(breaker.not_closed().is_empty());
+    }
+}

@@ -129,3 +129,68 @@ impl Middleware for Bulkhead {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::context::testing::context;
+    use crate::middleware::{HookKind, Stack, hooks};
+    use std::time::Duration;
+
+    /// Runs `action` through `bulkhead`; the handler holds its slot until `release` fires.
+    fn run(
+        stack: &Stack,
+        release: Arc<tokio::sync::Notify>,
+    ) -> tokio::task::JoinHandle<Result<Payload<'static>>> {
+        let stack = stack.clone();
+        tokio::spawn(async move {
+            let service: Arc<str> = "reports".into();
+            let handler = move |_: LocalCall<'_>| {
+                let release = release.clone();
+                async move {
+                    release.notified().await;
+                    Ok(Payload::local(()))
+                }
+                .boxed()
+            };
+            let call = LocalCall {
+                action: "reports.build",
+                service: &service,
+                ctx: context(),
+                params: Payload::local(()),
+            };
+            stack
+                .next(HookKind::LocalAction, hooks::local_action, &handler)
+                .run(call)
+                .await
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn runs_up_to_the_limit_queues_the_next_and_refuses_the_rest_at_once() {
+        let bulkhead = Arc::new(Bulkhead::new(1, 1));
+        let stack = Stack::new(vec![bulkhead.clone()]);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let running = run(&stack, release.clone());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let queued = run(&stack, release.clone());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(bulkhead.waiting("reports.build"), 1);
+        let refused = run(&stack, release.clone()).await.unwrap().unwrap_err();
+        assert_eq!(
+            (refused.kind(), refused.code()),
+            (ErrorKind::BulkheadFull, 429)
+        );
+        assert!(refused.is_retryable());
+        release.notify_one();
+        running.await.unwrap().unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert_eq!(
+            bulkhead.waiting("reports.build"),
+            0,
+            "the queued call runs now"
+        );
+        release.notify_one();
+        queued.await.unwrap().unwrap();
+    }
+}

@@ -169,3 +169,32 @@ impl Middleware for Retry {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_grows_by_the_factor_up_to_the_cap_and_jitter_only_shortens() {
+        let config = RetryConfig::new(5)
+            .delay(Duration::from_millis(100))
+            .factor(2.0)
+            .max_delay(Duration::from_millis(350))
+            .jitter(0.5);
+        let waits: Vec<u128> = (1..=4)
+            .map(|n| config.backoff(n, 0.0).as_millis())
+            .collect();
+        assert_eq!(waits, [100, 200, 350, 350]);
+        assert_eq!(
+            config.backoff(2, 1.0),
+            Duration::from_millis(100),
+            "half off at most"
+        );
+        assert_eq!(
+            config.backoff(2, 7.0),
+            config.backoff(2, 1.0),
+            "samples are clamped"
+        );
+        assert_eq!(config.backoff(u32::MAX, 0.0), Duration::from_millis(350));
+    }
+}

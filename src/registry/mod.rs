@@ -573,3 +573,154 @@ fn target<L>(ep: &ActionEndpoint<L>) -> Target<'_, L> {
         None => Target::Remote(&ep.node_id, &ep.stats),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::packet::{ActionInfo as AnnouncedAction, ServiceInfo};
+
+    const HOST: &str = "host-1";
+
+    /// A registry of node `me` on HOST; local services carry a `&str` tag instead of layers.
+    fn registry() -> Registry<&'static str> {
+        Registry::new(
+            "me".into(),
+            HOST.into(),
+            Strategy::RoundRobin,
+            HashMap::default(),
+        )
+    }
+
+    fn handler() -> ActionFn {
+        Arc::new(|_, _| Box::pin(std::future::ready(Ok(crate::Payload::local(())))))
+    }
+
+    fn service(actions: &[&str]) -> ServiceInfo {
+        ServiceInfo {
+            full_name: "math".into(),
+            name: "math".into(),
+            actions: actions
+                .iter()
+                .map(|a| AnnouncedAction { name: (*a).into() })
+                .collect(),
+            ..ServiceInfo::default()
+        }
+    }
+
+    /// Node `id` on `host` serving `math.add`.
+    fn join(registry: &mut Registry<&'static str>, id: &str, host: &str) {
+        let info = Info {
+            instance_id: format!("{id}-1"),
+            namespace: "t".into(),
+            host_id: host.into(),
+            seq: 1,
+            services: vec![service(&["math.add"])],
+            ..Info::default()
+        };
+        let change = registry.apply_info(&id.into(), info, LinkKind::Quic);
+        assert_eq!(change, NodeChange::Joined);
+    }
+
+    fn picked(registry: &Registry<&'static str>, pick: &Pick<'_>) -> Option<String> {
+        registry.pick(pick).map(|target| match target {
+            Target::Local(local) => format!("local:{}", local.layers),
+            Target::Remote(node, _) => node.to_string(),
+        })
+    }
+
+    fn pick(action: &str) -> Pick<'_> {
+        Pick {
+            action,
+            node_id: None,
+            avoid: &[],
+            admits: None,
+            shard_key: None,
+        }
+    }
+
+    #[test]
+    fn this_node_first_then_this_host_then_the_rest() {
+        let mut registry = registry();
+        join(&mut registry, "far", "host-2");
+        assert_eq!(picked(&registry, &pick("math.add")).as_deref(), Some("far"));
+        join(&mut registry, "near", HOST);
+        for _ in 0..4 {
+            assert_eq!(
+                picked(&registry, &pick("math.add")).as_deref(),
+                Some("near")
+            );
+        }
+        registry.add_local_service(
+            service(&["math.add"]),
+            vec![("math.add".into(), handler())],
+            Vec::new(),
+            "own",
+        );
+        assert_eq!(
+            picked(&registry, &pick("math.add")).as_deref(),
+            Some("local:own")
+        );
+        assert_eq!(picked(&registry, &pick("math.sub")), None);
+    }
+
+    #[test]
+    fn avoided_and_vetoed_endpoints_are_skipped_while_others_can_serve() {
+        let mut registry = registry();
+        join(&mut registry, "a", "host-2");
+        join(&mut registry, "b", "host-2");
+        let avoid: [Arc<str>; 1] = ["a".into()];
+        for _ in 0..4 {
+            let p = Pick {
+                avoid: &avoid,
+                ..pick("math.add")
+            };
+            assert_eq!(picked(&registry, &p).as_deref(), Some("b"));
+        }
+        let not_b = |_: &str, node: &str| node != "b";
+        for _ in 0..4 {
+            let p = Pick {
+                admits: Some(&not_b),
+                ..pick("math.add")
+            };
+            assert_eq!(picked(&registry, &p).as_deref(), Some("a"));
+        }
+        // Avoiding the only admitted node still beats choosing a vetoed one.
+        let p = Pick {
+            avoid: &avoid,
+            admits: Some(&not_b),
+            ..pick("math.add")
+        };
+        assert_eq!(picked(&registry, &p).as_deref(), Some("a"));
+        let nobody = |_: &str, _: &str| false;
+        let p = Pick {
+            admits: Some(&nobody),
+            ..pick("math.add")
+        };
+        assert_eq!(picked(&registry, &p), None, "every circuit open");
+    }
+
+    #[test]
+    fn round_robin_spreads_and_a_node_that_goes_down_leaves() {
+        let mut registry = registry();
+        join(&mut registry, "a", "host-2");
+        join(&mut registry, "b", "host-2");
+        let mut seen = std::collections::BTreeSet::new();
+        for _ in 0..4 {
+            seen.extend(picked(&registry, &pick("math.add")));
+        }
+        assert_eq!(seen.len(), 2);
+        assert!(registry.node_down("a"));
+        for _ in 0..4 {
+            assert_eq!(picked(&registry, &pick("math.add")).as_deref(), Some("b"));
+        }
+        let only_a = Pick {
+            node_id: Some("a"),
+            ..pick("math.add")
+        };
+        assert_eq!(
+            picked(&registry, &only_a),
+            None,
+            "a down: not even when asked by id"
+        );
+    }
+}
