@@ -7,18 +7,19 @@
 //! Prints p50/p99 of sequential round trips (concurrency 1) and calls/s with 64 in flight.
 #![allow(clippy::print_stdout)]
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use phalanx::Broker;
 use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
 use phalanx::transport::QuicTransport;
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
+#[path = "support/mux.rs"]
+mod mux;
 mod support;
 
+use mux::{MuxClient, echo};
 use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
 
 fn main() {
@@ -29,7 +30,7 @@ fn main() {
 async fn run(duration: Duration, payload: usize) {
     let body = Bytes::from(vec![7u8; payload]);
 
-    let raw = RawClient::start().await;
+    let raw = raw_client().await;
     let raw_call = {
         let (raw, body) = (raw.clone(), body.clone());
         move |_: usize| {
@@ -83,112 +84,48 @@ async fn phalanx_pair() -> (Broker, Broker) {
     (caller, callee)
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
-
-/// Raw quinn: the client writes `[len][id][body]` frames on its stream under a lock, a reader
-/// task matches echoed frames to waiting callers; the server echoes from its reader.
-#[derive(Clone)]
-struct RawClient {
-    send: Arc<tokio::sync::Mutex<quinn::SendStream>>,
-    waiters: Waiters,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl RawClient {
-    async fn start() -> Self {
-        let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
-        let server_crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
-                .expect("quic tls");
-        let client_crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().expect("tls"))
-                .expect("quic tls");
-        let server = quinn::Endpoint::server(
-            quinn::ServerConfig::with_crypto(Arc::new(server_crypto)),
-            "127.0.0.1:0".parse().expect("addr"),
-        )
-        .expect("server");
-        let addr = server.local_addr().expect("addr");
-        tokio::spawn(async move {
-            let conn = server
-                .accept()
-                .await
-                .expect("incoming")
-                .await
-                .expect("conn");
-            let mut out = conn.open_uni().await.expect("uni");
-            let mut input = conn.accept_uni().await.expect("uni");
-            let mut buf = BytesMut::new();
-            while let Ok(Some(chunk)) = input.read_chunk(64 * 1024, true).await {
-                buf.extend_from_slice(&chunk.bytes);
-                while let Some(frame) = take_frame(&mut buf) {
-                    if out.write_all(&frame).await.is_err() {
-                        return;
-                    }
-                }
-            }
-        });
-        let mut client =
-            quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
-        let conn = client
-            .connect(addr, CLUSTER_SERVER_NAME)
-            .expect("connect")
+/// Raw quinn: one unidirectional stream each way carrying the baseline's frames
+/// ([`MuxClient`]); the server echoes from its reader.
+async fn raw_client() -> MuxClient<quinn::SendStream> {
+    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
+    let server_crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
+            .expect("quic tls");
+    let client_crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().expect("tls"))
+            .expect("quic tls");
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(server_crypto)),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("server");
+    let addr = server.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let conn = server
+            .accept()
+            .await
+            .expect("incoming")
             .await
             .expect("conn");
-        let mut send = conn.open_uni().await.expect("uni");
-        send.write_all(&[]).await.expect("open");
-        let waiters: Waiters = Arc::default();
-        let reader_waiters = waiters.clone();
-        let this = Self {
-            send: Arc::new(tokio::sync::Mutex::new(send)),
-            waiters,
-            next: Arc::default(),
-        };
-        // The server only learns of our stream once data arrives: prime it with one call.
-        let first = this.clone();
-        let prime = tokio::spawn(async move { first.call(Bytes::from_static(b"x")).await });
-        let mut input = conn.accept_uni().await.expect("uni");
-        tokio::spawn(async move {
-            let _keep = client;
-            let mut buf = BytesMut::new();
-            while let Ok(Some(chunk)) = input.read_chunk(64 * 1024, true).await {
-                buf.extend_from_slice(&chunk.bytes);
-                while let Some(mut frame) = take_frame(&mut buf) {
-                    frame.advance(4);
-                    let id = frame.get_u64();
-                    if let Some(tx) = reader_waiters.lock().expect("lock").remove(&id) {
-                        let _ = tx.send(frame.freeze());
-                    }
-                }
-            }
-        });
-        prime.await.expect("prime");
-        this
-    }
-
-    async fn call(&self, body: Bytes) -> usize {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().expect("lock").insert(id, tx);
-        let mut frame = BytesMut::with_capacity(12 + body.len());
-        frame.put_u32(8 + body.len() as u32);
-        frame.put_u64(id);
-        frame.put_slice(&body);
-        self.send
-            .lock()
-            .await
-            .write_all(&frame)
-            .await
-            .expect("write");
-        rx.await.expect("answer").len()
-    }
-}
-
-fn take_frame(buf: &mut BytesMut) -> Option<BytesMut> {
-    if buf.len() < 4 {
-        return None;
-    }
-    let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
-    (buf.len() >= 4 + len).then(|| buf.split_to(4 + len))
+        let out = conn.open_uni().await.expect("uni");
+        let input = conn.accept_uni().await.expect("uni");
+        echo(input, out).await;
+    });
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
+    let conn = endpoint
+        .connect(addr, CLUSTER_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("conn");
+    let client = MuxClient::new(conn.open_uni().await.expect("uni"));
+    // The server only learns of our stream once data arrives: prime it with one call.
+    let first = client.clone();
+    let prime = tokio::spawn(async move { first.call(Bytes::from_static(b"x")).await });
+    client.read_from(conn.accept_uni().await.expect("uni"));
+    prime.await.expect("prime");
+    // The endpoint lives as long as its connection.
+    tokio::spawn(async move { endpoint.wait_idle().await });
+    client
 }

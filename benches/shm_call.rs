@@ -7,19 +7,18 @@
 //! Run: `cargo bench --bench shm_call` (options: `-- --seconds 3 --payload 64`)
 #![allow(clippy::print_stdout)]
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use phalanx::identity::ClusterCa;
 use phalanx::transport::{LinkKind, QuicTransport, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
-use tokio::sync::oneshot;
 
+#[path = "support/mux.rs"]
+mod mux;
 mod support;
 
+use mux::{MuxClient, echo};
 use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
 
 fn main() {
@@ -30,7 +29,7 @@ fn main() {
 async fn run(duration: Duration, payload: usize) {
     let body = Bytes::from(vec![7u8; payload]);
 
-    let raw = UnixClient::start().await;
+    let raw = unix_client().await;
     let raw_call = {
         let (raw, body) = (raw.clone(), body.clone());
         move |_: usize| {
@@ -101,88 +100,16 @@ async fn pair(shm: bool) -> (Broker, Broker) {
     (caller, callee)
 }
 
-type Waiters = Arc<Mutex<HashMap<u64, oneshot::Sender<Bytes>>>>;
-
-/// Raw Unix socket: the client writes `[len][id][body]` frames under a lock, a reader task
-/// matches echoed frames to waiting callers; the server echoes each frame as it reads it.
-#[derive(Clone)]
-struct UnixClient {
-    write: Arc<tokio::sync::Mutex<tokio::net::unix::OwnedWriteHalf>>,
-    waiters: Waiters,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl UnixClient {
-    async fn start() -> Self {
-        let (client, server) = UnixStream::pair().expect("socket pair");
-        tokio::spawn(async move {
-            let (mut read, mut write) = server.into_split();
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            loop {
-                if read.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                let mut out = BytesMut::new();
-                while let Some(frame) = take_frame(&mut buf) {
-                    out.put_u32(frame.len() as u32);
-                    out.extend_from_slice(&frame);
-                }
-                if write.write_all(&out).await.is_err() {
-                    return;
-                }
-            }
-        });
-        let (mut read, write) = client.into_split();
-        let waiters: Waiters = Arc::default();
-        let pending = waiters.clone();
-        tokio::spawn(async move {
-            let mut buf = BytesMut::with_capacity(64 << 10);
-            loop {
-                if read.read_buf(&mut buf).await.unwrap_or(0) == 0 {
-                    return;
-                }
-                while let Some(mut frame) = take_frame(&mut buf) {
-                    let id = frame.get_u64();
-                    if let Some(waiter) = pending.lock().expect("waiters").remove(&id) {
-                        let _ = waiter.send(frame);
-                    }
-                }
-            }
-        });
-        Self {
-            write: Arc::new(tokio::sync::Mutex::new(write)),
-            waiters,
-            next: Arc::default(),
-        }
-    }
-
-    async fn call(&self, body: Bytes) -> usize {
-        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        self.waiters.lock().expect("waiters").insert(id, tx);
-        let mut frame = BytesMut::with_capacity(12 + body.len());
-        frame.put_u32(8 + body.len() as u32);
-        frame.put_u64(id);
-        frame.extend_from_slice(&body);
-        self.write
-            .lock()
-            .await
-            .write_all(&frame)
-            .await
-            .expect("write");
-        rx.await.expect("echo").len()
-    }
-}
-
-/// One `[len][payload]` frame off the front of `buf`, if complete.
-fn take_frame(buf: &mut BytesMut) -> Option<Bytes> {
-    if buf.len() < 4 {
-        return None;
-    }
-    let len = u32::from_be_bytes(buf[..4].try_into().expect("4 bytes")) as usize;
-    if buf.len() < 4 + len {
-        return None;
-    }
-    buf.advance(4);
-    Some(buf.split_to(len).freeze())
+/// Raw Unix socket carrying the baseline's frames ([`MuxClient`]); the server echoes what it
+/// reads.
+async fn unix_client() -> MuxClient<tokio::net::unix::OwnedWriteHalf> {
+    let (client, server) = UnixStream::pair().expect("socket pair");
+    tokio::spawn(async move {
+        let (read, write) = server.into_split();
+        echo(read, write).await;
+    });
+    let (read, write) = client.into_split();
+    let client = MuxClient::new(write);
+    client.read_from(read);
+    client
 }
