@@ -164,7 +164,7 @@ impl Broker {
 
     /// Waits until every named service (full name, e.g. `v2.math`) runs somewhere in the cluster.
     ///
-    /// Fails with [`ErrorKind::DependencyTimeout`](crate::ErrorKind::DependencyTimeout) after
+    /// Fails with [`ErrorKind::DependencyTimeout`] after
     /// `timeout`.
     pub async fn wait_for_services(&self, names: &[&str], timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;

@@ -5,7 +5,7 @@
 //! - through the [`metrics`](https://docs.rs/metrics) facade, so any exporter sees it (install the
 //!   recorder before starting the broker; [`serve_prometheus`] does that for a `/metrics`
 //!   endpoint, behind the `prometheus` feature). Every series carries a `node` label.
-//! - into the broker's own counters, which the facade cannot read back: [`Broker::metrics`] and
+//! - into the broker's own counters, which the facade cannot read back: [`Broker::metrics`](crate::Broker::metrics) and
 //!   the `$node.metrics` action return a [`MetricsSnapshot`] to anyone, the CLI included.
 //!
 //! | series | kind | labels |
