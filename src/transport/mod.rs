@@ -29,6 +29,7 @@
 //! ```
 
 mod inproc;
+mod link_table;
 #[cfg(feature = "nats")]
 mod nats;
 mod quic;
@@ -36,6 +37,7 @@ mod reply;
 mod shm;
 
 pub use inproc::{InProcBus, InProcTransport};
+pub(crate) use link_table::LinkTable;
 #[cfg(feature = "nats")]
 pub use nats::{NatsTransport, NatsTransportBuilder};
 pub use quic::{QuicConfig, QuicTransport, QuicTransportBuilder};

@@ -41,7 +41,7 @@
 mod dial;
 mod link;
 
-use super::{Direction, LinkKind, TransportContext, Transporter};
+use super::{Direction, LinkKind, LinkTable, TransportContext, Transporter};
 use crate::discovery::DialPlan;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
@@ -50,7 +50,6 @@ use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use link::Link;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -163,7 +162,7 @@ pub(crate) struct Mesh {
     config: QuicConfig,
     endpoint: quinn::Endpoint,
     client_config: quinn::ClientConfig,
-    links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
+    links: LinkTable<Link>,
     dialer: DialPlan,
     auth_failures: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -200,17 +199,9 @@ impl QuicTransport {
 
     /// Node ids with an open link.
     pub fn linked_nodes(&self) -> Vec<String> {
-        self.mesh.get().map_or_else(Vec::new, |m| {
-            let mut ids: Vec<String> = m
-                .links
-                .lock()
-                .expect("links lock")
-                .keys()
-                .map(|k| k.to_string())
-                .collect();
-            ids.sort();
-            ids
-        })
+        self.mesh
+            .get()
+            .map_or_else(Vec::new, |m| m.links.node_ids())
     }
 
     /// An authentication error if handshakes failed and no peer is linked: this node's
@@ -270,13 +261,7 @@ impl Transporter for QuicTransport {
         async move {
             let mesh = self.mesh()?;
             let frame = mesh.ctx.codec.encode(packet)?;
-            let links: Vec<Arc<Link>> = mesh
-                .links
-                .lock()
-                .expect("links lock")
-                .values()
-                .cloned()
-                .collect();
+            let links = mesh.links.all();
             for link in &links {
                 mesh.ctx.traffic.record(
                     &link.node_id,
@@ -322,8 +307,7 @@ impl Transporter for QuicTransport {
 
     fn drop_peer(&self, node_id: &str) {
         let Some(mesh) = self.mesh.get() else { return };
-        let link = mesh.links.lock().expect("links lock").get(node_id).cloned();
-        if let Some(link) = link {
+        if let Some(link) = mesh.links.get(node_id) {
             link.close(link::CLOSE_BYE, "declared down");
         }
     }
@@ -338,13 +322,7 @@ impl Transporter for QuicTransport {
             for task in std::mem::take(&mut *mesh.tasks.lock().expect("tasks lock")) {
                 task.abort();
             }
-            let links: Vec<Arc<Link>> = mesh
-                .links
-                .lock()
-                .expect("links lock")
-                .drain()
-                .map(|(_, l)| l)
-                .collect();
+            let links = mesh.links.drain();
             futures_util::future::join_all(
                 links
                     .iter()
@@ -390,7 +368,7 @@ impl Mesh {
             config,
             endpoint,
             client_config,
-            links: Mutex::default(),
+            links: LinkTable::default(),
             dialer,
             auth_failures: AtomicU64::new(0),
             tasks: Mutex::default(),
@@ -455,50 +433,43 @@ impl Mesh {
 
     fn link(&self, node_id: &str) -> Result<Arc<Link>> {
         self.links
-            .lock()
-            .expect("links lock")
             .get(node_id)
-            .cloned()
             .ok_or_else(|| Error::transport(format!("no QUIC link to node '{node_id}'")))
     }
 
     pub(crate) fn is_linked(&self, node_id: &str) -> bool {
-        self.links.lock().expect("links lock").contains_key(node_id)
+        self.links.contains(node_id)
     }
 
     /// Adds a link unless a better one to the same peer exists (see "One connection per pair").
     /// Returns whether the link was kept and whether it is the first to that peer.
     fn register(&self, link: &Arc<Link>) -> (bool, bool) {
-        let mut links = self.links.lock().expect("links lock");
-        let Some(existing) = links.get(&link.node_id).cloned() else {
-            links.insert(link.node_id.clone(), link.clone());
-            return (true, true);
-        };
-        if existing.is_closed() {
-            links.insert(link.node_id.clone(), link.clone());
-            return (true, true);
-        }
         let preferred_outbound = *self.ctx.node_id < *link.node_id;
-        if link.outbound == preferred_outbound && existing.outbound != preferred_outbound {
-            links.insert(link.node_id.clone(), link.clone());
-            drop(links);
-            existing.close(link::CLOSE_DUPLICATE, "duplicate");
-            (true, false)
-        } else {
-            (false, false)
+        let (kept, replaced) = self.links.insert_if(
+            link.node_id.clone(),
+            link.clone(),
+            |existing| match existing {
+                None => true,
+                Some(existing) if existing.is_closed() => true,
+                Some(existing) => {
+                    link.outbound == preferred_outbound && existing.outbound != preferred_outbound
+                }
+            },
+        );
+        match replaced {
+            Some(existing) if !existing.is_closed() => {
+                existing.close(link::CLOSE_DUPLICATE, "duplicate");
+                (kept, false)
+            }
+            _ => (kept, kept),
         }
     }
 
     /// Removes `link` if it is still the registered one; returns whether it was.
     fn unregister(&self, link: &Link) -> bool {
-        let mut links = self.links.lock().expect("links lock");
-        match links.get(&link.node_id) {
-            Some(current) if current.id() == link.id() => {
-                links.remove(&link.node_id);
-                true
-            }
-            _ => false,
-        }
+        self.links
+            .remove_if(&link.node_id, |current| current.id() == link.id())
+            .is_some()
     }
 }
 

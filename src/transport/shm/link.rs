@@ -121,12 +121,13 @@ impl ShmTransport {
             closed: Arc::new(AtomicBool::new(false)),
             lifeline: Mutex::new(None),
         });
-        {
-            let mut links = running.links.lock().expect("links lock");
-            if running.stopped.load(Ordering::Acquire) || links.contains_key(&node_id) {
-                return;
-            }
-            links.insert(node_id.clone(), link.clone());
+        let (kept, _) = running
+            .links
+            .insert_if(node_id.clone(), link.clone(), |current| {
+                current.is_none() && !running.stopped.load(Ordering::Acquire)
+            });
+        if !kept {
+            return;
         }
         // The lifeline: the socket carries nothing more, so any readable event is the end.
         let this = self.clone();

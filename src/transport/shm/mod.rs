@@ -17,13 +17,12 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-use super::{Direction, LinkKind, PendingReply, TransportContext, Transporter};
+use super::{Direction, LinkKind, LinkTable, PendingReply, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use link::Link;
-use rustc_hash::FxHashMap as HashMap;
 use socket::PeerAddress;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,7 +120,7 @@ struct Running {
     token: String,
     path: PathBuf,
     address: String,
-    links: Mutex<HashMap<Arc<str>, Arc<Link>>>,
+    links: LinkTable<Link>,
     dialing: Mutex<Vec<Arc<str>>>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     stopped: AtomicBool,
@@ -151,14 +150,9 @@ impl ShmTransport {
 
     /// Nodes with an open shared-memory link.
     pub fn linked_nodes(&self) -> Vec<String> {
-        self.state.get().map_or_else(Vec::new, |s| {
-            s.links
-                .lock()
-                .expect("links lock")
-                .keys()
-                .map(|k| k.to_string())
-                .collect()
-        })
+        self.state
+            .get()
+            .map_or_else(Vec::new, |s| s.links.node_ids())
     }
 
     fn running(&self) -> Result<&Running> {
@@ -192,7 +186,7 @@ impl Transporter for ShmTransport {
                 token: secret,
                 path,
                 ctx,
-                links: Mutex::default(),
+                links: LinkTable::default(),
                 dialing: Mutex::default(),
                 tasks: Mutex::default(),
                 stopped: AtomicBool::new(false),
@@ -254,13 +248,7 @@ impl Transporter for ShmTransport {
                 return Ok(());
             };
             let frame = running.ctx.codec.encode(packet)?;
-            let links: Vec<Arc<Link>> = running
-                .links
-                .lock()
-                .expect("links lock")
-                .values()
-                .cloned()
-                .collect();
+            let links = running.links.all();
             for link in links {
                 running.ctx.traffic.record(
                     &link.node_id,
@@ -293,11 +281,7 @@ impl Transporter for ShmTransport {
         if peer.host_id != running.host_id
             || *running.ctx.node_id >= *node_id
             || running.stopped.load(Ordering::Acquire)
-            || running
-                .links
-                .lock()
-                .expect("links lock")
-                .contains_key(node_id)
+            || running.links.contains(node_id)
         {
             return;
         }
@@ -324,7 +308,7 @@ impl Transporter for ShmTransport {
 
     fn drop_peer(&self, node_id: &str) {
         if let Some(running) = self.state.get() {
-            let link = running.links.lock().expect("links lock").remove(node_id);
+            let link = running.links.remove(node_id);
             if let Some(link) = link {
                 link.close();
             }
@@ -340,13 +324,7 @@ impl Transporter for ShmTransport {
             for task in std::mem::take(&mut *running.tasks.lock().expect("tasks lock")) {
                 task.abort();
             }
-            let links: Vec<Arc<Link>> = running
-                .links
-                .lock()
-                .expect("links lock")
-                .drain()
-                .map(|(_, l)| l)
-                .collect();
+            let links = running.links.drain();
             for link in links {
                 link.close();
             }
@@ -361,10 +339,7 @@ impl ShmTransport {
     fn link(&self, node_id: &str) -> Result<Arc<Link>> {
         self.running()?
             .links
-            .lock()
-            .expect("links lock")
             .get(node_id)
-            .cloned()
             .ok_or_else(|| Error::transport(format!("no shared-memory link to '{node_id}'")))
     }
 
@@ -384,7 +359,7 @@ impl ShmTransport {
         let Some(running) = self.state.get() else {
             return;
         };
-        let link = running.links.lock().expect("links lock").remove(node_id);
+        let link = running.links.remove(node_id);
         if let Some(link) = link {
             tracing::info!(peer = %node_id, reason, "shared-memory link closed");
             link.close();

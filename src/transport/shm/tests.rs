@@ -139,7 +139,7 @@ async fn a_corrupted_ring_closes_the_link_on_both_sides() {
     a.send("b", &ping).await.unwrap();
     b_seen.wait_for("packet a Ping shm").await;
 
-    let link = a.state.get().unwrap().links.lock().unwrap()["b"].clone();
+    let link = a.link("b").unwrap();
     link.outgoing.corrupt();
     b_seen.wait_for("down a shm").await;
     a_seen.wait_for("down b shm").await;
