@@ -76,21 +76,22 @@ fn ensure_tools() -> Result<(), String> {
     let packages: Vec<&str> = first.iter().map(|(_, p)| *p).collect();
     if is_root() && runs("apt-get") {
         println!("netsim: installing {} with apt-get", packages.join(" "));
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&packages)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        if missing().is_empty() {
-            return Ok(());
-        }
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&packages)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        if missing().is_empty() {
+        let install = || {
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&packages)
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status();
+            missing().is_empty()
+        };
+        // A fresh machine may not have fetched the package lists yet.
+        if install()
+            || (Command::new("apt-get")
+                .args(["update", "-qq"])
+                .status()
+                .is_ok()
+                && install())
+        {
             return Ok(());
         }
     }
