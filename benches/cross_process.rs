@@ -152,8 +152,9 @@ impl Server {
         let input = child.stdin.take().expect("stdin");
         let mut output = BufReader::new(child.stdout.take().expect("stdout"));
         let address = read_line(&mut output)
-            .strip_prefix("ready ")
-            .expect("the server says `ready ADDRESS`")
+            .strip_prefix("ready")
+            .expect("the server says `ready [ADDRESS]`")
+            .trim()
             .to_owned();
         Self {
             child,
