@@ -15,22 +15,22 @@
 mod mux;
 #[path = "../tests/common/nats_server.rs"]
 mod nats_server;
+#[path = "support/raw_quinn.rs"]
+mod raw_quinn;
 mod support;
 
 use bytes::Bytes;
 use mux::{MuxClient, echo};
-use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
-use phalanx::transport::{LinkKind, NatsTransport, QuicTransport, ShmTransport};
+use phalanx::transport::{LinkKind, NatsTransport, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
 use serde_bytes::ByteBuf;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use support::{IN_FLIGHT, Options, closed_loop, runtime, sequential, serve_echo};
+use support::{IN_FLIGHT, Options, closed_loop, quic_loopback, runtime, sequential, serve_echo};
 
 /// Counts allocations of this process.
 struct Counting;
@@ -69,9 +69,6 @@ const ROWS: [&str; 7] = [
     "phalanx-shm",
     "phalanx-nats",
 ];
-
-/// The secret both sides of a Phalanx row prove membership with.
-const SECRET: &str = "cross-process-bench";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -214,7 +211,7 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
     let body = Bytes::from(vec![7u8; options.payload]);
     match row {
         "raw-quinn" => {
-            let client = quinn_client(&server.address).await;
+            let client = raw_quinn::client(server.address.parse().expect("address")).await;
             run(row, &mut server, options, move |_| {
                 let (client, body) = (client.clone(), body.clone());
                 async move { client.call(body).await }
@@ -334,12 +331,7 @@ fn phalanx_node(row: &str, id: &str, seed: Option<&str>, nats: &str) -> BrokerBu
     if row == "phalanx-nats" {
         return builder.transport(NatsTransport::builder(nats).build());
     }
-    let quic = QuicTransport::builder()
-        .listen("127.0.0.1:0".parse().expect("address"))
-        .cluster_ca(ClusterCa::secret(SECRET))
-        .mdns(false)
-        .seeds(seed.filter(|s| !s.is_empty()).map(str::to_owned))
-        .build();
+    let quic = quic_loopback(seed.filter(|s| !s.is_empty()).map(str::to_owned));
     let builder = builder.transport(quic);
     if row == "phalanx-shm" {
         builder.transport(ShmTransport::builder().build())
@@ -365,36 +357,12 @@ async fn wait_for_echo(caller: &Broker, link: LinkKind) {
     );
 }
 
-/// A raw quinn client of a `raw-quinn` server at `address`.
-async fn quinn_client(address: &str) -> MuxClient<quinn::SendStream> {
-    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().expect("tls"))
-            .expect("quic tls");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint
-        .connect(address.parse().expect("address"), CLUSTER_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("conn");
-    let client = MuxClient::new(conn.open_uni().await.expect("uni"));
-    // The server only learns of our stream once data arrives: prime it with one call.
-    let first = client.clone();
-    let prime = tokio::spawn(async move { first.call(Bytes::from_static(b"x")).await });
-    client.read_from(conn.accept_uni().await.expect("uni"));
-    prime.await.expect("prime");
-    tokio::spawn(async move { endpoint.wait_idle().await });
-    client
-}
-
 /// The serving process: announces `ready ADDRESS`, serves, and answers `allocations` on stdin
 /// until stdin closes.
 async fn serve(row: &str, nats: &str) {
     let mut broker = None;
     let address = match row {
-        "raw-quinn" => serve_quinn(),
+        "raw-quinn" => raw_quinn::serve().to_string(),
         "raw-unix" => {
             let path =
                 std::env::temp_dir().join(format!("phalanx-bench-{}.sock", std::process::id()));
@@ -466,31 +434,6 @@ async fn serve(row: &str, nats: &str) {
     if let Some(broker) = broker {
         broker.stop().await;
     }
-}
-
-/// A raw quinn echo server; returns its address.
-fn serve_quinn() -> String {
-    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
-    let crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
-            .expect("quic tls");
-    let server = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(crypto)),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("server");
-    let address = server.local_addr().expect("addr").to_string();
-    tokio::spawn(async move {
-        while let Some(incoming) = server.accept().await {
-            let Ok(conn) = incoming.await else { continue };
-            tokio::spawn(async move {
-                let out = conn.open_uni().await.expect("uni");
-                let input = conn.accept_uni().await.expect("uni");
-                echo(input, out).await;
-            });
-        }
-    });
-    address
 }
 
 /// Prints the table and writes it under `target/`.

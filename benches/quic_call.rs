@@ -9,18 +9,15 @@
 
 use bytes::Bytes;
 use phalanx::Broker;
-use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
-use phalanx::transport::QuicTransport;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "support/mux.rs"]
 mod mux;
+#[path = "support/raw_quinn.rs"]
+mod raw_quinn;
 mod support;
 
-use mux::{MuxClient, echo};
-use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
+use support::{Options, measure, measure_echo, print_table, quic_loopback, runtime, serve_echo};
 
 fn main() {
     let options = Options::from_args();
@@ -30,7 +27,7 @@ fn main() {
 async fn run(duration: Duration, payload: usize) {
     let body = Bytes::from(vec![7u8; payload]);
 
-    let raw = raw_client().await;
+    let raw = raw_quinn::client(raw_quinn::serve()).await;
     let raw_call = {
         let (raw, body) = (raw.clone(), body.clone());
         move |_: usize| {
@@ -53,17 +50,7 @@ async fn run(duration: Duration, payload: usize) {
 }
 
 async fn phalanx_pair() -> (Broker, Broker) {
-    let quic = |seed: Option<SocketAddr>| {
-        let mut b = QuicTransport::builder()
-            .listen("127.0.0.1:0".parse().expect("addr"))
-            .cluster_ca(ClusterCa::secret("bench"))
-            .mdns(false);
-        if let Some(seed) = seed {
-            b = b.seed(seed.to_string());
-        }
-        b.build()
-    };
-    let callee_quic = quic(None);
+    let callee_quic = quic_loopback(None);
     let callee = Broker::builder()
         .node_id("callee")
         .transport(callee_quic.clone())
@@ -73,7 +60,9 @@ async fn phalanx_pair() -> (Broker, Broker) {
     serve_echo(&callee).await;
     let caller = Broker::builder()
         .node_id("caller")
-        .transport(quic(callee_quic.local_addr()))
+        .transport(quic_loopback(
+            callee_quic.local_addr().map(|a| a.to_string()),
+        ))
         .start()
         .await
         .expect("caller");
@@ -82,50 +71,4 @@ async fn phalanx_pair() -> (Broker, Broker) {
         .await
         .expect("mesh");
     (caller, callee)
-}
-
-/// Raw quinn: one unidirectional stream each way carrying the baseline's frames
-/// ([`MuxClient`]); the server echoes from its reader.
-async fn raw_client() -> MuxClient<quinn::SendStream> {
-    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
-    let server_crypto =
-        quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
-            .expect("quic tls");
-    let client_crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().expect("tls"))
-            .expect("quic tls");
-    let server = quinn::Endpoint::server(
-        quinn::ServerConfig::with_crypto(Arc::new(server_crypto)),
-        "127.0.0.1:0".parse().expect("addr"),
-    )
-    .expect("server");
-    let addr = server.local_addr().expect("addr");
-    tokio::spawn(async move {
-        let conn = server
-            .accept()
-            .await
-            .expect("incoming")
-            .await
-            .expect("conn");
-        let out = conn.open_uni().await.expect("uni");
-        let input = conn.accept_uni().await.expect("uni");
-        echo(input, out).await;
-    });
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("addr")).expect("client");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(client_crypto)));
-    let conn = endpoint
-        .connect(addr, CLUSTER_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("conn");
-    let client = MuxClient::new(conn.open_uni().await.expect("uni"));
-    // The server only learns of our stream once data arrives: prime it with one call.
-    let first = client.clone();
-    let prime = tokio::spawn(async move { first.call(Bytes::from_static(b"x")).await });
-    client.read_from(conn.accept_uni().await.expect("uni"));
-    prime.await.expect("prime");
-    // The endpoint lives as long as its connection.
-    tokio::spawn(async move { endpoint.wait_idle().await });
-    client
 }

@@ -8,8 +8,7 @@
 #![allow(clippy::print_stdout)]
 
 use bytes::Bytes;
-use phalanx::identity::ClusterCa;
-use phalanx::transport::{LinkKind, QuicTransport, ShmTransport};
+use phalanx::transport::{LinkKind, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
 use std::time::Duration;
 use tokio::net::UnixStream;
@@ -19,7 +18,7 @@ mod mux;
 mod support;
 
 use mux::{MuxClient, echo};
-use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
+use support::{Options, measure, measure_echo, print_table, quic_loopback, runtime, serve_echo};
 
 fn main() {
     let options = Options::from_args();
@@ -63,14 +62,7 @@ async fn run(duration: Duration, payload: usize) {
 /// expected link.
 async fn pair(shm: bool) -> (Broker, Broker) {
     let node = |id: &str, seed: Option<String>| {
-        let mut quic = QuicTransport::builder()
-            .listen("127.0.0.1:0".parse().expect("addr"))
-            .cluster_ca(ClusterCa::secret("bench"))
-            .mdns(false);
-        if let Some(seed) = seed {
-            quic = quic.seed(seed);
-        }
-        let quic = quic.build();
+        let quic = quic_loopback(seed);
         let mut builder: BrokerBuilder = Broker::builder().node_id(id).transport(quic.clone());
         if shm {
             builder = builder.transport(ShmTransport::builder().build());

@@ -4,6 +4,8 @@
 
 use bytes::Bytes;
 use phalanx::Broker;
+use phalanx::identity::ClusterCa;
+use phalanx::transport::QuicTransport;
 use serde_bytes::ByteBuf;
 use std::future::Future;
 use std::time::Duration;
@@ -36,6 +38,16 @@ impl Options {
             payload,
         }
     }
+}
+
+/// A QUIC transport on a free loopback port with the benches' secret, mDNS off, dialing `seed`.
+pub(crate) fn quic_loopback(seed: Option<String>) -> QuicTransport {
+    QuicTransport::builder()
+        .listen("127.0.0.1:0".parse().expect("loopback address"))
+        .cluster_ca(ClusterCa::secret("bench"))
+        .mdns(false)
+        .seeds(seed)
+        .build()
 }
 
 /// The runtime both sides of a bench share: two worker threads, like the machine's two cores.
