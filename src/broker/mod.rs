@@ -4,13 +4,6 @@
 //! A call flows `Broker::call → registry pick → local handler | transport send → peer broker →
 //! handler` and back. A call to a service of this broker is a direct `await` of its handler: no
 //! serialization, no task hop. Everything else goes through a [`Transporter`].
-//!
-//! # Lifecycle
-//! [`BrokerBuilder::start`] starts the transports and the `$node` service and announces the node.
-//! [`Broker::stop`] is graceful: the node first announces that it serves nothing, keeps answering
-//! what is already on its way for a short grace period, waits for in-flight handlers to finish
-//! (bounded by the drain timeout), says `DISCONNECT`, runs the services' `stopped` hooks in reverse
-//! start order and closes the transports.
 
 mod builder;
 mod call;
@@ -53,6 +46,13 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 /// A handle to a running broker. Cheap to clone; all clones are the same broker.
+///
+/// # Lifecycle
+/// [`BrokerBuilder::start`] starts the transports and the `$node` service and announces the node.
+/// [`Broker::stop`] is graceful: the node first announces that it serves nothing, keeps answering
+/// what is already on its way for a short grace period, waits for in-flight handlers to finish
+/// (bounded by the drain timeout), says `DISCONNECT`, runs the services' `stopped` hooks in reverse
+/// start order and closes the transports.
 #[derive(Clone)]
 pub struct Broker {
     pub(crate) inner: Arc<BrokerInner>,
