@@ -83,6 +83,37 @@ impl Broker {
         self.call(action, params).await
     }
 
+    /// A call whose params are a [`Payload`] (already encoded, or a value) and whose result is
+    /// handed back undecoded: for tools that forward payloads or call many times with the same
+    /// params, such as the CLI's `bench` and gateways.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::{CallOptions, ContentType, Payload};
+    ///
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker.service("math")
+    ///     .action("neg", |_ctx, x: i64| async move { Ok(-x) })
+    ///     .start().await?;
+    /// let (bytes, _) = Payload::local(5i64).encode()?;       // encode once…
+    /// for _ in 0..3 {                                         // …call many times
+    ///     let params = Payload::encoded(bytes.clone(), ContentType::MsgPack);
+    ///     let result = broker.call_raw("math.neg", params, CallOptions::new()).await?;
+    ///     assert_eq!(result.decode::<i64>()?, -5);
+    /// }
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_raw(
+        &self,
+        action: &str,
+        params: Payload<'_>,
+        options: CallOptions,
+    ) -> Result<Payload<'static>> {
+        self.call_payload(action, params, &options, None).await
+    }
+
     pub(crate) async fn call_in<R: DeserializeOwned + 'static>(
         &self,
         action: &str,

@@ -1,9 +1,13 @@
 //! `phalanx bench`: a closed loop of calls with N in flight; calls/s, p50, p99 and errors.
+//!
+//! The tool measures, not costs: params are encoded once and every call sends the same bytes,
+//! results are not decoded, and each worker records its own latencies (no lock shared between
+//! workers), so it can drive any server to saturation.
 
 use super::{MeshArgs, parse_json, wait_for_action};
 use clap::Args;
 use phalanx::middleware::CircuitBreakerConfig;
-use phalanx::{Broker, CallOptions, Result};
+use phalanx::{Broker, CallOptions, Payload, Result};
 use serde::Serialize;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -67,7 +71,7 @@ struct Outcome {
 }
 
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
-    let params = parse_json(&args.params)?;
+    let (params, content_type) = Payload::local(parse_json(&args.params)?).encode()?;
     let mut builder = Broker::builder();
     if args.breaker {
         builder = builder.circuit_breaker(CircuitBreakerConfig::default().min_requests(10));
@@ -105,10 +109,8 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
                 }
                 let sent = Instant::now();
                 let options = CallOptions::new().timeout(timeout).retries(retries);
-                match broker
-                    .call_with::<serde_json::Value>(&action, params.clone(), options)
-                    .await
-                {
+                let payload = Payload::encoded(params.clone(), content_type);
+                match broker.call_raw(&action, payload, options).await {
                     Ok(_) => outcome.latencies.push(sent.elapsed().as_micros() as u64),
                     Err(err) => {
                         let at = started.elapsed().as_millis() as u64;
