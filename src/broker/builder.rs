@@ -281,7 +281,7 @@ impl BrokerBuilder {
             middleware,
             metrics: Arc::new(BrokerMetrics::new(node_id.clone())),
             transports,
-            pending: Mutex::default(),
+            pending: Default::default(),
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),

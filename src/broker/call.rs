@@ -1,6 +1,7 @@
 //! Request-reply: making calls and serving the ones that arrive from peers.
 
-use super::{Broker, InFlight, PendingCall};
+use super::pending::PendingCall;
+use super::{Broker, InFlight};
 use crate::context::{CallOptions, Context, Lineage};
 use crate::deadline::{self, LazyDeadline};
 use crate::error::{Error, ErrorKind, Result};
@@ -325,7 +326,7 @@ impl Broker {
         let (params, content_type) = params.encode()?;
         let id = ctx.id;
         let (reply, pending) = PendingReply::channel();
-        self.inner.pending.lock().expect("pending lock").insert(
+        self.inner.pending.insert(
             id,
             PendingCall {
                 node_id: node_id.clone(),
@@ -462,20 +463,7 @@ impl Broker {
 
     /// Completes a pending call with the RESPONSE from `sender`.
     pub(crate) fn complete(&self, sender: &str, response: Response) {
-        let mut pending = self.inner.pending.lock().expect("pending lock");
-        match pending.get(&response.id) {
-            Some(call) if &*call.node_id == sender => {
-                if let Some(call) = pending.remove(&response.id) {
-                    let _ = call.reply.send(Ok(response));
-                }
-            }
-            Some(_) => {
-                tracing::warn!(peer = %sender, id = response.id, "response from the wrong node ignored")
-            }
-            None => {
-                tracing::debug!(peer = %sender, id = response.id, "response to an unknown or finished call")
-            }
-        }
+        self.inner.pending.complete(sender, response);
     }
 
     /// Fails every call waiting on `node_id` at once with a retryable error.
@@ -488,20 +476,7 @@ impl Broker {
 
     /// Fails every call waiting on `node_id` at once with `error`.
     pub(crate) fn fail_pending_with(&self, node_id: &str, error: Error) {
-        let failed: Vec<PendingCall> = {
-            let mut pending = self.inner.pending.lock().expect("pending lock");
-            let ids: Vec<u64> = pending
-                .iter()
-                .filter(|(_, c)| &*c.node_id == node_id)
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter()
-                .filter_map(|id| pending.remove(&id))
-                .collect()
-        };
-        for call in failed {
-            let _ = call.reply.send(Err(error.clone().with_node(node_id)));
-        }
+        self.inner.pending.fail_node(node_id, &error);
     }
 }
 
@@ -519,12 +494,7 @@ struct PendingGuard<'a> {
 
 impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
-        self.broker
-            .inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .remove(&self.id);
+        self.broker.inner.pending.remove(self.id);
     }
 }
 

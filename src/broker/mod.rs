@@ -12,6 +12,7 @@ mod events;
 mod liveness;
 mod membership;
 mod node_service;
+mod pending;
 mod service;
 
 pub use builder::BrokerBuilder;
@@ -35,7 +36,8 @@ use std::any::Any;
 /// The registry as a broker fills it: each local service keeps its own middleware beside its
 /// handlers.
 pub(crate) type Registry = registry::Registry<Stack>;
-use crate::transport::{LinkKind, ReplySender, Transporter};
+use crate::transport::{LinkKind, Transporter};
+use pending::PendingCalls;
 use service::LifecycleFn;
 use std::fmt;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -91,11 +93,6 @@ pub(crate) struct Timings {
     pub(crate) stop_grace: Duration,
 }
 
-pub(crate) struct PendingCall {
-    node_id: Arc<str>,
-    reply: ReplySender,
-}
-
 pub(crate) struct BrokerInner {
     pub(crate) node_id: Arc<str>,
     pub(crate) namespace: Arc<str>,
@@ -113,7 +110,7 @@ pub(crate) struct BrokerInner {
     /// vetoes.
     pub(crate) admission: Option<Box<registry::Admission>>,
     transports: Vec<Arc<dyn Transporter>>,
-    pending: Mutex<std::collections::HashMap<u64, PendingCall>>,
+    pending: PendingCalls,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     drained: Notify,
@@ -291,19 +288,10 @@ impl Broker {
         for task in std::mem::take(&mut *inner.background.lock().expect("tasks lock")) {
             task.abort();
         }
-        let stranded: Vec<PendingCall> = inner
-            .pending
-            .lock()
-            .expect("pending lock")
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
-        for call in stranded {
-            let _ = call.reply.send(Err(Error::new(
-                ErrorKind::NodeStopping,
-                "the calling broker stopped",
-            )));
-        }
+        inner.pending.fail_all(&Error::new(
+            ErrorKind::NodeStopping,
+            "the calling broker stopped",
+        ));
         // Handlers may hold broker clones: dropping the registry breaks those cycles.
         *inner.registry_mut() = Registry::new(
             inner.node_id.clone(),

@@ -1,46 +1,51 @@
 //! The open links of a point-to-point transport, one per peer node id: what QUIC and shared
-//! memory both keep, with the operations both need. Locks are held only inside these methods.
+//! memory both keep, with the operations both need. Locks are held only inside these methods; sends only read.
 
 use rustc_hash::FxHashMap as HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Links by peer node id.
 #[derive(Debug)]
 pub(crate) struct LinkTable<L> {
-    links: Mutex<HashMap<Arc<str>, Arc<L>>>,
+    /// Read on every send, written when a link comes or goes.
+    links: RwLock<HashMap<Arc<str>, Arc<L>>>,
 }
 
 impl<L> Default for LinkTable<L> {
     fn default() -> Self {
         Self {
-            links: Mutex::default(),
+            links: RwLock::default(),
         }
     }
 }
 
 impl<L> LinkTable<L> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<L>>> {
-        self.links.lock().expect("link table lock")
+    fn read(&self) -> RwLockReadGuard<'_, HashMap<Arc<str>, Arc<L>>> {
+        self.links.read().expect("link table lock")
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, HashMap<Arc<str>, Arc<L>>> {
+        self.links.write().expect("link table lock")
     }
 
     /// The link to `node_id`.
     pub(crate) fn get(&self, node_id: &str) -> Option<Arc<L>> {
-        self.lock().get(node_id).cloned()
+        self.read().get(node_id).cloned()
     }
 
     /// Whether a link to `node_id` is open.
     pub(crate) fn contains(&self, node_id: &str) -> bool {
-        self.lock().contains_key(node_id)
+        self.read().contains_key(node_id)
     }
 
     /// Every open link.
     pub(crate) fn all(&self) -> Vec<Arc<L>> {
-        self.lock().values().cloned().collect()
+        self.read().values().cloned().collect()
     }
 
     /// The linked node ids, sorted.
     pub(crate) fn node_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.lock().keys().map(|k| k.to_string()).collect();
+        let mut ids: Vec<String> = self.read().keys().map(|k| k.to_string()).collect();
         ids.sort();
         ids
     }
@@ -53,7 +58,7 @@ impl<L> LinkTable<L> {
         link: Arc<L>,
         keep: impl FnOnce(Option<&L>) -> bool,
     ) -> (bool, Option<Arc<L>>) {
-        let mut links = self.lock();
+        let mut links = self.write();
         if !keep(links.get(&node_id).map(|l| &**l)) {
             return (false, None);
         }
@@ -66,7 +71,7 @@ impl<L> LinkTable<L> {
         node_id: &str,
         current: impl FnOnce(&L) -> bool,
     ) -> Option<Arc<L>> {
-        let mut links = self.lock();
+        let mut links = self.write();
         if links.get(node_id).is_some_and(|l| current(l)) {
             return links.remove(node_id);
         }
@@ -75,12 +80,12 @@ impl<L> LinkTable<L> {
 
     /// Removes the link to `node_id`.
     pub(crate) fn remove(&self, node_id: &str) -> Option<Arc<L>> {
-        self.lock().remove(node_id)
+        self.write().remove(node_id)
     }
 
     /// Removes and returns every link.
     pub(crate) fn drain(&self) -> Vec<Arc<L>> {
-        self.lock().drain().map(|(_, link)| link).collect()
+        self.write().drain().map(|(_, link)| link).collect()
     }
 }
 
