@@ -68,8 +68,10 @@ impl<T: Serialize + Send + 'static> LocalValue for T {
 
 /// Encodes `value` as MessagePack with named fields.
 pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
-    rmp_serde::to_vec_named(value)
-        .map(Bytes::from)
+    // Sized for a typical small value at once, instead of growing from nothing.
+    let mut buf = Vec::with_capacity(128);
+    rmp_serde::encode::write_named(&mut buf, value)
+        .map(|()| Bytes::from(buf))
         .map_err(|e| Error::validation(format!("cannot encode payload: {e}")).with_source(e))
 }
 

@@ -112,7 +112,8 @@ impl Codec {
 
     /// Encodes `packet` as one whole frame, length prefix included.
     pub fn encode(&self, packet: &Packet) -> Result<Bytes, FrameError> {
-        let mut buf = BytesMut::with_capacity(128);
+        // Room for the envelope and the payload it carries: one allocation per frame.
+        let mut buf = BytesMut::with_capacity(256 + packet.payload_len());
         self.encode_into(packet, &mut buf)?;
         Ok(buf.freeze())
     }

@@ -137,6 +137,18 @@ impl Packet {
         }
     }
 
+    /// Bytes of application data it carries (params, result, event data or stream chunk), for
+    /// sizing its frame.
+    pub fn payload_len(&self) -> usize {
+        match &self.body {
+            PacketBody::Request(r) => r.params.len(),
+            PacketBody::Response(r) => r.data.as_ref().map_or(0, |d| d.len()),
+            PacketBody::Event(e) => e.data.len(),
+            PacketBody::StreamChunk(c) => c.data.len(),
+            _ => 0,
+        }
+    }
+
     /// The kind byte this packet is framed with.
     pub fn kind(&self) -> PacketKind {
         self.body.kind()

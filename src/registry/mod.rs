@@ -21,6 +21,7 @@ use crate::handler::{ActionFn, EventFn};
 use crate::protocol::packet::{Info, ServiceInfo};
 use crate::transport::LinkKind;
 use rustc_hash::FxHashMap as HashMap;
+use smallvec::SmallVec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -408,7 +409,8 @@ impl<L: Clone> Registry<L> {
             &[&admitted],
         ] {
             for tier in tiers {
-                let chosen: Vec<&ActionEndpoint<L>> = set
+                // On the stack for the usual handful of replicas: a pick allocates nothing.
+                let chosen: SmallVec<[&ActionEndpoint<L>; 8]> = set
                     .endpoints
                     .iter()
                     .filter(|ep| tier(ep) && filters.iter().all(|f| f(ep)))
@@ -416,7 +418,7 @@ impl<L: Clone> Registry<L> {
                 if chosen.is_empty() {
                     continue;
                 }
-                let candidates: Vec<Candidate<'_>> =
+                let candidates: SmallVec<[Candidate<'_>; 8]> =
                     chosen.iter().map(|ep| self.candidate(ep)).collect();
                 let turn = set.counter.fetch_add(1, Ordering::Relaxed);
                 let i = strategy.choose(&candidates, turn, pick.shard_key);

@@ -1,7 +1,6 @@
 //! One QUIC link: the handshake that names the peer, the stream readers, and the send path.
 
 use super::{Mesh, QuicConfig};
-use crate::deadline::LazyDeadline;
 use crate::error::{Error, Result};
 use crate::identity::certified_node_id;
 use crate::protocol::codec::FrameDecoder;
@@ -84,8 +83,8 @@ impl Link {
                 main.write_all(&frame).await.map_err(|e| e.to_string())
             }
         };
-        let deadline = tokio::time::Instant::now() + config.write_timeout;
-        match LazyDeadline::new(Box::pin(write), deadline).await {
+        // The timer is only registered if the write has to wait; nothing is allocated.
+        match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(err)) => Err(Error::transport(format!(
                 "QUIC link to '{}' failed: {err}",
