@@ -132,7 +132,8 @@ impl RowFigures {
 /// The serving process of one row, killed on drop.
 struct Server {
     child: Child,
-    input: ChildStdin,
+    /// Closed to ask the server to stop.
+    input: Option<ChildStdin>,
     output: BufReader<ChildStdout>,
     /// What it announced: an address, a socket path, or nothing.
     address: String,
@@ -155,7 +156,7 @@ impl Server {
             .to_owned();
         Self {
             child,
-            input,
+            input: Some(input),
             output,
             address,
         }
@@ -168,13 +169,23 @@ impl Server {
 
     /// Allocations the serving process has made so far.
     fn allocations(&mut self) -> u64 {
-        writeln!(self.input, "allocations").expect("ask the server");
+        let input = self.input.as_mut().expect("the server runs");
+        writeln!(input, "allocations").expect("ask the server");
         read_line(&mut self.output).parse().expect("a count")
     }
 }
 
 impl Drop for Server {
+    /// Closes its input (the server stops gracefully and exits), then makes sure it is gone.
     fn drop(&mut self) {
+        drop(self.input.take());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

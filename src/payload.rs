@@ -20,7 +20,7 @@
 
 use crate::error::{Error, Result};
 pub use crate::protocol::packet::ContentType;
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
@@ -68,10 +68,11 @@ impl<T: Serialize + Send + 'static> LocalValue for T {
 
 /// Encodes `value` as MessagePack with named fields.
 pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
-    // Sized for a typical small value at once, instead of growing from nothing.
-    let mut buf = Vec::with_capacity(128);
+    // Sized for a typical small value at once, instead of growing from nothing; a `BytesMut`
+    // freezes without the extra allocation a `Vec` with spare capacity would need.
+    let mut buf = BytesMut::with_capacity(128).writer();
     rmp_serde::encode::write_named(&mut buf, value)
-        .map(|()| Bytes::from(buf))
+        .map(|()| buf.into_inner().freeze())
         .map_err(|e| Error::validation(format!("cannot encode payload: {e}")).with_source(e))
 }
 
