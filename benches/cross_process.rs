@@ -23,14 +23,16 @@ use bytes::Bytes;
 use mux::{MuxClient, echo};
 use phalanx::transport::{LinkKind, NatsTransport, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
-use serde_bytes::ByteBuf;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use support::{IN_FLIGHT, Options, closed_loop, quic_loopback, runtime, sequential, serve_echo};
+use support::{
+    IN_FLIGHT, Options, closed_loop, echo_call, nats_request_call, quic_loopback, runtime,
+    sequential, serve_echo,
+};
 
 /// Counts allocations of this process.
 struct Counting;
@@ -223,24 +225,15 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
     match row {
         "raw-quinn" => {
             let client = raw_quinn::client(server.address.parse().expect("address")).await;
-            run(row, &mut server, options, move |_| {
-                let (client, body) = (client.clone(), body.clone());
-                async move { client.call(body).await }
-            })
-            .await
+            run(row, &mut server, options, client.calls(body)).await
         }
         "raw-unix" => {
             let stream = tokio::net::UnixStream::connect(&server.address)
                 .await
                 .expect("unix socket");
             let (read, write) = stream.into_split();
-            let client = MuxClient::new(write);
-            client.read_from(read);
-            run(row, &mut server, options, move |_| {
-                let (client, body) = (client.clone(), body.clone());
-                async move { client.call(body).await }
-            })
-            .await
+            let client = MuxClient::over(read, write);
+            run(row, &mut server, options, client.calls(body)).await
         }
         "raw-tcp" => {
             let stream = tokio::net::TcpStream::connect(&server.address)
@@ -248,28 +241,12 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
                 .expect("tcp");
             stream.set_nodelay(true).expect("nodelay");
             let (read, write) = stream.into_split();
-            let client = MuxClient::new(write);
-            client.read_from(read);
-            run(row, &mut server, options, move |_| {
-                let (client, body) = (client.clone(), body.clone());
-                async move { client.call(body).await }
-            })
-            .await
+            let client = MuxClient::over(read, write);
+            run(row, &mut server, options, client.calls(body)).await
         }
         "raw-nats" => {
             let client = async_nats::connect(nats).await.expect("nats");
-            run(row, &mut server, options, move |_| {
-                let (client, body) = (client.clone(), body.clone());
-                async move {
-                    client
-                        .request("bench.echo", body)
-                        .await
-                        .expect("reply")
-                        .payload
-                        .len()
-                }
-            })
-            .await
+            run(row, &mut server, options, nats_request_call(&client, &body)).await
         }
         _ => {
             let caller = phalanx_node(row, "caller", Some(&server.address), nats)
@@ -282,20 +259,7 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
                 _ => LinkKind::Quic,
             };
             wait_for_echo(&caller, want).await;
-            let figures = run(row, &mut server, options, {
-                let caller = caller.clone();
-                move |_| {
-                    let (caller, body) = (caller.clone(), ByteBuf::from(body.to_vec()));
-                    async move {
-                        caller
-                            .call::<ByteBuf>("echo.bytes", body)
-                            .await
-                            .expect("echo")
-                            .len()
-                    }
-                }
-            })
-            .await;
+            let figures = run(row, &mut server, options, echo_call(&caller, &body)).await;
             caller.stop().await;
             figures
         }

@@ -14,7 +14,9 @@ use nats_server::NatsServer;
 use phalanx::Broker;
 use phalanx::transport::NatsTransport;
 use std::time::Duration;
-use support::{Options, measure, measure_echo, print_table, runtime, serve_echo};
+use support::{
+    Options, measure, measure_echo, nats_request_call, print_table, runtime, serve_echo,
+};
 
 fn main() {
     let options = Options::from_args();
@@ -37,20 +39,8 @@ async fn run(url: String, duration: Duration, payload: usize) {
         }
     });
     let client = async_nats::connect(&url).await.expect("connect");
-    let raw_call = {
-        let (client, body) = (client.clone(), body.clone());
-        move |_: usize| {
-            let (client, body) = (client.clone(), body.clone());
-            async move {
-                client
-                    .request("bench.echo", body)
-                    .await
-                    .expect("reply")
-                    .payload
-                    .len()
-            }
-        }
-    };
+    let raw_call = nats_request_call(&client, &body);
+
     let raw = measure(duration, raw_call).await;
 
     let callee = Broker::builder()

@@ -28,14 +28,7 @@ async fn run(duration: Duration, payload: usize) {
     let body = Bytes::from(vec![7u8; payload]);
 
     let raw = raw_quinn::client(raw_quinn::serve()).await;
-    let raw_call = {
-        let (raw, body) = (raw.clone(), body.clone());
-        move |_: usize| {
-            let (raw, body) = (raw.clone(), body.clone());
-            async move { raw.call(body).await }
-        }
-    };
-    let raw = measure(duration, raw_call).await;
+    let raw = measure(duration, raw.calls(body.clone())).await;
 
     let (caller, callee) = phalanx_pair().await;
     let ours = measure_echo(&caller, &body, duration).await;

@@ -29,14 +29,7 @@ async fn run(duration: Duration, payload: usize) {
     let body = Bytes::from(vec![7u8; payload]);
 
     let raw = unix_client().await;
-    let raw_call = {
-        let (raw, body) = (raw.clone(), body.clone());
-        move |_: usize| {
-            let (raw, body) = (raw.clone(), body.clone());
-            async move { raw.call(body).await }
-        }
-    };
-    let raw = measure(duration, raw_call).await;
+    let raw = measure(duration, raw.calls(body.clone())).await;
 
     let (caller, callee) = pair(true).await;
     let shm = measure_echo(&caller, &body, duration).await;
@@ -101,7 +94,5 @@ async fn unix_client() -> MuxClient<tokio::net::unix::OwnedWriteHalf> {
         echo(read, write).await;
     });
     let (read, write) = client.into_split();
-    let client = MuxClient::new(write);
-    client.read_from(read);
-    client
+    MuxClient::over(read, write)
 }

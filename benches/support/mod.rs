@@ -94,23 +94,50 @@ pub(crate) async fn serve_echo(callee: &Broker) {
         .expect("echo service");
 }
 
+/// One call of `echo.bytes` with `body` by `caller`, as a closure the measurements can run.
+pub(crate) fn echo_call(
+    caller: &Broker,
+    body: &Bytes,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = usize> + Send>> + Clone + Send + 'static
+{
+    let (caller, body) = (caller.clone(), body.clone());
+    move |_: usize| {
+        let caller = caller.clone();
+        let body = ByteBuf::from(body.to_vec());
+        Box::pin(async move {
+            caller
+                .call::<ByteBuf>("echo.bytes", body)
+                .await
+                .expect("echo")
+                .len()
+        })
+    }
+}
+
+/// One async-nats request-reply of `body` on `bench.echo`, as a closure.
+#[cfg(feature = "nats")]
+pub(crate) fn nats_request_call(
+    client: &async_nats::Client,
+    body: &Bytes,
+) -> impl Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = usize> + Send>> + Clone + Send + 'static
+{
+    let (client, body) = (client.clone(), body.clone());
+    move |_: usize| {
+        let (client, body) = (client.clone(), body.clone());
+        Box::pin(async move {
+            client
+                .request("bench.echo", body)
+                .await
+                .expect("reply")
+                .payload
+                .len()
+        })
+    }
+}
+
 /// Measures `caller` calling `echo.bytes` with `body` (served by a peer broker).
 pub(crate) async fn measure_echo(caller: &Broker, body: &Bytes, duration: Duration) -> Figures {
-    let call = {
-        let (caller, body) = (caller.clone(), body.clone());
-        move |_: usize| {
-            let caller = caller.clone();
-            let body = ByteBuf::from(body.to_vec());
-            async move {
-                caller
-                    .call::<ByteBuf>("echo.bytes", body)
-                    .await
-                    .expect("echo")
-                    .len()
-            }
-        }
-    };
-    measure(duration, call).await
+    measure(duration, echo_call(caller, body)).await
 }
 
 /// Prints the baseline, each contender, and how each compares (difference and ratio).

@@ -3,6 +3,8 @@
 //! by id, and a server that echoes every complete frame it has read in one write. The same
 //! shape as a Phalanx link, without the framework.
 
+#![allow(dead_code)] // each bench uses part of it
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +56,28 @@ impl<W: AsyncWrite + Unpin + Send + 'static> MuxClient<W> {
                 }
             }
         });
+    }
+
+    /// A client writing to `write` and reading answers from `read`.
+    pub(crate) fn over(read: impl AsyncRead + Unpin + Send + 'static, write: W) -> Self {
+        let client = Self::new(write);
+        client.read_from(read);
+        client
+    }
+
+    /// One round trip of `body`, as a closure the measurements can run.
+    pub(crate) fn calls(
+        &self,
+        body: Bytes,
+    ) -> impl Fn(usize) -> std::pin::Pin<Box<dyn std::future::Future<Output = usize> + Send>>
+    + Clone
+    + Send
+    + 'static {
+        let client = self.clone();
+        move |_: usize| {
+            let (client, body) = (client.clone(), body.clone());
+            Box::pin(async move { client.call(body).await })
+        }
     }
 
     /// One round trip of `body`; returns the echoed length.
