@@ -4,15 +4,16 @@
 //!
 //! ```text
 //! +----------------+---------+------+------------------------------------+
-//! | length: u32 BE | version | kind | MessagePack body: [sender, {..}]  |
+//! | length: u32 BE | version | kind | body                               |
 //! +----------------+---------+------+------------------------------------+
 //!                  |<------------------ length bytes ------------------->|
 //! ```
 //!
 //! Every length is checked against [`Codec::max_frame_len`] *before* any buffer grows, so a hostile
-//! peer cannot make a node allocate more than the limit. Bodies are MessagePack maps with named
-//! fields: unknown fields are ignored, missing optional fields take their defaults. An unknown
-//! version or kind is a clear [`FrameError`], never a panic.
+//! peer cannot make a node allocate more than the limit. The hot packets (REQUEST, RESPONSE) have a
+//! compact binary body (see `compact.rs`); the others are `[sender, {..}]` as MessagePack with
+//! named fields: unknown fields are ignored, missing optional fields take their defaults. An
+//! unknown version or kind is a clear [`FrameError`], never a panic.
 //!
 //! ```
 //! use bytes::BytesMut;
@@ -29,6 +30,7 @@
 //! ```
 
 use crate::error::Error;
+use crate::protocol::compact;
 use crate::protocol::packet::{PROTOCOL_VERSION, Packet, PacketBody, PacketKind};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -129,8 +131,12 @@ impl Codec {
             PacketBody::Discover(b) => write_body(buf, sender, b),
             PacketBody::Info(b) => write_body(buf, sender, b),
             PacketBody::Heartbeat(b) => write_body(buf, sender, b),
-            PacketBody::Request(b) => write_body(buf, sender, b),
-            PacketBody::Response(b) => write_body(buf, sender, b),
+            PacketBody::Request(b) => {
+                compact::write_request(buf, sender, b).map_err(FrameError::Encode)
+            }
+            PacketBody::Response(b) => {
+                compact::write_response(buf, sender, b).map_err(FrameError::Encode)
+            }
             PacketBody::Event(b) => write_body(buf, sender, b),
             PacketBody::StreamChunk(b) => write_body(buf, sender, b),
             PacketBody::StreamEnd(b) => write_body(buf, sender, b),
@@ -169,8 +175,14 @@ impl Codec {
         }
     }
 
-    /// Decodes one whole frame, length prefix included (e.g. a NATS message).
+    /// Decodes one whole frame, length prefix included.
     pub fn decode_frame(&self, frame: &[u8]) -> Result<Packet, FrameError> {
+        self.decode_whole(Bytes::copy_from_slice(frame))
+    }
+
+    /// Decodes one whole frame, length prefix included, that arrived as [`Bytes`] (a NATS
+    /// message, an in-process frame): a call's params or result stay a slice of it.
+    pub fn decode_whole(&self, frame: Bytes) -> Result<Packet, FrameError> {
         if frame.len() < HEADER_LEN {
             return Err(FrameError::TooShort(frame.len()));
         }
@@ -182,11 +194,17 @@ impl Codec {
                 frame.len() - 4
             )));
         }
-        self.decode_payload(&frame[4..])
+        self.decode_bytes(frame.slice(4..))
     }
 
     /// Decodes version, kind and body (a frame without its length prefix).
     pub fn decode_payload(&self, payload: &[u8]) -> Result<Packet, FrameError> {
+        self.decode_bytes(Bytes::copy_from_slice(payload))
+    }
+
+    /// Like [`Codec::decode_payload`], keeping the params or result of a call as a slice of
+    /// `payload` instead of copying them.
+    pub fn decode_bytes(&self, payload: Bytes) -> Result<Packet, FrameError> {
         self.check_len(payload.len())?;
         let version = payload[0];
         if version != PROTOCOL_VERSION {
@@ -198,8 +216,12 @@ impl Codec {
             PacketKind::Discover => read_body(kind, body, PacketBody::Discover),
             PacketKind::Info => read_body(kind, body, PacketBody::Info),
             PacketKind::Heartbeat => read_body(kind, body, PacketBody::Heartbeat),
-            PacketKind::Request => read_body(kind, body, PacketBody::Request),
-            PacketKind::Response => read_body(kind, body, PacketBody::Response),
+            PacketKind::Request => read_compact(kind, payload.slice(2..), |b| {
+                compact::read_request(b).map(|(s, r)| (s, PacketBody::Request(r)))
+            }),
+            PacketKind::Response => read_compact(kind, payload.slice(2..), |b| {
+                compact::read_response(b).map(|(s, r)| (s, PacketBody::Response(r)))
+            }),
             PacketKind::Event => read_body(kind, body, PacketBody::Event),
             PacketKind::StreamChunk => read_body(kind, body, PacketBody::StreamChunk),
             PacketKind::StreamEnd => read_body(kind, body, PacketBody::StreamEnd),
@@ -218,11 +240,30 @@ fn write_body<T: Serialize>(buf: &mut BytesMut, sender: &str, body: &T) -> Resul
         .map_err(|e| FrameError::Encode(e.to_string()))
 }
 
+/// A packet's sender and body.
+type Decoded = (Arc<str>, PacketBody);
+
+/// Reads a compact body with `read`, refusing an empty sender.
+fn read_compact(
+    kind: PacketKind,
+    body: Bytes,
+    read: impl FnOnce(Bytes) -> Result<Decoded, String>,
+) -> Result<Decoded, FrameError> {
+    let (sender, body) = read(body).map_err(|reason| FrameError::Malformed { kind, reason })?;
+    if sender.is_empty() {
+        return Err(FrameError::Malformed {
+            kind,
+            reason: "empty sender".into(),
+        });
+    }
+    Ok((sender, body))
+}
+
 fn read_body<T: DeserializeOwned>(
     kind: PacketKind,
     body: &[u8],
     wrap: fn(T) -> PacketBody,
-) -> Result<(Arc<str>, PacketBody), FrameError> {
+) -> Result<Decoded, FrameError> {
     let (sender, body): (String, T) =
         rmp_serde::from_slice(body).map_err(|e| FrameError::Malformed {
             kind,
@@ -259,8 +300,8 @@ impl FrameDecoder {
         match self.next_frame_len(buf)? {
             Some(len) => {
                 buf.advance(4);
-                let payload = buf.split_to(len);
-                self.codec.decode_payload(&payload).map(Some)
+                let payload = buf.split_to(len).freeze();
+                self.codec.decode_bytes(payload).map(Some)
             }
             None => Ok(None),
         }

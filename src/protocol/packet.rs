@@ -1,4 +1,5 @@
-//! The packets of protocol v1 (DESIGN.md §3), as plain serde types.
+//! The packets of protocol v2 (DESIGN.md §3 describes v1; v2 frames REQUEST and RESPONSE
+//! compactly, see `compact.rs`), as plain serde types.
 //!
 //! The packet set follows the Moleculer model: discovery (`DISCOVER`, `INFO`), liveness
 //! (`HEARTBEAT`, `PING`/`PONG`, `DISCONNECT`), calls (`REQUEST`/`RESPONSE`), events (`EVENT`) and
@@ -20,7 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// The protocol version every frame carries.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
 /// Call metadata: free-form values that travel with a request and its nested calls.
 pub type Meta = serde_json::Map<String, serde_json::Value>;
@@ -155,7 +156,7 @@ impl Packet {
     }
 }
 
-/// Every packet body of protocol v1.
+/// Every packet body of protocol v2.
 #[derive(Debug, Clone, PartialEq)]
 #[allow(missing_docs)]
 pub enum PacketBody {

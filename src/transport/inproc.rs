@@ -127,7 +127,7 @@ impl Transporter for InProcTransport {
             let reader_ctx = ctx.clone();
             let reader = tokio::spawn(async move {
                 while let Some(frame) = rx.recv().await {
-                    match reader_ctx.codec.decode_frame(&frame) {
+                    match reader_ctx.codec.decode_whole(frame.clone()) {
                         Ok(packet) => {
                             reader_ctx.traffic.record(
                                 &packet.sender,

@@ -189,7 +189,7 @@ impl Transporter for NatsTransport {
                 let ctx = ctx.clone();
                 readers.push(tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
-                        match ctx.codec.decode_frame(&message.payload) {
+                        match ctx.codec.decode_whole(message.payload.clone()) {
                             Ok(packet) => {
                                 ctx.traffic.record(
                                     &packet.sender,

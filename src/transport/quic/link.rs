@@ -318,7 +318,7 @@ impl Mesh {
         let packet = self
             .ctx
             .codec
-            .decode_frame(&frame)
+            .decode_whole(bytes::Bytes::from(frame))
             .map_err(|e| e.to_string())?;
         self.deliver(link, packet);
         Ok(())
