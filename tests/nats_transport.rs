@@ -5,10 +5,11 @@ mod common;
 #[path = "common/nats_server.rs"]
 mod nats_server;
 
+use common::cluster::Cluster;
 use common::{counter, counting, settle};
 use nats_server::NatsServer;
 use phalanx::transport::{LinkKind, NatsTransport};
-use phalanx::{Broker, CallOptions, Context, ErrorKind};
+use phalanx::{Broker, BrokerBuilder, CallOptions, Context, ErrorKind};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -17,13 +18,17 @@ use tokio::time::Instant;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn node(server: &NatsServer, id: &str, namespace: &str) -> Broker {
-    Broker::builder()
-        .node_id(id)
+/// A broker of `namespace` on `server`, with a short lease and stop grace.
+fn on_nats(builder: BrokerBuilder, server: &NatsServer, namespace: &str) -> BrokerBuilder {
+    builder
         .namespace(namespace)
         .heartbeat(Duration::from_millis(200), Duration::from_millis(1000))
         .stop_grace(Duration::from_millis(50))
         .transport(NatsTransport::builder(server.url()).build())
+}
+
+async fn node(server: &NatsServer, id: &str, namespace: &str) -> Broker {
+    on_nats(Broker::builder().node_id(id), server, namespace)
         .start()
         .await
         .expect("broker on NATS")
@@ -42,11 +47,10 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_brokers_call_emit_and_broadcast_over_nats() {
     let server = NatsServer::start();
-    let a = node(&server, "a", "shop").await;
-    let b = node(&server, "b", "shop").await;
-    let c = node(&server, "c", "shop").await;
+    let cluster = Cluster::start(&["a", "b", "c"], |b| on_nats(b, &server, "shop")).await;
+    let (a, b, c) = (cluster.node("a"), cluster.node("b"), cluster.node("c"));
     let (in_b, in_c) = (counter(), counter());
-    for (broker, count) in [(&b, in_b.clone()), (&c, in_c.clone())] {
+    for (broker, count) in [(b, in_b.clone()), (c, in_c.clone())] {
         broker
             .service("math")
             .action("add", |ctx: Context, (x, y): (i64, i64)| async move {
@@ -100,9 +104,7 @@ async fn three_brokers_call_emit_and_broadcast_over_nats() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
-    for n in [a, b, c] {
-        n.stop().await;
-    }
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,8 +151,8 @@ async fn a_killed_node_is_down_within_the_lease() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_restart_under_load_fails_fast_then_recovers() {
     let mut server = NatsServer::start();
-    let a = node(&server, "a", "").await;
-    let b = node(&server, "b", "").await;
+    let cluster = Cluster::start(&["a", "b"], |b| on_nats(b, &server, "")).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
     b.service("echo")
         .action("say", |_ctx, s: String| async move { Ok(s) })
         .start()
@@ -227,8 +229,7 @@ async fn nats_restart_under_load_fails_fast_then_recovers() {
     };
     assert_eq!(err.kind(), ErrorKind::Transport, "{err}");
     assert!(err.message().contains("unavailable"), "{err}");
-    a.stop().await;
-    b.stop().await;
+    cluster.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
