@@ -156,7 +156,7 @@ impl Broker {
         };
         let stack = &self.inner.middleware;
         if stack.is_empty(HookKind::Call) {
-            return self.attempt(call).await;
+            return self.attempt_inline(call).await;
         }
         let end = |call| self.attempt(call);
         stack
@@ -165,8 +165,58 @@ impl Broker {
             .await
     }
 
-    /// One attempt: picks an endpoint (synchronously, under the registry's read lock) and
-    /// calls it. Boxed: only the chosen path's state is allocated.
+    /// Picks the endpoint of one attempt, synchronously, under the registry's read lock.
+    fn pick_endpoint(
+        &self,
+        action: &str,
+        ctx: &Context,
+        params: &Payload<'_>,
+        options: &CallOptions,
+        avoid: &[Arc<str>],
+    ) -> Result<Picked> {
+        let registry = self.inner.registry();
+        let shard_key = registry
+            .strategy_for(action)
+            .shard_key()
+            .and_then(|key| shard_key(key, ctx, params));
+        let pick = Pick {
+            action,
+            node_id: options.node_id.as_deref(),
+            avoid,
+            admits: self.inner.admission.as_deref(),
+            shard_key: shard_key.as_deref(),
+        };
+        match registry.pick(&pick) {
+            Some(Target::Local(local)) => Ok(Picked::Local(local.clone())),
+            Some(Target::Remote(node, stats)) => Ok(Picked::Remote(node.clone(), stats.clone())),
+            None if options.node_id.is_none() && registry.has_action(action) => Err(Error::new(
+                ErrorKind::CircuitOpen,
+                format!("every endpoint of '{action}' has an open circuit"),
+            )),
+            None => Err(Error::service_not_found(action)),
+        }
+    }
+
+    /// One attempt, in the caller's own future (no allocation): for calls with no `call` layer.
+    async fn attempt_inline(&self, call: Call<'_>) -> Result<Payload<'static>> {
+        let Call {
+            action,
+            ctx,
+            params,
+            options,
+            avoid,
+        } = call;
+        match self.pick_endpoint(action, &ctx, &params, options, &avoid)? {
+            Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
+            Picked::Remote(node_id, stats) => {
+                self.attempt_remote(action, node_id, &stats, ctx, params)
+                    .await
+            }
+        }
+    }
+
+    /// One attempt, boxed for the `call` layers (which may run it more than once): only the
+    /// chosen path's state is allocated.
     fn attempt<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Payload<'static>>> {
         let Call {
             action,
@@ -175,34 +225,7 @@ impl Broker {
             options,
             avoid,
         } = call;
-        let picked = {
-            let registry = self.inner.registry();
-            let shard_key = registry
-                .strategy_for(action)
-                .shard_key()
-                .and_then(|key| shard_key(key, &ctx, &params));
-            let pick = Pick {
-                action,
-                node_id: options.node_id.as_deref(),
-                avoid: &avoid,
-                admits: self.inner.admission.as_deref(),
-                shard_key: shard_key.as_deref(),
-            };
-            match registry.pick(&pick) {
-                Some(Target::Local(local)) => Ok(Picked::Local(local.clone())),
-                Some(Target::Remote(node, stats)) => {
-                    Ok(Picked::Remote(node.clone(), stats.clone()))
-                }
-                None if options.node_id.is_none() && registry.has_action(action) => {
-                    Err(Error::new(
-                        ErrorKind::CircuitOpen,
-                        format!("every endpoint of '{action}' has an open circuit"),
-                    ))
-                }
-                None => Err(Error::service_not_found(action)),
-            }
-        };
-        match picked {
+        match self.pick_endpoint(action, &ctx, &params, options, &avoid) {
             Ok(Picked::Local(local)) => {
                 async move { self.run_local(action, &local, ctx, params).await }.boxed()
             }
@@ -482,7 +505,7 @@ impl Broker {
 
 /// The endpoint an attempt goes to, taken out of the registry.
 enum Picked {
-    Local(LocalHandler<Stack>),
+    Local(Arc<LocalHandler<Stack>>),
     Remote(Arc<str>, Arc<EndpointStats>),
 }
 

@@ -54,7 +54,7 @@ pub(crate) struct LocalHandler<L> {
 /// Where a call goes, borrowed from the registry.
 pub(crate) enum Target<'r, L> {
     /// A handler of this broker: call it directly.
-    Local(&'r LocalHandler<L>),
+    Local(&'r Arc<LocalHandler<L>>),
     /// Another node, and what this node has measured of the endpoint.
     Remote(&'r Arc<str>, &'r Arc<EndpointStats>),
 }
@@ -81,7 +81,8 @@ pub(crate) struct Pick<'a> {
 
 struct ActionEndpoint<L> {
     node_id: Arc<str>,
-    handler: Option<LocalHandler<L>>,
+    /// Shared, so taking it out of the registry for a call costs one reference count.
+    handler: Option<Arc<LocalHandler<L>>>,
     stats: Arc<EndpointStats>,
 }
 
@@ -184,11 +185,11 @@ impl<L: Clone> Registry<L> {
             set.local += 1;
             set.endpoints.push(ActionEndpoint {
                 node_id: self.local_id.clone(),
-                handler: Some(LocalHandler {
+                handler: Some(Arc::new(LocalHandler {
                     handler,
                     service: service.clone(),
                     layers: layers.clone(),
-                }),
+                })),
                 stats: Arc::default(),
             });
         }
