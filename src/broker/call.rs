@@ -216,7 +216,8 @@ impl Broker {
     }
 
     /// One attempt, boxed for the `call` layers (which may run it more than once): only the
-    /// chosen path's state is allocated.
+    /// chosen path's state is allocated. (Boxing [`Broker::attempt_inline`] instead would copy
+    /// both paths' state: the default stack measured 549 → 649 ns.)
     fn attempt<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Payload<'static>>> {
         let Call {
             action,
