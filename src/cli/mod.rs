@@ -119,9 +119,11 @@ pub(crate) struct MeshArgs {
     no_shm: bool,
     /// Use a NATS server instead of the QUIC mesh, e.g. `nats://user:pass@host:4222` or
     /// `tls://host:4222`. Also `PHALANX_NATS`.
+    #[cfg(feature = "nats")]
     #[arg(long, env = "PHALANX_NATS")]
     nats: Option<String>,
     /// A NATS credentials file.
+    #[cfg(feature = "nats")]
     #[arg(long, env = "PHALANX_NATS_CREDS")]
     nats_creds: Option<std::path::PathBuf>,
     /// Serve Prometheus metrics on this address at `/metrics`, e.g. `127.0.0.1:9464`.
@@ -171,6 +173,7 @@ impl MeshArgs {
         if !self.no_shm {
             builder = builder.transport(phalanx::transport::ShmTransport::builder().build());
         }
+        #[cfg(feature = "nats")]
         if let Some(url) = &self.nats {
             let mut nats = phalanx::transport::NatsTransport::builder(url.clone());
             if let Some(creds) = &self.nats_creds {
@@ -179,14 +182,14 @@ impl MeshArgs {
             let broker = builder.transport(nats.build()).start().await?;
             return Ok(Joined { broker, quic: None });
         }
-        let membership = match &self.secret {
+        let cluster_ca = match &self.secret {
             Some(secret) => ClusterCa::secret(secret.clone()),
             None => ClusterCa::local()?,
         };
         let quic = QuicTransport::builder()
             .listen(self.listen)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
-            .cluster_ca(membership)
+            .cluster_ca(cluster_ca)
             .mdns(!self.no_mdns)
             .build();
         let broker = builder.transport(quic.clone()).start().await?;
