@@ -172,45 +172,54 @@ fn put_blobs(
     Ok(())
 }
 
-/// Bounds-checked reads from the front of a body.
+/// Bounds-checked reads from the front of a body. Integers are read in place; only names and
+/// blobs are split off (a reference count, not a copy).
 struct Reader(Bytes);
 
 impl Reader {
-    fn take(&mut self, n: usize) -> Result<Bytes, String> {
+    fn need(&self, n: usize) -> Result<(), String> {
         if self.0.len() < n {
             return Err(format!("needs {n} more bytes, has {}", self.0.len()));
         }
+        Ok(())
+    }
+
+    fn take(&mut self, n: usize) -> Result<Bytes, String> {
+        self.need(n)?;
         Ok(self.0.split_to(n))
     }
 
     fn u8(&mut self) -> Result<u8, String> {
-        Ok(self.take(1)?.get_u8())
+        self.need(1)?;
+        Ok(self.0.get_u8())
     }
 
     fn u32(&mut self) -> Result<u32, String> {
-        Ok(self.take(4)?.get_u32())
+        self.need(4)?;
+        Ok(self.0.get_u32())
     }
 
     fn u64(&mut self) -> Result<u64, String> {
-        Ok(self.take(8)?.get_u64())
+        self.need(8)?;
+        Ok(self.0.get_u64())
     }
 
-    /// A `str16`, checked to be UTF-8, still in the frame's bytes.
-    fn str16_bytes(&mut self) -> Result<Bytes, String> {
-        let len = usize::from(self.take(2)?.get_u16());
-        let bytes = self.take(len)?;
-        std::str::from_utf8(&bytes).map_err(|e| format!("name is not UTF-8: {e}"))?;
-        Ok(bytes)
+    /// The raw bytes of a `str16` (not yet checked to be UTF-8).
+    fn str16_raw(&mut self) -> Result<Bytes, String> {
+        self.need(2)?;
+        let len = usize::from(self.0.get_u16());
+        self.take(len)
     }
 
     fn str16(&mut self) -> Result<Arc<str>, String> {
-        let bytes = self.str16_bytes()?;
-        Ok(Arc::from(std::str::from_utf8(&bytes).unwrap_or_default()))
+        let raw = self.str16_raw()?;
+        std::str::from_utf8(&raw)
+            .map(Arc::from)
+            .map_err(|e| format!("name is not UTF-8: {e}"))
     }
 
     fn string16(&mut self) -> Result<String, String> {
-        let bytes = self.str16_bytes()?;
-        Ok(std::str::from_utf8(&bytes).unwrap_or_default().to_owned())
+        String::from_utf8(self.str16_raw()?.to_vec()).map_err(|e| format!("name is not UTF-8: {e}"))
     }
 
     fn blob32<T: DeserializeOwned>(&mut self) -> Result<T, String> {
