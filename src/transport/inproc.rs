@@ -127,13 +127,14 @@ impl Transporter for InProcTransport {
             let reader_ctx = ctx.clone();
             let reader = tokio::spawn(async move {
                 while let Some(frame) = rx.recv().await {
-                    match reader_ctx.codec.decode_whole(frame.clone()) {
+                    let len = frame.len();
+                    match reader_ctx.codec.decode_whole(frame) {
                         Ok(packet) => {
                             reader_ctx.traffic.record(
                                 &packet.sender,
                                 LinkKind::InProc,
                                 Direction::Received,
-                                frame.len(),
+                                len,
                             );
                             reader_ctx.handler.on_packet(packet, LinkKind::InProc)
                         }

@@ -189,13 +189,14 @@ impl Transporter for NatsTransport {
                 let ctx = ctx.clone();
                 readers.push(tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
-                        match ctx.codec.decode_whole(message.payload.clone()) {
+                        let len = message.payload.len();
+                        match ctx.codec.decode_whole(message.payload) {
                             Ok(packet) => {
                                 ctx.traffic.record(
                                     &packet.sender,
                                     LinkKind::Nats,
                                     Direction::Received,
-                                    message.payload.len(),
+                                    len,
                                 );
                                 ctx.handler.on_packet(packet, LinkKind::Nats)
                             }
