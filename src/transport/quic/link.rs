@@ -36,6 +36,19 @@ pub(crate) struct Link {
     pub(super) outbound: bool,
     conn: quinn::Connection,
     main: tokio::sync::Mutex<quinn::SendStream>,
+    outbox: std::sync::Mutex<Outbox>,
+}
+
+/// Small frames held back while the link's reader hands a batch of received frames to the
+/// broker: the answers that batch produces at once leave in one write (one wake of the QUIC
+/// driver, few datagrams) instead of one write each.
+///
+/// The outbox is only *uncorked* while the main stream is locked, taking every held frame with
+/// it, so a frame sent after the uncork can never overtake one held before it.
+#[derive(Default)]
+struct Outbox {
+    corked: bool,
+    frames: BytesMut,
 }
 
 impl Link {
@@ -69,6 +82,13 @@ impl Link {
     /// Writes one frame from the calling task: small frames on the main stream, large ones on a
     /// stream of their own. A write that stalls past the timeout closes the link.
     pub(super) async fn send(&self, frame: Bytes, config: &QuicConfig) -> Result<()> {
+        if frame.len() < config.large_frame {
+            let mut outbox = self.outbox.lock().expect("outbox lock");
+            if outbox.corked {
+                outbox.frames.extend_from_slice(&frame);
+                return Ok(());
+            }
+        }
         let write = async {
             if frame.len() >= config.large_frame {
                 let mut stream = self.conn.open_uni().await.map_err(|e| e.to_string())?;
@@ -83,6 +103,45 @@ impl Link {
                 main.write_all(&frame).await.map_err(|e| e.to_string())
             }
         };
+        self.bounded(write, config).await
+    }
+
+    /// Holds back small frames until [`Link::flush`]: the reader corks before it delivers a batch.
+    fn cork(&self) {
+        self.outbox.lock().expect("outbox lock").corked = true;
+    }
+
+    /// Lets sends through again without writing what was held: the reader is gone, the link is
+    /// closing, and whoever sends next must learn it rather than fill a buffer nobody writes.
+    fn uncork_discarding(&self) {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        outbox.corked = false;
+        outbox.frames = BytesMut::new();
+    }
+
+    /// Writes every frame held since [`Link::cork`] in one write and lets sends through again.
+    async fn flush(&self, config: &QuicConfig) -> Result<()> {
+        let write = async {
+            let mut main = self.main.lock().await;
+            let frames = {
+                let mut outbox = self.outbox.lock().expect("outbox lock");
+                outbox.corked = false;
+                outbox.frames.split()
+            };
+            if frames.is_empty() {
+                return Ok(());
+            }
+            main.write_all(&frames).await.map_err(|e| e.to_string())
+        };
+        self.bounded(write, config).await
+    }
+
+    /// Runs a write under the link's write timeout; a write that stalls past it closes the link.
+    async fn bounded(
+        &self,
+        write: impl std::future::Future<Output = std::result::Result<(), String>>,
+        config: &QuicConfig,
+    ) -> Result<()> {
         // The timer is only registered if the write has to wait; nothing is allocated.
         match tokio::time::timeout(config.write_timeout, write).await {
             Ok(Ok(())) => Ok(()),
@@ -167,6 +226,7 @@ impl Mesh {
             outbound,
             conn: conn.clone(),
             main: tokio::sync::Mutex::new(main),
+            outbox: Default::default(),
         });
         let (kept, first) = self.register(&link);
         if !kept {
@@ -263,12 +323,25 @@ impl Mesh {
         mut recv: quinn::RecvStream,
         mut buf: BytesMut,
     ) {
+        /// Uncorks the link however the reader ends.
+        struct Uncork<'a>(&'a Link);
+        impl Drop for Uncork<'_> {
+            fn drop(&mut self) {
+                self.0.uncork_discarding();
+            }
+        }
+        let _uncork = Uncork(&link);
         let mut decoder = FrameDecoder::new(self.ctx.codec);
         loop {
+            let mut corked = false;
             loop {
                 let buffered = buf.len();
                 match decoder.decode(&mut buf) {
                     Ok(Some(packet)) => {
+                        if !corked {
+                            link.cork();
+                            corked = true;
+                        }
                         self.ctx.traffic.record(
                             &link.node_id,
                             LinkKind::Quic,
@@ -282,6 +355,12 @@ impl Mesh {
                     Ok(None) => break,
                     Err(err) => return self.violation(&link, &err.to_string()),
                 }
+            }
+            // The answers this batch produced at once leave together. Waiting for the write
+            // before reading more is the back-pressure: a peer that stops reading our answers
+            // stops being read.
+            if corked && link.flush(&self.config).await.is_err() {
+                return;
             }
             match recv.read_chunk(READ_CHUNK, true).await {
                 Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
