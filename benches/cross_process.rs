@@ -1,7 +1,8 @@
 //! Calls between two processes, the way users run them: for each row this bench starts a
 //! serving process (itself, re-run with `--serve ROW`) and calls it from this one, in the same
 //! run as the raw baselines between two processes — quinn with one long-lived stream and a
-//! request-id mux, the same mux over a Unix socket and over TCP, and async-nats request-reply.
+//! request-id mux, the same mux over a Unix socket and over TCP, async-nats request-reply — and
+//! tarpc over TCP, the RPC framework a Rust team would otherwise pick.
 //!
 //! Run: `cargo bench --bench cross_process` (options: `-- --seconds 3 --payload 64 [ROW…]`).
 //!
@@ -18,6 +19,8 @@ mod nats_server;
 #[path = "support/raw_quinn.rs"]
 mod raw_quinn;
 mod support;
+#[path = "support/tarpc_echo.rs"]
+mod tarpc_echo;
 
 use bytes::Bytes;
 use mux::{MuxClient, echo};
@@ -62,11 +65,12 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 /// The rows, in the order they run: raw baselines first.
-const ROWS: [&str; 7] = [
+const ROWS: [&str; 8] = [
     "raw-quinn",
     "raw-unix",
     "raw-tcp",
     "raw-nats",
+    "tarpc",
     "phalanx-quic",
     "phalanx-shm",
     "phalanx-nats",
@@ -244,6 +248,11 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
             let client = MuxClient::over(read, write);
             run(row, &mut server, options, client.calls(body)).await
         }
+        "tarpc" => {
+            let address = server.address.parse().expect("address");
+            let calls = tarpc_echo::calls(address, body.to_vec()).await;
+            run(row, &mut server, options, calls).await
+        }
         "raw-nats" => {
             let client = async_nats::connect(nats).await.expect("nats");
             run(row, &mut server, options, nats_request_call(&client, &body)).await
@@ -338,6 +347,7 @@ async fn serve(row: &str, nats: &str) {
     let mut broker = None;
     let address = match row {
         "raw-quinn" => raw_quinn::serve().to_string(),
+        "tarpc" => tarpc_echo::serve().await.to_string(),
         "raw-unix" => {
             let path =
                 std::env::temp_dir().join(format!("phalanx-bench-{}.sock", std::process::id()));
@@ -438,6 +448,7 @@ fn report(results: &[RowFigures], options: &Options) {
     };
     table.push('\n');
     table.push_str(&ratio("phalanx-quic", "raw-quinn"));
+    table.push_str(&ratio("phalanx-quic", "tarpc"));
     table.push_str(&ratio("phalanx-shm", "raw-unix"));
     table.push_str(&ratio("phalanx-nats", "raw-nats"));
     println!("\n{table}");
