@@ -44,6 +44,8 @@ async fn main() -> phalanx::Result<()> {
                 let node = ctx.broker().node_id().to_owned();
                 Ok((item.len() as f64 * 1.5, node))
             })
+            // A read: safe to run twice, so a replica's own failure may be retried elsewhere.
+            .idempotent(&["get"])
             .start()
             .await?;
         replicas.push(replica);

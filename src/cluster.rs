@@ -75,6 +75,9 @@ pub struct ActionInfo {
     pub nodes: Vec<String>,
     /// Whether the answering node serves it itself.
     pub local: bool,
+    /// Whether every node serving it declares it safe to run twice.
+    #[serde(default)]
+    pub idempotent: bool,
 }
 
 /// An event subscription as `$node.events` shows it.

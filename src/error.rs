@@ -30,7 +30,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum ErrorKind {
     /// No available endpoint serves the action (404).
     ServiceNotFound,
-    /// The call's deadline passed before a response arrived (504).
+    /// The call's deadline passed before a response arrived (504). The handler may have run:
+    /// retried only when the call is idempotent.
     Timeout,
     /// Parameters could not be decoded into the handler's type, or failed validation (422).
     Validation,
@@ -59,6 +60,10 @@ pub enum ErrorKind {
     Authentication,
     /// An internal failure that fits no other kind (500).
     Internal,
+    /// The request reached the target but its node or link went away before the answer: the
+    /// handler may or may not have run (502). Retried only when the call is
+    /// [idempotent](crate::CallOptions::idempotent).
+    OutcomeUnknown,
 }
 
 impl ErrorKind {
@@ -80,6 +85,7 @@ impl ErrorKind {
             Self::Transport => "TransportError",
             Self::Authentication => "AuthenticationError",
             Self::Internal => "InternalError",
+            Self::OutcomeUnknown => "OutcomeUnknownError",
         }
     }
 
@@ -101,6 +107,7 @@ impl ErrorKind {
             "TransportError" => Self::Transport,
             "AuthenticationError" => Self::Authentication,
             "InternalError" => Self::Internal,
+            "OutcomeUnknownError" => Self::OutcomeUnknown,
             _ => Self::Handler,
         }
     }
@@ -117,7 +124,7 @@ impl ErrorKind {
             }
             Self::Handler | Self::HandlerPanic | Self::Internal => 500,
             Self::Protocol => 400,
-            Self::Transport => 502,
+            Self::Transport | Self::OutcomeUnknown => 502,
             Self::Authentication => 401,
         }
     }
@@ -126,8 +133,7 @@ impl ErrorKind {
     pub fn default_retryable(self) -> bool {
         matches!(
             self,
-            Self::Timeout
-                | Self::QueueFull
+            Self::QueueFull
                 | Self::BulkheadFull
                 | Self::Rejected
                 | Self::NodeStopping
@@ -378,6 +384,42 @@ impl Error {
     pub fn from_body(body: ErrorBody) -> Self {
         Self(Box::new(Inner { body, source: None }))
     }
+
+    /// An error a peer sent back: everything it said is kept, but whether to retry is decided
+    /// here from the kind. Only a handler's own error keeps the handler's word on it — and since
+    /// that handler ran, the retry layer acts on it only for idempotent calls.
+    pub(crate) fn from_peer(body: ErrorBody) -> Self {
+        let kind = ErrorKind::from_name(&body.name);
+        let retryable = match kind {
+            ErrorKind::Handler => body.retryable,
+            other => other.default_retryable(),
+        };
+        Self::from_body(body).with_retryable(retryable)
+    }
+
+    /// Whether the call may have run (or did run) on its target before this error — a timeout,
+    /// an [`ErrorKind::OutcomeUnknown`], or the handler's own error: trying again could run it
+    /// twice, so retries need the call to be [idempotent](crate::CallOptions::idempotent).
+    pub fn may_have_run(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Timeout
+                | ErrorKind::OutcomeUnknown
+                | ErrorKind::Handler
+                | ErrorKind::HandlerPanic
+        )
+    }
+
+    /// Whether the retry layer tries a call again after this error: errors that prove the call
+    /// did not run when they are retryable; errors after which it may have run only when the
+    /// call is idempotent (and, for a handler's own error, when the handler said retryable).
+    pub fn worth_retrying(&self, idempotent: bool) -> bool {
+        match self.kind() {
+            ErrorKind::Timeout | ErrorKind::OutcomeUnknown => idempotent,
+            _ if self.may_have_run() => idempotent && self.is_retryable(),
+            _ => self.is_retryable(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -402,6 +444,7 @@ mod tests {
             ErrorKind::Transport,
             ErrorKind::Authentication,
             ErrorKind::Internal,
+            ErrorKind::OutcomeUnknown,
         ] {
             assert_eq!(ErrorKind::from_name(kind.name()), kind);
         }
@@ -411,7 +454,8 @@ mod tests {
     fn defaults_follow_kind() {
         let e = Error::timeout("math.add");
         assert_eq!(e.code(), 504);
-        assert!(e.is_retryable());
+        assert!(!e.is_retryable());
+        assert!(e.may_have_run());
         let e = Error::service_not_found("x.y");
         assert_eq!(e.code(), 404);
         assert!(!e.is_retryable());

@@ -6,9 +6,12 @@
 //!
 //! 1. **CA files** (production): the CA certificate plus this node's certificate and key, issued
 //!    by your own PKI — [`ClusterCa::files`].
-//! 2. **A cluster secret** (`PHALANX_SECRET` / `--secret`): the CA key is derived from the secret
-//!    with HKDF-SHA256, so every node that knows the secret derives the same CA and issues its own
-//!    node certificate — [`ClusterCa::secret`].
+//! 2. **A cluster secret** (`PHALANX_SECRET` or `--secret-file`): the CA key is derived from the
+//!    secret (PBKDF2-HMAC-SHA256, [`SECRET_ROUNDS`] rounds, then HKDF), so every node that knows
+//!    the secret derives the same CA and issues its own node certificate —
+//!    [`ClusterCa::secret`]. A secret must be strong ([`check_secret_strength`]): anyone who
+//!    reaches a node's port sees a certificate signed with the derived key and can test guesses
+//!    offline, so the secret has to be beyond guessing, not merely unknown.
 //! 3. **Zero config**: a random secret created on first run in `$XDG_CONFIG_HOME/phalanx/secret`
 //!    (or `~/.config/phalanx/secret`, mode 0600) and shared by every node of that user on the
 //!    host. Copy that file (or its contents as `PHALANX_SECRET`) to other machines to let them
@@ -25,8 +28,9 @@
 //! ```
 //! use phalanx::identity::ClusterCa;
 //!
-//! let a = ClusterCa::secret("correct horse battery staple").credentials("node-a").unwrap();
-//! let b = ClusterCa::secret("correct horse battery staple").credentials("node-b").unwrap();
+//! let secret = "9f1c2b7e0d4a8c3f6e5b1a2d7c9e0f4b";   // e.g. `openssl rand -hex 16`
+//! let a = ClusterCa::secret(secret).credentials("node-a").unwrap();
+//! let b = ClusterCa::secret(secret).credentials("node-b").unwrap();
 //! assert_eq!(a.ca_fingerprint(), b.ca_fingerprint());   // same secret, same CA
 //! assert_ne!(a.fingerprint(), b.fingerprint());         // each node has its own key
 //! ```
@@ -134,7 +138,7 @@ impl ClusterCa {
 /// ```
 /// use phalanx::identity::{ClusterCa, certified_node_id};
 ///
-/// let creds = ClusterCa::secret("s3cret").credentials("node-a").unwrap();
+/// let creds = ClusterCa::secret("9f1c2b7e0d4a8c3f6e5b1a2d7c9e0f4b").credentials("node-a").unwrap();
 /// assert_eq!(certified_node_id(creds.certificate()).as_deref(), Some("node-a"));
 /// ```
 pub fn certified_node_id(cert: &CertificateDer<'_>) -> Option<String> {
@@ -164,7 +168,7 @@ impl Credentials {
     /// This node's certificate (the leaf of its chain).
     ///
     /// ```
-    /// let creds = phalanx::identity::ClusterCa::secret("s3cret").credentials("n1").unwrap();
+    /// let creds = phalanx::identity::ClusterCa::secret("9f1c2b7e0d4a8c3f6e5b1a2d7c9e0f4b").credentials("n1").unwrap();
     /// assert!(!creds.certificate().is_empty());
     /// ```
     pub fn certificate(&self) -> &CertificateDer<'static> {
@@ -253,9 +257,78 @@ fn ed25519_pkcs8(seed: &[u8; 32]) -> Vec<u8> {
 }
 
 /// The CA as every holder of `secret` derives it: same key, same certificate.
+/// Rounds of PBKDF2-HMAC-SHA256 a cluster secret goes through before it becomes the CA key: each
+/// offline guess costs as much (tens of milliseconds) as a node start.
+pub const SECRET_ROUNDS: u32 = 100_000;
+
+/// The shortest cluster secret accepted, in bytes.
+pub const MIN_SECRET_LEN: usize = 32;
+
+/// Refuses a secret that could be guessed: shorter than [`MIN_SECRET_LEN`] bytes, or made of
+/// fewer than 10 different characters. The error says how to make a good one.
+///
+/// ```
+/// use phalanx::identity::check_secret_strength;
+///
+/// assert!(check_secret_strength("demo").is_err());
+/// assert!(check_secret_strength(&"a".repeat(40)).is_err());
+/// assert!(check_secret_strength("3f9a0c7d1e5b8a2c6f4d0e9b7a1c3e5f").is_ok());
+/// ```
+pub fn check_secret_strength(secret: &str) -> Result<()> {
+    let distinct = secret
+        .bytes()
+        .collect::<std::collections::BTreeSet<u8>>()
+        .len();
+    if secret.len() >= MIN_SECRET_LEN && distinct >= 10 {
+        return Ok(());
+    }
+    Err(cert_error(format!(
+        "the cluster secret is too weak ({} bytes, {distinct} different characters; at least \
+         {MIN_SECRET_LEN} bytes and 10 different characters): make one with \
+         `openssl rand -hex 32`, or leave the secret unset and Phalanx creates one in {}",
+        secret.len(),
+        secret_file_path()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "~/.config/phalanx/secret".into())
+    )))
+}
+
+/// The slow half of the CA derivation, remembered per secret for the life of the process
+/// (several brokers of one process, or a restarted transport, derive once).
+fn stretched(secret: &str) -> [u8; 32] {
+    use std::sync::{Mutex, OnceLock};
+    /// (SHA-256 of a secret, its stretched form), most recent last.
+    type Derived = Vec<(ring::digest::Digest, [u8; 32])>;
+    static DERIVED: OnceLock<Mutex<Derived>> = OnceLock::new();
+    let key = ring::digest::digest(&ring::digest::SHA256, secret.as_bytes());
+    let cache = DERIVED.get_or_init(Mutex::default);
+    if let Some((_, out)) = cache
+        .lock()
+        .expect("secret cache")
+        .iter()
+        .find(|(k, _)| k.as_ref() == key.as_ref())
+    {
+        return *out;
+    }
+    let mut out = [0u8; 32];
+    ring::pbkdf2::derive(
+        ring::pbkdf2::PBKDF2_HMAC_SHA256,
+        std::num::NonZeroU32::new(SECRET_ROUNDS).expect("non-zero rounds"),
+        b"phalanx/cluster-ca/v2",
+        secret.as_bytes(),
+        &mut out,
+    );
+    let mut cache = cache.lock().expect("secret cache");
+    if cache.len() >= 16 {
+        cache.remove(0);
+    }
+    cache.push((key, out));
+    out
+}
+
 fn derived_ca(secret: &str) -> Result<(CertificateParams, KeyPair, CertificateDer<'static>)> {
-    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/cluster-ca/v1");
-    let prk = salt.extract(secret.as_bytes());
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/cluster-ca/v2");
+    let prk = salt.extract(&stretched(secret));
     let mut seed = [0u8; 32];
     prk.expand(&[b"ed25519 seed"], ring::hkdf::HKDF_SHA256)
         .and_then(|okm| okm.fill(&mut seed))
@@ -276,9 +349,7 @@ fn derived_ca(secret: &str) -> Result<(CertificateParams, KeyPair, CertificateDe
 }
 
 fn credentials_from_secret(secret: &str, node_id: &str) -> Result<Credentials> {
-    if secret.is_empty() {
-        return Err(cert_error("the cluster secret is empty"));
-    }
+    check_secret_strength(secret)?;
     let (ca_params, ca_key, ca_der) = derived_ca(secret)?;
     let issuer = Issuer::new(ca_params, ca_key);
     let node_key = KeyPair::generate_for(&PKCS_ED25519).map_err(cert_error)?;
@@ -362,11 +433,8 @@ pub fn secret_file_path() -> Result<PathBuf> {
 /// Reads the secret file, creating it (atomically, mode 0600) with a random secret if missing.
 fn read_or_create_secret(path: &Path) -> Result<String> {
     let io = |e: std::io::Error| cert_error(format!("secret file {}: {e}", path.display()));
-    if let Ok(secret) = std::fs::read_to_string(path) {
-        let secret = secret.trim().to_owned();
-        if !secret.is_empty() {
-            return Ok(secret);
-        }
+    if let Some(secret) = read_secret_file(path)? {
+        return Ok(secret);
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(io)?;
@@ -379,10 +447,10 @@ fn read_or_create_secret(path: &Path) -> Result<String> {
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
+        // `create_new`: O_EXCL, so a file (or symlink) planted at this name is never written.
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .mode(0o600)
             .open(&tmp)
             .map_err(io)?;
@@ -397,22 +465,61 @@ fn read_or_create_secret(path: &Path) -> Result<String> {
             tracing::info!(path = %path.display(), "created a new cluster secret");
             Ok(secret)
         }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => std::fs::read_to_string(path)
-            .map(|s| s.trim().to_owned())
-            .map_err(io),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret_file(path)?
+            .ok_or_else(|| cert_error(format!("secret file {} is empty", path.display()))),
         Err(e) => Err(io(e)),
     }
+}
+
+/// Reads an existing secret file (`None` if there is none, or it is empty) — only if it is a
+/// regular file of this user that nobody else can read or write.
+pub fn read_secret_file(path: &Path) -> Result<Option<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cert_error(format!("secret file {}: {e}", path.display()))),
+    };
+    if !meta.file_type().is_file() {
+        return Err(cert_error(format!(
+            "secret file {} is not a regular file (a symlink or a directory is refused)",
+            path.display()
+        )));
+    }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(cert_error(format!(
+            "secret file {} belongs to uid {}, not to this user (uid {me})",
+            path.display(),
+            meta.uid()
+        )));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(cert_error(format!(
+            "secret file {} can be read by other users (mode {:o}): run `chmod 600 {}`",
+            path.display(),
+            meta.mode() & 0o777,
+            path.display()
+        )));
+    }
+    let secret = std::fs::read_to_string(path)
+        .map_err(|e| cert_error(format!("secret file {}: {e}", path.display())))?;
+    let secret = secret.trim();
+    Ok((!secret.is_empty()).then(|| secret.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    const S1: &str = "unit-test-secret-0123456789abcdef";
+    const S2: &str = "another-test-secret-fedcba987654";
+
     #[test]
     fn the_same_secret_derives_the_same_ca() {
-        let a = credentials_from_secret("s3cret", "a").unwrap();
-        let b = credentials_from_secret("s3cret", "b").unwrap();
-        let c = credentials_from_secret("other", "c").unwrap();
+        let a = credentials_from_secret(S1, "a").unwrap();
+        let b = credentials_from_secret(S1, "b").unwrap();
+        let c = credentials_from_secret(S2, "c").unwrap();
         assert_eq!(a.ca, b.ca);
         assert_ne!(a.ca, c.ca);
         assert!(a.server_config().is_ok() && a.client_config().is_ok());
@@ -428,12 +535,35 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
+        check_secret_strength(&first).expect("a created secret is strong");
+
+        // Readable by others: refused, with the command that fixes it.
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = read_or_create_secret(&path).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("chmod 600 {}", path.display())),
+            "{err}"
+        );
+
+        // A symlink planted where the secret should be: refused, never followed.
+        let link = dir.join("linked");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let err = read_or_create_secret(&link).unwrap_err().to_string();
+        assert!(err.contains("not a regular file"), "{err}");
         std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
+    fn weak_secrets_are_refused_with_a_way_out() {
+        for weak in ["", "demo", "s3cret", &"ab".repeat(20)] {
+            let err = credentials_from_secret(weak, "n").unwrap_err().to_string();
+            assert!(err.contains("openssl rand -hex 32"), "{err}");
+        }
+    }
+
+    #[test]
     fn files_round_trip_through_pem() {
-        let (ca_params, ca_key, ca_der) = derived_ca("x").unwrap();
+        let (ca_params, ca_key, ca_der) = derived_ca(S1).unwrap();
         let issuer = Issuer::new(ca_params, ca_key);
         let key = KeyPair::generate_for(&PKCS_ED25519).unwrap();
         let mut params = CertificateParams::new(vec![CLUSTER_SERVER_NAME.to_owned()]).unwrap();
@@ -442,8 +572,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("phalanx-pem-{}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_pem = rcgen::CertifiedIssuer::self_signed(
-            derived_ca("x").unwrap().0,
-            derived_ca("x").unwrap().1,
+            derived_ca(S1).unwrap().0,
+            derived_ca(S1).unwrap().1,
         )
         .unwrap()
         .pem();

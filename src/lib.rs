@@ -8,6 +8,7 @@ mod discovery;
 mod error;
 mod handler;
 pub mod identity;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;

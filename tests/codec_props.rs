@@ -45,7 +45,8 @@ fn body() -> impl Strategy<Value = PacketBody> {
                         name: "math".into(),
                         version: Some("2".into()),
                         actions: vec![ActionInfo {
-                            name: "v2.math.add".into()
+                            name: "v2.math.add".into(),
+                            idempotent: true,
                         }],
                         events: vec![EventInfo {
                             name: "a.*".into(),

@@ -221,8 +221,9 @@ async fn a_node_that_vanishes_fails_its_pending_calls_at_once() {
     settle(&started, 1).await;
     cluster.bus.sever("b");
     let err = call.await.unwrap().unwrap_err();
-    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
-    assert!(err.is_retryable());
+    // The request had left: whether it ran is unknown, so nothing retries it on its own.
+    assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err}");
+    assert!(err.may_have_run() && !err.is_retryable());
     assert_eq!(settle(&disconnected, 1).await, 1);
     let err = a.call::<()>("slow.work", ()).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::ServiceNotFound);
@@ -466,4 +467,60 @@ async fn a_flooding_peer_gets_queue_full_beyond_its_in_flight_limit() {
     assert_eq!(a.call::<u64>("slow.work", 1u64).await.unwrap(), 1);
     b.stop().await;
     cluster.stop().await;
+}
+
+#[tokio::test]
+async fn a_call_lost_mid_flight_runs_again_only_when_idempotent() {
+    for idempotent in [false, true] {
+        let cluster = Cluster::inproc(&["a", "b", "c"]).await;
+        let a = cluster.node("a");
+        let runs = counter();
+        // The first replica to get the charge hangs on to it (and is then cut off).
+        let first = Arc::new(std::sync::Mutex::new(None::<String>));
+        for id in ["b", "c"] {
+            let (runs, first) = (runs.clone(), first.clone());
+            cluster
+                .node(id)
+                .service("pay")
+                .action("charge", move |_ctx, _: ()| {
+                    let hang = runs.fetch_add(1, Ordering::SeqCst) == 0;
+                    if hang {
+                        *first.lock().unwrap() = Some(id.to_owned());
+                    }
+                    async move {
+                        if hang {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        Ok(())
+                    }
+                })
+                .start()
+                .await
+                .unwrap();
+        }
+        while a.actions().iter().all(|x| x.nodes.len() < 2) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut options = CallOptions::new().retries(3);
+        if idempotent {
+            options = options.idempotent();
+        }
+        let caller = a.clone();
+        let call =
+            tokio::spawn(async move { caller.call_with::<()>("pay.charge", (), options).await });
+        assert_eq!(settle(&runs, 1).await, 1, "one replica started the charge");
+        let hung = first.lock().unwrap().clone().expect("a replica hangs");
+        cluster.bus.sever(&hung);
+        let result = call.await.unwrap();
+        if idempotent {
+            // Declared safe to run twice: retried on the other replica, and answered.
+            result.expect("the idempotent call is retried on the other replica");
+            assert_eq!(runs.load(Ordering::SeqCst), 2);
+        } else {
+            let err = result.expect_err("the replica vanished mid-call");
+            assert_eq!(err.kind(), ErrorKind::OutcomeUnknown, "{err}");
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "never charged twice");
+        }
+        cluster.stop().await;
+    }
 }

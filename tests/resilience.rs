@@ -60,6 +60,8 @@ async fn replica(
                 }
             }
         })
+        // Failures the handler reports as retryable are only retried for idempotent actions.
+        .idempotent(&["hi"])
         .start()
         .await
         .unwrap();
@@ -248,6 +250,7 @@ async fn retries_back_off_exponentially_until_success() {
             };
             async move { result }
         })
+        .idempotent(&["get"])
         .start()
         .await
         .unwrap();
@@ -291,6 +294,7 @@ async fn retries_stop_at_the_deadline_and_skip_non_retryable_errors() {
                 }
             }
         })
+        .idempotent(&["get"])
         .start()
         .await
         .unwrap();

@@ -44,7 +44,7 @@ impl Options {
 pub(crate) fn quic_loopback(seed: Option<String>) -> QuicTransport {
     QuicTransport::builder()
         .listen("127.0.0.1:0".parse().expect("loopback address"))
-        .cluster_ca(ClusterCa::secret("bench"))
+        .cluster_ca(ClusterCa::secret("phalanx-bench-secret-0123456789abcdef"))
         .mdns(false)
         .seeds(seed)
         .build()

@@ -9,7 +9,9 @@ use std::sync::Arc;
 
 /// An echo server on a free loopback port; returns its address. Serves until the runtime ends.
 pub(crate) fn serve() -> SocketAddr {
-    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
+    let creds = ClusterCa::secret("raw-quinn-baseline-secret-0123456789")
+        .credentials("raw")
+        .expect("creds");
     let crypto =
         quinn::crypto::rustls::QuicServerConfig::try_from(creds.server_config().expect("tls"))
             .expect("quic tls");
@@ -34,7 +36,9 @@ pub(crate) fn serve() -> SocketAddr {
 
 /// A client of the echo server at `address`.
 pub(crate) async fn client(address: SocketAddr) -> MuxClient<quinn::SendStream> {
-    let creds = ClusterCa::secret("raw").credentials("raw").expect("creds");
+    let creds = ClusterCa::secret("raw-quinn-baseline-secret-0123456789")
+        .credentials("raw")
+        .expect("creds");
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().expect("tls"))
             .expect("quic tls");

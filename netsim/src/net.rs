@@ -76,7 +76,8 @@ impl Net {
             hosts: Vec::new(),
             dir,
             bin,
-            secret: format!("netsim-{run}-{scenario}"),
+            // Strong enough to be accepted (at least 32 bytes of 10 different characters).
+            secret: format!("netsim-{run}-{scenario}-0123456789abcdef"),
         };
         sh(&["ip", "netns", "add", &switch])?;
         sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"])?;
@@ -146,14 +147,8 @@ impl Net {
                 "--node-id",
                 &host.name,
             ])
-            .args([
-                "--secret",
-                &self.secret,
-                "--heartbeat-ms",
-                "500",
-                "--lease-ms",
-                "2000",
-            ])
+            .env("PHALANX_SECRET", &self.secret)
+            .args(["--heartbeat-ms", "500", "--lease-ms", "2000"])
             .arg("--status-file")
             .arg(&status)
             .args(extra)
@@ -319,7 +314,7 @@ impl Net {
             .arg(&self.bin)
             .args(args)
             .args(["--seed", seed, "--no-mdns", "--listen", "0.0.0.0:0"])
-            .args(["--secret", secret.unwrap_or(&self.secret)])
+            .env("PHALANX_SECRET", secret.unwrap_or(&self.secret))
             .args(["--heartbeat-ms", "500", "--lease-ms", "2000"])
             .env("RUST_LOG", "error");
         command

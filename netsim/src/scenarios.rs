@@ -307,7 +307,8 @@ fn crash_with_retries(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let mut net = formed_mesh(run, 8, 4, bin)?;
     net.stop(0);
     // Calls stuck on the dead replica fail when its lease (2 s) runs out, then go elsewhere.
-    let bench = background_bench(&net, "8", "6000", &["--retries", "3"]);
+    // demo.echo is safe to run twice: the calls the crash leaves unanswered may be retried.
+    let bench = background_bench(&net, "8", "6000", &["--retries", "3", "--idempotent"]);
     std::thread::sleep(Duration::from_secs(3));
     net.kill9(2);
     let out = bench.wait_with_output().map_err(|e| e.to_string())?;
@@ -335,7 +336,10 @@ fn wrong_secret(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     for i in 0..3 {
         net.start(i, &[])?;
     }
-    let real = std::mem::replace(&mut net.secret, "the-wrong-secret".into());
+    let real = std::mem::replace(
+        &mut net.secret,
+        "the-wrong-secret-0123456789abcdefghij".into(),
+    );
     net.start(3, &["--seed", &format!("{}:7000", net.hosts[0].ip)])?;
     net.secret = real;
     net.converge(&[0, 1, 2], Duration::from_secs(10))
@@ -354,7 +358,7 @@ fn wrong_secret(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
         3,
         &member,
         &["call", "demo.echo", "{}", "--wait", "2000"],
-        Some("the-wrong-secret"),
+        Some("the-wrong-secret-0123456789abcdefghij"),
     );
     let auth = String::from_utf8_lossy(&out.stdout).contains("AuthenticationError")
         && !out.status.success();

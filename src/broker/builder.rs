@@ -3,6 +3,7 @@
 use super::Registry;
 use super::{Broker, BrokerInner, RUNNING, Timings};
 use crate::error::Result;
+use crate::limits::Limits;
 use crate::metrics::BrokerMetrics;
 use crate::middleware::{
     CircuitBreaker, CircuitBreakerConfig, Fallback, FallbackFn, Metrics, Middleware, Retry,
@@ -42,7 +43,7 @@ pub struct BrokerBuilder {
     instance_id: Option<String>,
     timings: Timings,
     max_frame_len: usize,
-    max_peer_in_flight: usize,
+    limits: Limits,
     strategy: Strategy,
     action_strategies: HashMap<String, Strategy>,
     transports: Vec<Arc<dyn Transporter>>,
@@ -78,7 +79,7 @@ impl Default for BrokerBuilder {
                 stop_grace: Duration::from_millis(200),
             },
             max_frame_len: DEFAULT_MAX_FRAME_LEN,
-            max_peer_in_flight: 1024,
+            limits: Limits::default(),
             strategy: Strategy::default(),
             action_strategies: HashMap::default(),
             transports: Vec::new(),
@@ -143,9 +144,15 @@ impl BrokerBuilder {
     }
 
     /// Most requests from one peer served at once; beyond that the peer gets queue-full (429)
-    /// errors at once. Default: 1024.
+    /// errors at once. Default: 1024 (a shortcut for [`Limits::max_peer_in_flight`]).
     pub fn max_peer_in_flight(mut self, limit: usize) -> Self {
-        self.max_peer_in_flight = limit.max(1);
+        self.limits.max_peer_in_flight = limit.max(1);
+        self
+    }
+
+    /// Every bound on what peers may make this node hold or do ([`Limits`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -245,6 +252,16 @@ impl BrokerBuilder {
 
     /// Starts the broker: `$node` service, transports, discovery, heartbeats.
     pub async fn start(self) -> Result<Broker> {
+        let (interval, timeout) = (
+            self.timings.heartbeat_interval,
+            self.timings.heartbeat_timeout,
+        );
+        if interval.is_zero() || timeout <= interval {
+            return Err(crate::Error::validation(format!(
+                "the heartbeat timeout ({timeout:?}) must exceed its interval ({interval:?}), \
+                 or every peer is declared down between two heartbeats"
+            )));
+        }
         let node_id: Arc<str> = self.node_id.unwrap_or_else(default_node_id).into();
         let mut transports = self.transports;
         transports.sort_by_key(|t| t.kind());
@@ -267,7 +284,7 @@ impl BrokerBuilder {
             host_id: host_id.clone(),
             timings: self.timings,
             codec: Codec::new(self.max_frame_len),
-            max_peer_in_flight: self.max_peer_in_flight,
+            limits: self.limits,
             registry: RwLock::new(Registry::new(
                 node_id.clone(),
                 host_id,
@@ -326,7 +343,8 @@ fn random_hex() -> String {
 
 fn default_node_id() -> String {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    format!("{host}-{:04x}", rand::random::<u16>())
+    // 48 random bits: two nodes of one host never meet by chance under the same id.
+    format!("{host}-{:012x}", rand::random::<u64>() >> 16)
 }
 
 /// Identity of this machine, boot and network namespace: equal for every node that can share

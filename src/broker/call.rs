@@ -147,17 +147,19 @@ impl Broker {
             return Err(Error::timeout(action));
         }
         let _running = InFlight::enter(self);
-        let call = Call {
+        let mut call = Call {
             action,
             ctx,
             params,
             options,
             avoid: Vec::new(),
+            idempotent: options.idempotent,
         };
         let stack = &self.inner.middleware;
         if stack.is_empty(HookKind::Call) {
             return self.attempt_inline(call).await;
         }
+        call.idempotent = call.idempotent || self.inner.registry().is_idempotent(action);
         let end = |call| self.attempt(call);
         stack
             .next(HookKind::Call, hooks::call, &end)
@@ -205,6 +207,7 @@ impl Broker {
             params,
             options,
             avoid,
+            ..
         } = call;
         match self.pick_endpoint(action, &ctx, &params, options, &avoid)? {
             Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
@@ -225,6 +228,7 @@ impl Broker {
             params,
             options,
             avoid,
+            ..
         } = call;
         match self.pick_endpoint(action, &ctx, &params, options, &avoid) {
             Ok(Picked::Local(local)) => {
@@ -378,7 +382,7 @@ impl Broker {
         }
         .map_err(|err| err.with_node(&node_id))?;
         match (response.error, response.data) {
-            (Some(error), _) => Err(Error::from_body(error).with_node(&node_id)),
+            (Some(error), _) => Err(Error::from_peer(error).with_node(&node_id)),
             (None, data) => Ok(Payload::encoded(
                 data.unwrap_or_default(),
                 response.content_type,
@@ -435,6 +439,10 @@ impl Broker {
             )))
         };
         let Ok(_waiting) = self.inner.introductions.try_acquire() else {
+            self.inner.metrics.limit_hit(
+                crate::limits::Limit::UnknownSenders,
+                format_args!("a packet from unknown '{sender}' refused: too many waiting"),
+            );
             return refused();
         };
         let until = tokio::time::Instant::now() + UNKNOWN_SENDER_WAIT;
@@ -490,11 +498,15 @@ impl Broker {
         self.inner.pending.complete(sender, response);
     }
 
-    /// Fails every call waiting on `node_id` at once with a retryable error.
+    /// Fails every call waiting on `node_id` at once: their requests left, so whether they ran
+    /// is unknown.
     pub(crate) fn fail_pending(&self, node_id: &str, reason: &str) {
         self.fail_pending_with(
             node_id,
-            Error::rejected(format!("node '{node_id}' {reason} before answering")),
+            Error::new(
+                ErrorKind::OutcomeUnknown,
+                format!("node '{node_id}' {reason} before answering; the call may have run"),
+            ),
         );
     }
 

@@ -3,6 +3,7 @@
 //! heartbeats and DISCONNECT to liveness), and links coming up and going down.
 
 use super::{Broker, BrokerInner};
+use crate::limits::Limit;
 use crate::protocol::packet::{Discover, Packet, PacketBody, Pong};
 use crate::transport::{LinkKind, TransportHandler};
 use std::sync::atomic::Ordering;
@@ -90,9 +91,13 @@ impl Broker {
             PacketBody::Request(request) => {
                 let serving = self.inner.registry().serving(&sender);
                 if let Some(serving) = &serving
-                    && serving.load(Ordering::Relaxed) >= self.inner.max_peer_in_flight
+                    && serving.load(Ordering::Relaxed) >= self.inner.limits.max_peer_in_flight
                 {
                     // A flooding peer is answered at once instead of growing our task count.
+                    self.inner.metrics.limit_hit(
+                        Limit::PeerInFlight,
+                        format_args!("requests from '{sender}' refused: too many in flight"),
+                    );
                     let busy = crate::Error::new(
                         crate::ErrorKind::QueueFull,
                         format!(
@@ -120,14 +125,27 @@ impl Broker {
             }
             PacketBody::Response(response) => self.complete(&sender, response),
             PacketBody::Event(event) => {
-                if self.inner.registry().touch(&sender).is_some() {
-                    self.serve_event(sender, event);
+                let handling = self.inner.registry().handling_events(&sender);
+                if let Some(handling) = handling {
+                    if handling.load(Ordering::Relaxed)
+                        >= self.inner.limits.max_peer_events_in_flight
+                    {
+                        self.inner.metrics.limit_hit(
+                            Limit::PeerEventsInFlight,
+                            format_args!("events from '{sender}' dropped: too many being handled"),
+                        );
+                        return;
+                    }
+                    self.serve_event(sender, event, Some(handling));
                 } else {
                     // Like a request, an event can overtake its sender's INFO.
                     let broker = self.clone();
                     tokio::spawn(async move {
                         match broker.await_member(&sender).await {
-                            Ok(()) => broker.serve_event(sender, event),
+                            Ok(()) => {
+                                let handling = broker.inner.registry().handling_events(&sender);
+                                broker.serve_event(sender, event, handling)
+                            }
                             Err(err) => {
                                 tracing::debug!(peer = %sender, event = %event.event, %err, "event dropped")
                             }
@@ -171,11 +189,11 @@ impl Broker {
     }
 }
 
-/// One request from a peer being served; counted against that peer's limit.
-struct PeerPermit(Arc<std::sync::atomic::AtomicUsize>);
+/// One request (or event handler) of a peer running here; counted against that peer's limit.
+pub(super) struct PeerPermit(Arc<std::sync::atomic::AtomicUsize>);
 
 impl PeerPermit {
-    fn take(count: Arc<std::sync::atomic::AtomicUsize>) -> Self {
+    pub(super) fn take(count: Arc<std::sync::atomic::AtomicUsize>) -> Self {
         count.fetch_add(1, Ordering::Relaxed);
         Self(count)
     }

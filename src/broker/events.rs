@@ -155,7 +155,15 @@ impl Broker {
     }
 
     /// Runs this node's handlers for an EVENT from a peer.
-    pub(crate) fn serve_event(&self, sender: Arc<str>, mut event: Event) {
+    pub(crate) fn serve_event(
+        &self,
+        sender: Arc<str>,
+        mut event: Event,
+        handling: Option<Arc<std::sync::atomic::AtomicUsize>>,
+    ) {
+        if self.inner.is_stopped() {
+            return;
+        }
         let listeners = self
             .inner
             .registry()
@@ -167,7 +175,7 @@ impl Broker {
             event.data,
             event.content_type,
             &lineage,
-            Some(sender),
+            Some(Origin { sender, handling }),
         );
     }
 
@@ -180,10 +188,15 @@ impl Broker {
         data: Bytes,
         content_type: ContentType,
         lineage: &Lineage,
-        sender: Option<Arc<str>>,
+        origin: Option<Origin>,
     ) {
+        let (sender, handling) = match origin {
+            Some(Origin { sender, handling }) => (Some(sender), handling),
+            None => (None, None),
+        };
         let started = Instant::now();
         for listener in listeners {
+            let permit = handling.clone().map(super::dispatch::PeerPermit::take);
             let mut ctx = Context::new(
                 self.dispatch(),
                 self.next_id(),
@@ -197,6 +210,7 @@ impl Broker {
             let event = event.to_owned();
             let broker = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let _running = InFlight::enter(&broker);
                 let call = LocalEvent {
                     event: &event,
@@ -231,4 +245,11 @@ impl Broker {
             });
         }
     }
+}
+
+/// Where a received event came from: its sender, and the count of that sender's events being
+/// handled here (each listener's task holds a permit on it).
+struct Origin {
+    sender: Arc<str>,
+    handling: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }

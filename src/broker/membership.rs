@@ -3,6 +3,7 @@
 //! whom it knows (gossip), so nodes that joined through different seeds find each other.
 
 use super::Broker;
+use crate::limits::Limit;
 use crate::payload::encode_msgpack;
 use crate::protocol::packet::{Discover, Info, PROTOCOL_VERSION, Packet, PacketBody};
 use crate::registry::NodeChange;
@@ -17,6 +18,24 @@ impl Broker {
         }
         if info.protocol_version != PROTOCOL_VERSION {
             tracing::warn!(peer = %sender, version = info.protocol_version, "ignoring a node speaking another protocol version");
+            return;
+        }
+        if let Err(refusal) = self.inner.limits.check_info(&info) {
+            self.inner.metrics.limit_hit(
+                Limit::InfoRefused,
+                format_args!("INFO of '{sender}' refused: {refusal}"),
+            );
+            return;
+        }
+        let known = self.inner.registry().node(&sender).is_some();
+        if !known && self.inner.registry().node_count() >= self.inner.limits.max_nodes {
+            self.inner.metrics.limit_hit(
+                Limit::InfoRefused,
+                format_args!(
+                    "INFO of '{sender}' refused: already {} nodes known",
+                    self.inner.limits.max_nodes
+                ),
+            );
             return;
         }
         for transport in &self.inner.transports {

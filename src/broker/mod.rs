@@ -100,8 +100,8 @@ pub(crate) struct BrokerInner {
     pub(crate) host_id: String,
     pub(crate) timings: Timings,
     pub(crate) codec: Codec,
-    /// Most requests from one peer served at once; beyond, the peer gets queue-full errors.
-    pub(crate) max_peer_in_flight: usize,
+    /// Bounds on what peers may make this node hold or do.
+    pub(crate) limits: crate::limits::Limits,
     registry: RwLock<Registry>,
     /// The broker's middleware, outermost first.
     pub(crate) middleware: Stack,

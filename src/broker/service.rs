@@ -24,7 +24,7 @@
 
 use super::Broker;
 use crate::context::Context;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::handler::{ActionFn, EventFn, action_fn, event_fn};
 use crate::middleware::{Middleware, Stack};
 use crate::protocol::packet::{ActionInfo, EventInfo, Meta, ServiceInfo};
@@ -47,6 +47,7 @@ pub struct ServiceBuilder {
     name: String,
     version: Option<String>,
     actions: Vec<(String, ActionFn)>,
+    idempotent: Vec<String>,
     events: Vec<(String, Option<String>, EventFn)>,
     started: Vec<LifecycleFn>,
     stopped: Vec<LifecycleFn>,
@@ -78,6 +79,7 @@ impl ServiceBuilder {
             name,
             version: None,
             actions: Vec::new(),
+            idempotent: Vec::new(),
             events: Vec::new(),
             started: Vec::new(),
             stopped: Vec::new(),
@@ -104,6 +106,31 @@ impl ServiceBuilder {
         R: Serialize + Send + 'static,
     {
         self.actions.push((name.to_owned(), action_fn(handler)));
+        self
+    }
+
+    /// Declares actions (by their short names) safe to run twice — reads, upserts, anything
+    /// keyed by an idempotency key — so callers' retries also cover failures after which the
+    /// action may have run (a timeout, a node lost mid-call, the handler's own retryable error).
+    /// Without it, such failures reach the caller instead of running the action again.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker
+    ///     .service("prices")
+    ///     .action("get", |_ctx, item: String| async move { Ok(item.len() as f64 * 1.5) })
+    ///     .idempotent(&["get"])
+    ///     .start()
+    ///     .await?;
+    /// assert!(broker.actions().iter().any(|a| a.name == "prices.get" && a.idempotent));
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn idempotent(mut self, actions: &[&str]) -> Self {
+        self.idempotent
+            .extend(actions.iter().map(|a| (*a).to_owned()));
         self
     }
 
@@ -192,15 +219,11 @@ impl ServiceBuilder {
             Some(v) => format!("v{v}.{}", self.name),
             None => self.name.clone(),
         };
-        if !self.dependencies.is_empty() {
-            let names: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
-            broker
-                .wait_for_services(&names, self.dependency_timeout)
-                .await?;
-        }
-        for hook in &self.started {
-            hook(broker.clone()).await?;
-        }
+        let idempotent: Vec<String> = self
+            .idempotent
+            .iter()
+            .map(|name| format!("{full_name}.{name}"))
+            .collect();
         let actions: Vec<(String, ActionFn)> = self
             .actions
             .into_iter()
@@ -219,7 +242,10 @@ impl ServiceBuilder {
             version: self.version,
             actions: actions
                 .iter()
-                .map(|(name, _)| ActionInfo { name: name.clone() })
+                .map(|(name, _)| ActionInfo {
+                    name: name.clone(),
+                    idempotent: idempotent.contains(name),
+                })
                 .collect(),
             events: events
                 .iter()
@@ -231,6 +257,24 @@ impl ServiceBuilder {
             settings: self.settings,
             metadata: self.metadata,
         };
+        // What peers would refuse to hear is refused here first.
+        let mut announcement = crate::protocol::packet::Info::default();
+        announcement.services.push(info);
+        broker
+            .inner
+            .limits
+            .check_info(&announcement)
+            .map_err(|why| Error::validation(format!("service '{full_name}' has {why}")))?;
+        let info = announcement.services.pop().expect("pushed above");
+        if !self.dependencies.is_empty() {
+            let names: Vec<&str> = self.dependencies.iter().map(String::as_str).collect();
+            broker
+                .wait_for_services(&names, self.dependency_timeout)
+                .await?;
+        }
+        for hook in &self.started {
+            hook(broker.clone()).await?;
+        }
         broker
             .register_service(
                 info,

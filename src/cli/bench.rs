@@ -37,6 +37,9 @@ pub(crate) struct BenchArgs {
     /// Retry a retryable failure up to N times, on another node when there is one.
     #[arg(long, default_value_t = 0)]
     retries: u32,
+    /// The action is safe to run twice: retries also cover timeouts and nodes lost mid-call.
+    #[arg(long)]
+    idempotent: bool,
     /// Keep calls away from endpoints failing half their calls (circuit breaker per endpoint).
     #[arg(long)]
     breaker: bool,
@@ -88,6 +91,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     let budget = Arc::new(AtomicU64::new(args.calls.unwrap_or(u64::MAX)));
     let timeout = Duration::from_millis(args.timeout);
     let retries = args.retries;
+    let idempotent = args.idempotent;
     let workers = (0..args.concurrency.max(1)).map(|_| {
         let broker = broker.clone();
         let action = args.action.clone();
@@ -108,7 +112,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
                     break;
                 }
                 let sent = Instant::now();
-                let options = CallOptions::new().timeout(timeout).retries(retries);
+                let mut options = CallOptions::new().timeout(timeout).retries(retries);
+                if idempotent {
+                    options = options.idempotent();
+                }
                 let payload = Payload::encoded(params.clone(), content_type);
                 match broker.call_raw(&action, payload, options).await {
                     Ok(_) => outcome.latencies.push(sent.elapsed().as_micros() as u64),

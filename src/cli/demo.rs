@@ -145,8 +145,8 @@ impl Middleware for FailRate {
         let flaky = matches!(call.action, "demo.echo" | "demo.add" | "demo.sleep");
         if flaky && self.0 > 0.0 && rand::random::<f64>() < self.0 {
             let node = call.ctx.broker().node_id().to_owned();
-            let err = Error::handler(500, "DEMO_FLAKY", format!("{node} failed on purpose"))
-                .with_retryable(true);
+            // Refused before the handler ran: safe to try on another replica (503, retryable).
+            let err = Error::rejected(format!("{node} refused on purpose (--fail-rate)"));
             return futures_util::future::ready(Err(err)).boxed();
         }
         next.run(call)

@@ -5,7 +5,7 @@ mod demo;
 
 use clap::{Args, Parser, Subcommand};
 use phalanx::cluster::NodeInfo;
-use phalanx::identity::ClusterCa;
+use phalanx::identity::{ClusterCa, read_secret_file};
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, CallOptions, Error, Result};
 use std::net::SocketAddr;
@@ -49,6 +49,9 @@ enum Command {
         /// Retry a retryable failure up to N times, on another node when there is one.
         #[arg(long, default_value_t = 0)]
         retries: u32,
+        /// The action is safe to run twice: retries also cover timeouts and nodes lost mid-call.
+        #[arg(long)]
+        idempotent: bool,
         #[command(flatten)]
         mesh: MeshArgs,
     },
@@ -90,9 +93,11 @@ pub(crate) struct MeshArgs {
     /// A node to dial first (`host:port`); repeat for more. Also `PHALANX_SEEDS=a:1,b:2`.
     #[arg(long = "seed", env = "PHALANX_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
-    /// Cluster secret (default: the user's secret file). Also `PHALANX_SECRET`.
-    #[arg(long, env = "PHALANX_SECRET", hide_env_values = true)]
-    secret: Option<String>,
+    /// File holding the cluster secret (mode 0600; default: the user's secret file, created on
+    /// first use). The secret itself may come in `PHALANX_SECRET` — never on the command line,
+    /// where every user of the host sees it in `ps`.
+    #[arg(long, env = "PHALANX_SECRET_FILE")]
+    secret_file: Option<std::path::PathBuf>,
     /// Namespace; nodes only see nodes of the same namespace.
     #[arg(long, env = "PHALANX_NAMESPACE", default_value = "")]
     namespace: String,
@@ -182,8 +187,13 @@ impl MeshArgs {
             let broker = builder.transport(nats.build()).start().await?;
             return Ok(Joined { broker, quic: None });
         }
-        let cluster_ca = match &self.secret {
-            Some(secret) => ClusterCa::secret(secret.clone()),
+        let cluster_ca = match &self.secret_file {
+            Some(path) => ClusterCa::secret(read_secret_file(path)?.ok_or_else(|| {
+                Error::validation(format!(
+                    "secret file {} is missing or empty",
+                    path.display()
+                ))
+            })?),
             None => ClusterCa::local()?,
         };
         let quic = QuicTransport::builder()
@@ -221,6 +231,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             timeout,
             node,
             retries,
+            idempotent,
             mesh,
         } => {
             let params = parse_json(&params)?;
@@ -231,6 +242,9 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
                 let mut options = CallOptions::new()
                     .timeout(Duration::from_millis(timeout))
                     .retries(retries);
+                if idempotent {
+                    options = options.idempotent();
+                }
                 if let Some(node) = node {
                     options = options.node(node);
                 }

@@ -27,6 +27,7 @@ pub struct CallOptions {
     pub(crate) headers: Option<Headers>,
     pub(crate) node_id: Option<String>,
     pub(crate) retries: Option<u32>,
+    pub(crate) idempotent: bool,
     pub(crate) fallback: Option<FallbackFn>,
 }
 
@@ -55,6 +56,20 @@ impl CallOptions {
         self.headers
             .get_or_insert_with(Headers::new)
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Declares the call safe to run twice, so retries also cover failures after which it may
+    /// have run ([`Error::may_have_run`](crate::Error::may_have_run): a timeout, or a node lost
+    /// while the request was out). Without it only failures that prove the call did not run
+    /// are retried.
+    ///
+    /// ```
+    /// let options = phalanx::CallOptions::new().retries(3).idempotent();
+    /// # let _ = options;
+    /// ```
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
         self
     }
 

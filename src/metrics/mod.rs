@@ -37,6 +37,7 @@
 mod histogram;
 
 use crate::error::Result;
+use crate::limits::{Limit, LimitHits};
 use crate::registry::BreakerState;
 use crate::transport::{Direction, LinkKind, TrafficMeter};
 use histogram::Histogram;
@@ -148,6 +149,7 @@ pub(crate) struct BrokerMetrics {
     received: Cache<String, EventStats>,
     links: Cache<LinkKind, Cache<Arc<str>, LinkStats>>,
     breakers: Mutex<BTreeMap<(String, String), BreakerState>>,
+    limits: LimitHits,
 }
 
 impl std::fmt::Debug for BrokerMetrics {
@@ -161,6 +163,7 @@ impl std::fmt::Debug for BrokerMetrics {
 impl BrokerMetrics {
     pub(crate) fn new(node_id: Arc<str>) -> Self {
         Self {
+            limits: LimitHits::new(&node_id),
             node_id,
             calls: Cache::default(),
             handled: Cache::default(),
@@ -191,6 +194,11 @@ impl BrokerMetrics {
             };
             (action.to_owned(), stats)
         })
+    }
+
+    /// Counts one hit of `limit` (and logs `detail`, rate-limited).
+    pub(crate) fn limit_hit(&self, limit: Limit, detail: std::fmt::Arguments<'_>) {
+        self.limits.hit(limit, detail);
     }
 
     /// Records one finished call (`Err(code)` when it failed).
@@ -359,6 +367,7 @@ impl BrokerMetrics {
                 })
                 .collect(),
             registry: state.registry,
+            limit_hits: self.limits.snapshot(),
         }
     }
 }
@@ -387,6 +396,9 @@ pub struct MetricsSnapshot {
     pub breakers: Vec<BreakerMetrics>,
     /// Registry sizes.
     pub registry: RegistryMetrics,
+    /// How often each of the node's [limits](crate::limits) bit, by limit name.
+    #[serde(default)]
+    pub limit_hits: BTreeMap<String, u64>,
 }
 
 /// Counters of one action.

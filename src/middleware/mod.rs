@@ -271,6 +271,10 @@ pub struct Call<'a> {
     pub options: &'a CallOptions,
     /// Nodes this call must avoid when another endpoint exists (set by retries).
     pub avoid: Vec<Arc<str>>,
+    /// Running the call twice is harmless: the caller said so
+    /// ([`CallOptions::idempotent`](crate::CallOptions::idempotent)) or every endpoint of the
+    /// action declares it ([`ServiceBuilder::idempotent`](crate::ServiceBuilder::idempotent)).
+    pub idempotent: bool,
 }
 
 impl Call<'_> {
@@ -314,6 +318,7 @@ impl Call<'_> {
             params: self.params.try_clone()?,
             options: self.options,
             avoid: self.avoid.clone(),
+            idempotent: self.idempotent,
         })
     }
 }

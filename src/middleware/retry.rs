@@ -1,5 +1,7 @@
 //! Retries: exponential back-off with jitter, only for retryable errors, never past the call's
-//! deadline, and on another endpoint when one exists.
+//! deadline, and on another endpoint when one exists. A failure after which the call may have
+//! run (a timeout, a node lost mid-call) is retried only when the caller declared the call
+//! [idempotent](crate::CallOptions::idempotent): nothing runs twice by surprise.
 
 use super::{Call, Hooks, Middleware, Next};
 use crate::error::Result;
@@ -144,7 +146,9 @@ impl Middleware for Retry {
                 let this = call.again().expect("params were shared");
                 let err = match next.run(this).await {
                     Ok(result) => return Ok(result),
-                    Err(err) if !err.is_retryable() || attempt >= retries => return Err(err),
+                    Err(err) if attempt >= retries || !err.worth_retrying(call.idempotent) => {
+                        return Err(err);
+                    }
                     Err(err) => err,
                 };
                 attempt += 1;

@@ -43,6 +43,9 @@ pub const HEADER_LEN: usize = 6;
 /// Default largest frame accepted: 16 MiB.
 pub const DEFAULT_MAX_FRAME_LEN: usize = 16 * 1024 * 1024;
 
+/// The most a [`FrameDecoder`] reserves ahead of the bytes it has for a frame still arriving.
+pub const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Why a frame was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FrameError {
@@ -307,7 +310,8 @@ impl FrameDecoder {
         }
     }
 
-    /// The length of the first frame if all of it is in `buf`; reserves room for it otherwise.
+    /// The length of the first frame if all of it is in `buf`; otherwise reserves room for the
+    /// next [`RESERVE_AHEAD`] bytes of it at most.
     pub fn next_frame_len(&self, buf: &mut BytesMut) -> Result<Option<usize>, FrameError> {
         if buf.len() < 4 {
             return Ok(None);
@@ -315,7 +319,9 @@ impl FrameDecoder {
         let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
         self.codec.check_len(len)?;
         if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
+            // Room for what is likely to arrive next, not for what the peer announced: a length
+            // prefix alone must not make us allocate the largest frame there is.
+            buf.reserve((4 + len - buf.len()).min(RESERVE_AHEAD));
             return Ok(None);
         }
         Ok(Some(len))
@@ -360,6 +366,18 @@ mod tests {
             Err(FrameError::TooLarge { len: 256, max: 64 })
         );
         assert!(buf.capacity() < 256, "no room was reserved for the frame");
+    }
+
+    #[test]
+    fn an_announced_length_reserves_only_what_may_arrive_next() {
+        let mut decoder = FrameDecoder::new(Codec::default());
+        let mut buf = BytesMut::from(&(DEFAULT_MAX_FRAME_LEN as u32).to_be_bytes()[..]);
+        assert_eq!(decoder.decode(&mut buf), Ok(None));
+        assert!(
+            buf.capacity() <= 4 + RESERVE_AHEAD,
+            "a bare 16 MiB length prefix reserved {} bytes",
+            buf.capacity()
+        );
     }
 
     #[test]

@@ -260,6 +260,9 @@ pub struct ServiceInfo {
 pub struct ActionInfo {
     /// Full action name, e.g. `v2.math.add`.
     pub name: String,
+    /// The service declares that running the action twice is harmless, so callers may retry it
+    /// after failures where it may have run.
+    pub idempotent: bool,
 }
 
 /// An event subscription as announced in INFO.

@@ -8,12 +8,12 @@
 
 mod circuit;
 mod endpoint_stats;
-mod pattern;
+pub(crate) mod pattern;
 mod strategy;
 
 pub use circuit::BreakerState;
 pub(crate) use endpoint_stats::EndpointStats;
-pub use pattern::pattern_matches;
+pub use pattern::{MAX_PATTERN_SEGMENTS, pattern_matches};
 pub use strategy::{Candidate, Strategy};
 
 use crate::cluster::{ActionInfo, EventInfo};
@@ -38,6 +38,8 @@ pub(crate) struct NodeEntry {
     last_seen_ms: Arc<AtomicU64>,
     /// Requests from this node being served here right now.
     serving: Arc<AtomicUsize>,
+    /// Event handlers running here right now for events from this node.
+    handling_events: Arc<AtomicUsize>,
     pub(crate) in_flight: u32,
     pub(crate) cpu: Option<f32>,
 }
@@ -81,6 +83,8 @@ pub(crate) struct Pick<'a> {
 
 struct ActionEndpoint<L> {
     node_id: Arc<str>,
+    /// Its service declares the action safe to run twice.
+    idempotent: bool,
     /// Shared, so taking it out of the registry for a call costs one reference count.
     handler: Option<Arc<LocalHandler<L>>>,
     stats: Arc<EndpointStats>,
@@ -181,10 +185,12 @@ impl<L: Clone> Registry<L> {
     ) {
         let service: Arc<str> = info.full_name.as_str().into();
         for (name, handler) in actions {
+            let idempotent = info.actions.iter().any(|a| a.name == name && a.idempotent);
             let set = self.actions.entry(name).or_default();
             set.local += 1;
             set.endpoints.push(ActionEndpoint {
                 node_id: self.local_id.clone(),
+                idempotent,
                 handler: Some(Arc::new(LocalHandler {
                     handler,
                     service: service.clone(),
@@ -242,6 +248,7 @@ impl<L: Clone> Registry<L> {
                     .endpoints
                     .push(ActionEndpoint {
                         node_id: node_id.clone(),
+                        idempotent: action.idempotent,
                         handler: None,
                         stats: Arc::default(),
                     });
@@ -259,10 +266,10 @@ impl<L: Clone> Registry<L> {
             Some(known) if known.available => known.link.min(link),
             _ => link,
         };
-        let serving = self
+        let (serving, handling_events) = self
             .nodes
             .get(node_id)
-            .map(|known| known.serving.clone())
+            .map(|known| (known.serving.clone(), known.handling_events.clone()))
             .unwrap_or_default();
         self.nodes.insert(
             node_id.clone(),
@@ -272,6 +279,7 @@ impl<L: Clone> Registry<L> {
                 available: true,
                 last_seen_ms: Arc::new(AtomicU64::new(self.now_ms())),
                 serving,
+                handling_events,
                 in_flight: 0,
                 cpu: None,
             },
@@ -298,6 +306,18 @@ impl<L: Clone> Registry<L> {
     }
 
     /// The known node `node_id`, available or not.
+    /// Whether every endpoint of `action` declares it safe to run twice.
+    pub(crate) fn is_idempotent(&self, action: &str) -> bool {
+        self.actions.get(action).is_some_and(|set| {
+            !set.endpoints.is_empty() && set.endpoints.iter().all(|e| e.idempotent)
+        })
+    }
+
+    /// How many other nodes the registry holds (down ones included, until pruned).
+    pub(crate) fn node_count(&self) -> usize {
+        self.nodes.len()
+    }
+
     pub(crate) fn node(&self, node_id: &str) -> Option<&NodeEntry> {
         self.nodes.get(node_id)
     }
@@ -317,6 +337,13 @@ impl<L: Clone> Registry<L> {
         self.nodes.get(node_id).map(|n| n.serving.clone())
     }
 
+    /// Records traffic from an available node and returns the count of event handlers running
+    /// here for its events.
+    pub(crate) fn handling_events(&self, node_id: &str) -> Option<Arc<AtomicUsize>> {
+        self.touch(node_id)?;
+        self.nodes.get(node_id).map(|n| n.handling_events.clone())
+    }
+
     /// Records a heartbeat's load figures along with the traffic.
     pub(crate) fn record_load(
         &mut self,
@@ -327,7 +354,8 @@ impl<L: Clone> Registry<L> {
         let seq = self.touch(node_id)?;
         if let Some(node) = self.nodes.get_mut(node_id) {
             node.in_flight = in_flight;
-            node.cpu = cpu;
+            // A peer's figure is a claim: only a real percentage takes part in `Cpu` picks.
+            node.cpu = cpu.filter(|c| c.is_finite()).map(|c| c.clamp(0.0, 100.0));
         }
         Some(seq)
     }
@@ -546,6 +574,7 @@ impl<L: Clone> Registry<L> {
                     .map(|ep| ep.node_id.to_string())
                     .collect(),
                 local: set.endpoints.iter().any(|ep| ep.handler.is_some()),
+                idempotent: set.endpoints.iter().all(|ep| ep.idempotent),
             })
             .collect();
         views.sort_by(|a, b| a.name.cmp(&b.name));
@@ -604,7 +633,10 @@ mod tests {
             name: "math".into(),
             actions: actions
                 .iter()
-                .map(|a| AnnouncedAction { name: (*a).into() })
+                .map(|a| AnnouncedAction {
+                    name: (*a).into(),
+                    idempotent: false,
+                })
                 .collect(),
             ..ServiceInfo::default()
         }

@@ -8,29 +8,72 @@
 //! assert!(pattern_matches("user.**", "user.profile.updated"));
 //! assert!(pattern_matches("**", "anything.at.all"));
 //! ```
+//!
+//! Patterns come from peers, so matching must cost the same whatever a pattern holds: it runs
+//! the pattern as a set of positions (one bit each) advanced once per segment of the name — no
+//! recursion, no backtracking, at most [`MAX_PATTERN_SEGMENTS`] × (segments of the name) segment
+//! comparisons, nothing allocated.
+
+/// The most segments a pattern may have; longer patterns match nothing (and the registry refuses
+/// them when a service subscribes or a peer announces one).
+pub const MAX_PATTERN_SEGMENTS: usize = 64;
 
 /// Whether event `name` matches `pattern`.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     if !pattern.contains('*') {
         return pattern == name;
     }
-    let pattern: Vec<&str> = pattern.split('.').collect();
-    let name: Vec<&str> = name.split('.').collect();
-    segments_match(&pattern, &name)
+    let mut segments = [""; MAX_PATTERN_SEGMENTS];
+    let mut len = 0;
+    for segment in pattern.split('.') {
+        let Some(slot) = segments.get_mut(len) else {
+            return false;
+        };
+        *slot = segment;
+        len += 1;
+    }
+    let pattern = &segments[..len];
+    // Bit i of a set: the first i segments of the pattern have matched the name so far.
+    let any_segments: u128 = pattern
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| **s == "**")
+        .fold(0, |mask, (i, _)| mask | 1 << i);
+    let mut at = skip_empty_matches(1, any_segments, len);
+    for segment in name.split('.') {
+        let mut next = at & any_segments;
+        for (i, part) in pattern.iter().enumerate() {
+            if at & 1 << i != 0 && (*part == "*" || *part == segment) {
+                next |= 1 << (i + 1);
+            }
+        }
+        at = skip_empty_matches(next, any_segments, len);
+        if at == 0 {
+            return false;
+        }
+    }
+    at & 1 << len != 0
 }
 
-fn segments_match(pattern: &[&str], name: &[&str]) -> bool {
-    match pattern.split_first() {
-        None => name.is_empty(),
-        Some((&"**", rest)) => (0..=name.len()).any(|skip| segments_match(rest, &name[skip..])),
-        Some((&"*", rest)) => !name.is_empty() && segments_match(rest, &name[1..]),
-        Some((segment, rest)) => name.first() == Some(segment) && segments_match(rest, &name[1..]),
+/// Adds to `at` the positions reached by letting each `**` match no segment.
+fn skip_empty_matches(mut at: u128, any_segments: u128, len: usize) -> u128 {
+    for i in 0..len {
+        if at & any_segments & 1 << i != 0 {
+            at |= 1 << (i + 1);
+        }
     }
+    at
+}
+
+/// How many segments `pattern` has.
+pub(crate) fn segment_count(pattern: &str) -> usize {
+    pattern.split('.').count()
 }
 
 #[cfg(test)]
 mod tests {
-    use super::pattern_matches;
+    use super::{MAX_PATTERN_SEGMENTS, pattern_matches};
+    use proptest::prelude::*;
 
     #[test]
     fn exact_and_wildcards() {
@@ -44,6 +87,9 @@ mod tests {
             ("user.**", "user", true),
             ("**.done", "a.b.done", true),
             ("**.done", "a.b.failed", false),
+            ("**", "", true),
+            ("a.**.b.**.c", "a.x.b.y.z.c", true),
+            ("a.**.b.**.c", "a.x.y.c", false),
             ("$node.*", "$node.connected", true),
             ("a.*.c", "a.b.c", true),
             ("a.*.c", "a.b.b.c", false),
@@ -54,6 +100,46 @@ mod tests {
                 expected,
                 "{pattern} vs {name}"
             );
+        }
+    }
+
+    #[test]
+    fn a_pattern_of_many_double_stars_is_answered_at_once() {
+        // With backtracking this took exponential time (and recursion depth) in the segments.
+        let pattern = vec!["**"; MAX_PATTERN_SEGMENTS - 1].join(".") + ".x";
+        let name = vec!["a"; 10_000].join(".");
+        let started = std::time::Instant::now();
+        assert!(!pattern_matches(&pattern, &name));
+        assert!(pattern_matches(&pattern, &(name + ".x")));
+        // Generous: the point is "not exponential", which would not finish at all.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn patterns_over_the_segment_limit_match_nothing() {
+        let pattern = vec!["*"; MAX_PATTERN_SEGMENTS + 1].join(".");
+        let name = vec!["a"; MAX_PATTERN_SEGMENTS + 1].join(".");
+        assert!(!pattern_matches(&pattern, &name));
+    }
+
+    /// The backtracking matcher this one replaced: right by definition, exponential in time.
+    fn reference(pattern: &[&str], name: &[&str]) -> bool {
+        match pattern.split_first() {
+            None => name.is_empty(),
+            Some((&"**", rest)) => (0..=name.len()).any(|skip| reference(rest, &name[skip..])),
+            Some((&"*", rest)) => !name.is_empty() && reference(rest, &name[1..]),
+            Some((segment, rest)) => name.first() == Some(segment) && reference(rest, &name[1..]),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn agrees_with_the_definition(
+            pattern in prop::collection::vec(prop::sample::select(vec!["a", "b", "*", "**"]), 1..8),
+            name in prop::collection::vec(prop::sample::select(vec!["a", "b", "c"]), 1..10),
+        ) {
+            let (p, n) = (pattern.join("."), name.join("."));
+            prop_assert_eq!(pattern_matches(&p, &n), reference(&pattern, &name), "{} vs {}", p, n);
         }
     }
 }

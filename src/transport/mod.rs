@@ -146,6 +146,45 @@ pub struct TransportContext {
     pub traffic: Arc<dyn TrafficMeter>,
 }
 
+impl TransportContext {
+    /// The context of a transport started outside a broker (a tool, a test, a bridge): node
+    /// `node_id` in `namespace`, reporting to `handler`, with the default frame limits, no
+    /// traffic counting and a host id of its own (so it shares memory with nobody).
+    ///
+    /// ```
+    /// use phalanx::transport::{LinkKind, Packet, TransportContext, TransportHandler};
+    /// use std::sync::Arc;
+    ///
+    /// struct Quiet;
+    /// impl TransportHandler for Quiet {
+    ///     fn on_packet(&self, _: Packet, _: LinkKind) {}
+    ///     fn on_link_up(&self, _: &str, _: LinkKind) {}
+    ///     fn on_link_down(&self, _: &str, _: LinkKind) {}
+    ///     fn on_bus(&self, _: LinkKind, _: bool) {}
+    ///     fn hello(&self) -> Packet {
+    ///         Packet::new("tool-1", phalanx::protocol::packet::PacketBody::Disconnect(Default::default()))
+    ///     }
+    /// }
+    /// let ctx = TransportContext::new("tool-1", "shop", Arc::new(Quiet));
+    /// assert_eq!(&*ctx.node_id, "tool-1");
+    /// ```
+    pub fn new(
+        node_id: impl Into<Arc<str>>,
+        namespace: impl Into<Arc<str>>,
+        handler: Arc<dyn TransportHandler>,
+    ) -> Self {
+        let node_id = node_id.into();
+        Self {
+            host_id: format!("standalone-{node_id}").into(),
+            node_id,
+            namespace: namespace.into(),
+            codec: Codec::default(),
+            handler,
+            traffic: Arc::new(()),
+        }
+    }
+}
+
 impl fmt::Debug for TransportContext {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TransportContext")

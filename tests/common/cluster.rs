@@ -145,7 +145,7 @@ pub(crate) fn quic_loopback(
     QuicTransport::builder()
         .listen("127.0.0.1:0".parse().expect("loopback address"))
         .seeds(seeds)
-        .cluster_ca(ClusterCa::secret(secret))
+        .cluster_ca(ClusterCa::secret(super::strong_secret(secret)))
         .mdns(false)
         .build()
 }

@@ -35,3 +35,12 @@ pub(crate) async fn settle(count: &AtomicUsize, want: usize) -> usize {
     tokio::time::sleep(Duration::from_millis(100)).await;
     count.load(Ordering::SeqCst)
 }
+
+/// A cluster secret strong enough to be accepted: `label` itself if it is, else one made from
+/// it, distinct per label (tests name their clusters with short labels: "s1", "right", "wrong").
+pub(crate) fn strong_secret(label: &str) -> String {
+    if phalanx::identity::check_secret_strength(label).is_ok() {
+        return label.to_owned();
+    }
+    format!("{label}-test-secret-0123456789abcdefghij")
+}

@@ -37,6 +37,8 @@ pub(crate) struct Link {
     conn: quinn::Connection,
     main: tokio::sync::Mutex<quinn::SendStream>,
     outbox: std::sync::Mutex<Outbox>,
+    /// Large frames being read from this peer at once (at most `max_large_frames_in_flight`).
+    large_frames: tokio::sync::Semaphore,
 }
 
 /// Small frames held back while the link's reader hands a batch of received frames to the
@@ -227,6 +229,9 @@ impl Mesh {
             conn: conn.clone(),
             main: tokio::sync::Mutex::new(main),
             outbox: Default::default(),
+            large_frames: tokio::sync::Semaphore::new(
+                self.config.max_large_frames_in_flight.max(1),
+            ),
         });
         let (kept, first) = self.register(&link);
         if !kept {
@@ -386,8 +391,17 @@ impl Mesh {
         if kind[0] != STREAM_FRAME {
             return Err(format!("unexpected stream type {}", kind[0]));
         }
+        let _reading = link
+            .large_frames
+            .acquire()
+            .await
+            .map_err(|_| "link closed".to_owned())?;
         let limit = self.ctx.codec.max_frame_len() + 4;
-        let frame = stream.read_to_end(limit).await.map_err(|e| e.to_string())?;
+        let frame =
+            tokio::time::timeout(self.config.large_frame_timeout, stream.read_to_end(limit))
+                .await
+                .map_err(|_| "a large frame took too long to arrive".to_owned())?
+                .map_err(|e| e.to_string())?;
         self.ctx.traffic.record(
             &link.node_id,
             LinkKind::Quic,

@@ -32,7 +32,7 @@
 //! let quic = QuicTransport::builder()
 //!     .listen("0.0.0.0:4000".parse().unwrap())
 //!     .seed("10.0.0.2:4000")
-//!     .cluster_ca(ClusterCa::secret("shared cluster secret"))
+//!     .cluster_ca(ClusterCa::secret("9f1c2b7e0d4a8c3f6e5b1a2d7c9e0f4b"))
 //!     .build();
 //! let broker = Broker::builder().transport(quic).start().await?;
 //! # Ok(()) }
@@ -74,8 +74,14 @@ pub struct QuicConfig {
     pub idle_timeout: Duration,
     /// Frames at least this large travel on a stream of their own. Default 64 KiB.
     pub large_frame: usize,
-    /// Most streams a peer may have open towards us at once. Default 64.
+    /// Most streams a peer may have open towards us at once (each carries one large frame).
+    /// Default 16.
     pub max_peer_streams: u32,
+    /// Most large frames read from one peer at once; the rest wait in QUIC flow control. With
+    /// the 16 MiB frame limit, what one peer can make us hold is this many frames. Default 2.
+    pub max_large_frames_in_flight: usize,
+    /// Longest a large frame may take to arrive once its stream opened. Default 30 s.
+    pub large_frame_timeout: Duration,
     /// Announce and browse by mDNS on the interfaces we listen on. Default on.
     pub mdns: bool,
 }
@@ -90,7 +96,9 @@ impl Default for QuicConfig {
             write_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             large_frame: 64 * 1024,
-            max_peer_streams: 64,
+            max_peer_streams: 16,
+            max_large_frames_in_flight: 2,
+            large_frame_timeout: Duration::from_secs(30),
             mdns: true,
         }
     }
@@ -473,6 +481,9 @@ impl Mesh {
     }
 }
 
+/// Bytes a peer may send ahead of what we have read, over all streams of its connection.
+const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
+
 fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
@@ -481,7 +492,9 @@ fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig> {
         .max_idle_timeout(Some(idle))
         .keep_alive_interval(Some(config.idle_timeout / 4))
         .max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(config.max_peer_streams.into());
+        .max_concurrent_uni_streams(config.max_peer_streams.into())
+        // Unread bytes one peer may have buffered here across all its streams.
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     Ok(transport)
 }
 
