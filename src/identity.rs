@@ -153,6 +153,9 @@ pub struct Credentials {
     ca: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     key: Arc<PrivatePkcs8KeyDer<'static>>,
+    /// A key every member derives from the cluster secret, for what members announce outside
+    /// TLS (mDNS records); `None` with CA files.
+    announce_key: Option<[u8; 32]>,
 }
 
 impl fmt::Debug for Credentials {
@@ -173,6 +176,23 @@ impl Credentials {
     /// ```
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.chain[0]
+    }
+
+    /// Signs `message` as a member (HMAC-SHA256 with a key derived from the cluster secret), hex;
+    /// `None` when the membership comes from CA files (no key shared by all members).
+    pub fn sign_announcement(&self, message: &[u8]) -> Option<String> {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.announce_key.as_ref()?);
+        let tag = ring::hmac::sign(&key, message);
+        Some(hex(&tag.as_ref()[..16]))
+    }
+
+    /// Whether `signature` is a member's [`Credentials::sign_announcement`] of `message`; `None`
+    /// when this node cannot tell (CA files).
+    pub fn verify_announcement(&self, message: &[u8], signature: &str) -> Option<bool> {
+        let expected = self.sign_announcement(message)?;
+        // Compared in constant time: a LAN neighbour learns nothing from how fast a guess fails.
+        let (a, b) = (expected.as_bytes(), signature.as_bytes());
+        Some(a.len() == b.len() && a.iter().zip(b).fold(0, |diff, (x, y)| diff | (x ^ y)) == 0)
     }
 
     /// SHA-256 of this node's certificate, hex (announced by mDNS).
@@ -326,6 +346,17 @@ fn stretched(secret: &str) -> [u8; 32] {
     out
 }
 
+/// The members' shared key for signed announcements.
+fn announce_key(secret: &str) -> Result<[u8; 32]> {
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/announce/v1");
+    let mut key = [0u8; 32];
+    salt.extract(&stretched(secret))
+        .expand(&[b"mdns"], ring::hkdf::HKDF_SHA256)
+        .and_then(|okm| okm.fill(&mut key))
+        .map_err(|_| cert_error("key derivation failed"))?;
+    Ok(key)
+}
+
 fn derived_ca(secret: &str) -> Result<(CertificateParams, KeyPair, CertificateDer<'static>)> {
     let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/cluster-ca/v2");
     let prk = salt.extract(&stretched(secret));
@@ -370,6 +401,7 @@ fn credentials_from_secret(secret: &str, node_id: &str) -> Result<Credentials> {
         ca: ca_der,
         chain: vec![cert.der().clone()],
         key: Arc::new(PrivatePkcs8KeyDer::from(node_key.serialize_der())),
+        announce_key: Some(announce_key(secret)?),
     })
 }
 
@@ -407,15 +439,16 @@ fn credentials_from_files(
         ca,
         chain,
         key: Arc::new(key_der),
+        announce_key: None,
     })
 }
 
 fn sha256_hex(data: &[u8]) -> String {
-    ring::digest::digest(&ring::digest::SHA256, data)
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(ring::digest::digest(&ring::digest::SHA256, data).as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// `$PHALANX_SECRET_FILE`, else `$XDG_CONFIG_HOME/phalanx/secret`, else `~/.config/phalanx/secret`.

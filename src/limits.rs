@@ -20,9 +20,13 @@
 //! ```
 
 use crate::protocol::packet::Info;
-use crate::registry::MAX_PATTERN_SEGMENTS;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// The most segments an event pattern may have; longer patterns match nothing, and are refused
+/// when a service subscribes or a peer announces one (matching costs at most this many segment
+/// comparisons per segment of the event name).
+pub const MAX_PATTERN_SEGMENTS: usize = 64;
 
 /// The longest a limit stays quiet in the log after it bit: one line per limit per interval.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -49,6 +53,9 @@ pub struct Limits {
     pub max_gossip_peers: usize,
     /// Most other nodes this node keeps in its registry; INFO from more is refused. Default: 1024.
     pub max_nodes: usize,
+    /// How long a node that went down is remembered (registry, dial targets, per-peer metrics)
+    /// before it is forgotten. Default: 10 minutes.
+    pub forget_down_nodes_after: Duration,
 }
 
 impl Default for Limits {
@@ -62,6 +69,7 @@ impl Default for Limits {
             max_addresses: 16,
             max_gossip_peers: 256,
             max_nodes: 1024,
+            forget_down_nodes_after: Duration::from_secs(600),
         }
     }
 }
@@ -120,7 +128,7 @@ impl Limits {
         let patterns = info.services.iter().flat_map(|s| &s.events);
         if let Some(event) = patterns
             .into_iter()
-            .find(|e| crate::registry::pattern::segment_count(&e.name) > MAX_PATTERN_SEGMENTS)
+            .find(|e| e.name.split('.').count() > MAX_PATTERN_SEGMENTS)
         {
             return Err(format!(
                 "an event pattern of more than {MAX_PATTERN_SEGMENTS} segments ('{}…')",
@@ -143,15 +151,24 @@ pub enum Limit {
     InfoRefused,
     /// A packet from a sender not yet introduced, refused because too many were waiting.
     UnknownSenders,
+    /// A node heard of (gossip, LAN) not taken as a dial target: too many only heard of.
+    DialHearsay,
+    /// A dial put off because this node's handshake budget was spent.
+    DialBudget,
+    /// A dial that reached another node than the one announced (a ghost id).
+    DialMismatch,
 }
 
 impl Limit {
     /// Every limit, in counter order.
-    pub const ALL: [Limit; 4] = [
+    pub const ALL: [Limit; 7] = [
         Limit::PeerInFlight,
         Limit::PeerEventsInFlight,
         Limit::InfoRefused,
         Limit::UnknownSenders,
+        Limit::DialHearsay,
+        Limit::DialBudget,
+        Limit::DialMismatch,
     ];
 
     /// The `limit` label and snapshot key.
@@ -161,6 +178,9 @@ impl Limit {
             Limit::PeerEventsInFlight => "peer_events_in_flight",
             Limit::InfoRefused => "info_refused",
             Limit::UnknownSenders => "unknown_senders",
+            Limit::DialHearsay => "dial_hearsay",
+            Limit::DialBudget => "dial_budget",
+            Limit::DialMismatch => "dial_mismatch",
         }
     }
 
@@ -198,9 +218,14 @@ impl LimitHits {
 
     /// Counts one hit of `limit`; logs `detail` unless this limit logged within [`LOG_EVERY`].
     pub(crate) fn hit(&self, limit: Limit, detail: std::fmt::Arguments<'_>) {
+        self.hits(limit, 1, detail);
+    }
+
+    /// Counts `n` hits of `limit` at once; logs like [`LimitHits::hit`].
+    pub(crate) fn hits(&self, limit: Limit, n: u64, detail: std::fmt::Arguments<'_>) {
         let i = limit.index();
-        let total = self.hits[i].fetch_add(1, Ordering::Relaxed) + 1;
-        self.series[i].increment(1);
+        let total = self.hits[i].fetch_add(n, Ordering::Relaxed) + n;
+        self.series[i].increment(n);
         let now = self.started.elapsed().as_millis() as u64 + 1;
         let last = self.logged_at[i].load(Ordering::Relaxed);
         let due = last == 0 || now.saturating_sub(last) >= LOG_EVERY.as_millis() as u64;

@@ -11,6 +11,7 @@
 #![allow(clippy::print_stdout)]
 
 mod net;
+mod rogue;
 mod sandbox;
 mod scenarios;
 
@@ -19,6 +20,16 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
+    if wanted.first().map(String::as_str) == Some("--rogue-mdns") {
+        // Inside a host's namespace, started by the `rogue-mdns` scenario.
+        return match rogue::run(&wanted[1..]) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                println!("rogue: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     for name in &wanted {
         if !scenarios::ALL.iter().any(|(n, _)| n == name) {
             let names: Vec<&str> = scenarios::ALL.iter().map(|(n, _)| *n).collect();

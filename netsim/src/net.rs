@@ -164,6 +164,41 @@ impl Net {
         Ok(())
     }
 
+    /// Runs this harness itself with `args` inside host `i`'s namespace (a rogue process).
+    pub fn spawn_self(&self, i: usize, args: &[&str]) -> Result<Child, String> {
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns])
+            .arg(me)
+            .args(args)
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("cannot start the rogue on {}: {e}", self.hosts[i].name))
+    }
+
+    /// The packets counted so far by the nftables counter `name` of host `i`.
+    pub fn nft_counter(&self, i: usize, name: &str) -> Option<u64> {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.hosts[i].ns,
+                "nft",
+                "list",
+                "counter",
+                "inet",
+                "netsim",
+                name,
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut words = text.split_whitespace();
+        words.find(|w| *w == "packets")?;
+        words.next()?.parse().ok()
+    }
+
     /// `kill -9` of host `i`'s node.
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut child) = self.hosts[i].node.take() {

@@ -37,6 +37,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("crash-retry", crash_with_retries),
     ("intruder", wrong_secret),
     ("rolling", rolling_restart),
+    ("rogue-mdns", rogue_mdns),
 ];
 
 fn all(n: usize) -> Vec<usize> {
@@ -406,5 +407,61 @@ fn rolling_restart(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
         ),
         "0 failed",
         errors == 0,
+    )])
+}
+
+/// Scenario 8: a rogue host floods the LAN with mDNS records — 200 ghost ids at a third party's and at a
+/// member's address, and a real member's id at the third party — unsigned or with a made-up
+/// signature. The mesh keeps its members, and not one packet leaves for the third party.
+fn rogue_mdns(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 8, 5, bin.to_owned())?;
+    // h5 runs no node: it is the third party, counting what reaches its port.
+    net.nft(
+        4,
+        "table inet netsim {
+            counter reached {}
+            chain in { type filter hook input priority 0; udp dport 7000 counter name reached; }
+        }",
+    )?;
+    let (third, victim) = (net.hosts[4].ip.clone(), net.hosts[0].ip.clone());
+    let mut rogue = net.spawn_self(3, &["--rogue-mdns", "200", &third, &victim, "h2"])?;
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..3 {
+        net.start(i, &[])?;
+    }
+    let formed = net.converge(&[0, 1, 2], Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(5));
+    let members_only = (0..3).all(|i| {
+        net.peers(i).is_some_and(|(peers, _)| {
+            peers
+                .iter()
+                .all(|p| ["h1", "h2", "h3"].contains(&p.as_str()))
+        })
+    });
+    let still_formed = net.converge(&[0, 1, 2], Duration::from_secs(5)).is_some();
+    let reached = net.nft_counter(4, "reached");
+    if rogue.try_wait().map_err(|e| e.to_string())?.is_some() {
+        return Err("the rogue announcer died: the scenario proved nothing".into());
+    }
+    let _ = rogue.kill();
+    let _ = rogue.wait();
+    Ok(vec![row(
+        "8. rogue mDNS: 201 forged records (ghosts, a member's id, third-party and member addresses)",
+        format!(
+            "mesh {}; registries {}; packets to the third party: {}",
+            if formed.is_some() && still_formed {
+                "formed and kept"
+            } else {
+                "broken"
+            },
+            if members_only {
+                "members only"
+            } else {
+                "polluted"
+            },
+            reached.map_or("unknown".into(), |n| n.to_string())
+        ),
+        "mesh kept, members only, 0 packets to the third party",
+        formed.is_some() && still_formed && members_only && reached == Some(0),
     )])
 }

@@ -58,6 +58,25 @@ impl Broker {
     }
 }
 
+impl Broker {
+    /// Forgets the nodes down for longer than the limit allows: registry entry, dial target,
+    /// per-peer metrics.
+    fn forget_long_gone(&self) {
+        let forget_after = self.inner.limits.forget_down_nodes_after;
+        let Some(cutoff) = Instant::now().checked_sub(forget_after) else {
+            return;
+        };
+        let gone = self.inner.registry_mut().prune_down(cutoff);
+        for node_id in gone {
+            tracing::debug!(peer = %node_id, "forgetting a node down for {forget_after:?}");
+            for transport in &self.inner.transports {
+                transport.forget_peer(&node_id);
+            }
+            self.inner.metrics.forget_peer(&node_id);
+        }
+    }
+}
+
 /// Sends heartbeats every interval and declares nodes silent for longer than the lease down.
 pub(crate) fn spawn_heartbeat(broker: &Broker) {
     let weak = Arc::downgrade(&broker.inner);
@@ -104,6 +123,7 @@ pub(crate) fn spawn_heartbeat(broker: &Broker) {
             for node_id in expired {
                 broker.node_lost(&node_id, "missed its heartbeats");
             }
+            broker.forget_long_gone();
         }
     });
     broker

@@ -7,7 +7,7 @@ use crate::limits::Limit;
 use crate::payload::encode_msgpack;
 use crate::protocol::packet::{Discover, Info, PROTOCOL_VERSION, Packet, PacketBody};
 use crate::registry::NodeChange;
-use crate::transport::LinkKind;
+use crate::transport::{LinkKind, PeerSource};
 use std::sync::Arc;
 
 impl Broker {
@@ -38,11 +38,17 @@ impl Broker {
             );
             return;
         }
+        // Only a link that authenticates its peer makes the INFO the node's own word on where
+        // it can be reached; what it says of others is always hearsay.
+        let source = match link {
+            LinkKind::Nats => PeerSource::Hearsay,
+            _ => PeerSource::Itself,
+        };
         for transport in &self.inner.transports {
-            transport.learn_peer(&sender, &info.addresses);
+            transport.learn_peer(&sender, &info.addresses, source);
             for peer in &info.peers {
                 if *peer.node_id != *self.inner.node_id {
-                    transport.learn_peer(&peer.node_id, &peer.addresses);
+                    transport.learn_peer(&peer.node_id, &peer.addresses, PeerSource::Hearsay);
                 }
             }
         }

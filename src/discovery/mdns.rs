@@ -1,16 +1,22 @@
 //! mDNS discovery (`mdns-sd`): announce this node as `_phalanx._udp.local.` and report the nodes
 //! of the same namespace found on the LAN.
 //!
-//! The record carries the node id (`id`), namespace (`ns`), protocol version (`pv`), port and
-//! certificate fingerprint (`fp`). It only speeds discovery up: whoever is found is dialed, and
-//! the TLS handshake — not the record — decides membership. Liveness stays on the links; record
+//! The record carries the node id (`id`), namespace (`ns`), protocol version (`pv`), port,
+//! certificate fingerprint (`fp`), the node's socket addresses (`addrs`) and, in a cluster with a
+//! shared secret, a member's signature over all of them (`sig`). A signed record is the node's
+//! own word on where it is ([`PeerSource::Itself`]); an unsigned or badly signed one is ignored
+//! when this node can check signatures, and is only hearsay (dialed slowly, within the
+//! handshake budget) when it cannot (CA files): a LAN neighbour cannot steer this node's dials.
+//! The TLS handshake — not the record — decides membership. Liveness stays on the links; record
 //! expiry means nothing.
 //!
 //! Only interfaces that carry the node's announced addresses are used: a node listening on
 //! loopback speaks mDNS on loopback only, a node listening on every interface on every
 //! non-loopback one.
 
+use super::PeerSource;
 use crate::error::{Error, Result};
+use crate::identity::Credentials;
 use crate::protocol::packet::PROTOCOL_VERSION;
 use mdns_sd::{IfKind, ServiceDaemon, ServiceEvent, ServiceInfo};
 use std::net::{IpAddr, SocketAddr};
@@ -20,16 +26,24 @@ use tokio::task::JoinHandle;
 /// The DNS-SD service type of Phalanx nodes.
 pub(crate) const SERVICE_TYPE: &str = "_phalanx._udp.local.";
 
-/// Called with a found node's id and `ip:port` addresses.
-pub(crate) type OnFound = Arc<dyn Fn(&str, Vec<String>) + Send + Sync>;
+/// Called with a found node's id, `ip:port` addresses and whose word they are.
+pub(crate) type OnFound = Arc<dyn Fn(&str, Vec<String>, PeerSource) + Send + Sync>;
 
-/// What this node announces.
+/// Signed addresses listed in a record, at most (a TXT value holds 255 bytes).
+const MAX_SIGNED_ADDRESSES: usize = 4;
+
+/// What this node announces, and the credentials that sign and check records.
 #[derive(Debug, Clone)]
 pub(crate) struct Announcement {
     pub(crate) node_id: String,
     pub(crate) namespace: String,
-    pub(crate) fingerprint: String,
+    pub(crate) credentials: Credentials,
     pub(crate) addresses: Vec<SocketAddr>,
+}
+
+/// What a record's signature covers.
+fn signed_part(id: &str, ns: &str, pv: &str, addrs: &str) -> Vec<u8> {
+    format!("phalanx-mdns\n{id}\n{ns}\n{pv}\n{addrs}").into_bytes()
 }
 
 /// A running announcer and browser; [`Mdns::stop`] withdraws the record.
@@ -58,11 +72,26 @@ impl Mdns {
             daemon.enable_interface(IfKind::Addr(*ip)).map_err(err)?;
         }
         let instance = sanitize(&me.node_id);
+        let pv = PROTOCOL_VERSION.to_string();
+        let addrs = me
+            .addresses
+            .iter()
+            .take(MAX_SIGNED_ADDRESSES)
+            .map(SocketAddr::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let fingerprint = me.credentials.fingerprint();
+        let signature = me
+            .credentials
+            .sign_announcement(&signed_part(&me.node_id, &me.namespace, &pv, &addrs))
+            .unwrap_or_default();
         let properties = [
             ("id", me.node_id.as_str()),
             ("ns", me.namespace.as_str()),
-            ("pv", &PROTOCOL_VERSION.to_string()),
-            ("fp", me.fingerprint.as_str()),
+            ("pv", pv.as_str()),
+            ("fp", fingerprint.as_str()),
+            ("addrs", addrs.as_str()),
+            ("sig", signature.as_str()),
         ];
         let info = ServiceInfo::new(
             SERVICE_TYPE,
@@ -95,13 +124,36 @@ impl Mdns {
                 if id == me.node_id || ns != me.namespace || pv != PROTOCOL_VERSION.to_string() {
                     continue;
                 }
-                let addresses: Vec<String> = found
-                    .addresses
-                    .iter()
-                    .map(|ip| SocketAddr::new(ip.to_ip_addr(), found.port).to_string())
-                    .collect();
-                tracing::debug!(peer = %id, ?addresses, "found by mDNS");
-                on_found(&id, addresses);
+                let addrs = property("addrs").unwrap_or_default();
+                let signature = property("sig").unwrap_or_default();
+                let signed = signed_part(&id, &ns, &pv, &addrs);
+                let (addresses, source) = match me
+                    .credentials
+                    .verify_announcement(&signed, &signature)
+                {
+                    Some(true) => (
+                        addrs
+                            .split(',')
+                            .filter(|a| a.parse::<SocketAddr>().is_ok())
+                            .map(str::to_owned)
+                            .collect(),
+                        PeerSource::Itself,
+                    ),
+                    Some(false) => {
+                        tracing::trace!(peer = %id, "mDNS record without a member's signature ignored");
+                        continue;
+                    }
+                    None => (
+                        found
+                            .addresses
+                            .iter()
+                            .map(|ip| SocketAddr::new(ip.to_ip_addr(), found.port).to_string())
+                            .collect(),
+                        PeerSource::Hearsay,
+                    ),
+                };
+                tracing::debug!(peer = %id, ?addresses, ?source, "found by mDNS");
+                on_found(&id, addresses, source);
             }
         });
         tracing::debug!(%fullname, "announced by mDNS");

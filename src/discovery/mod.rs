@@ -7,3 +7,4 @@ mod dial_plan;
 pub(crate) mod mdns;
 
 pub(crate) use dial_plan::DialPlan;
+pub use dial_plan::PeerSource;

@@ -101,10 +101,48 @@ impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
             .clone()
     }
 
+    fn remove<Q>(&self, key: &Q)
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        self.0.write().expect("metrics lock").remove(key);
+    }
+
     fn collect<T>(&self, f: impl FnMut((&K, &Arc<V>)) -> T) -> Vec<T> {
         self.0.read().expect("metrics lock").iter().map(f).collect()
     }
 }
+
+impl<K: std::hash::Hash + Eq + std::borrow::Borrow<str> + for<'a> From<&'a str>, V> Cache<K, V> {
+    /// The entry of `name` — or, once the cache holds `cap` names, of [`OTHER`] for every new
+    /// one: names a peer chooses cannot grow the series without bound.
+    fn get_named(&self, name: &str, cap: usize, make: impl Fn(&str) -> V) -> Arc<V> {
+        let full = || self.0.read().expect("metrics lock").len() >= cap;
+        let exists = || self.0.read().expect("metrics lock").contains_key(name);
+        let name = if !exists() && full() { OTHER } else { name };
+        self.get(name, || (K::from(name), make(name)))
+    }
+}
+
+/// An error code as a label: HTTP-like codes as themselves, anything else a peer sent as
+/// [`OTHER`] (a peer chooses its errors' codes; it must not choose how many series we keep).
+fn code_label(code: u16) -> String {
+    if (100..600).contains(&code) {
+        code.to_string()
+    } else {
+        OTHER.to_owned()
+    }
+}
+
+/// The label of everything beyond a series cap.
+pub const OTHER: &str = "(other)";
+
+/// Distinct event names counted per direction; beyond, events count under [`OTHER`].
+pub const MAX_EVENT_SERIES: usize = 256;
+
+/// Distinct peers counted per link kind; beyond, traffic counts under [`OTHER`].
+pub const MAX_PEER_SERIES: usize = 1024;
 
 /// Which side of a call a counter belongs to.
 #[derive(Debug, Clone, Copy)]
@@ -196,6 +234,13 @@ impl BrokerMetrics {
         })
     }
 
+    /// Drops what was counted for `peer` (a node forgotten for good).
+    pub(crate) fn forget_peer(&self, peer: &str) {
+        for (_, peers) in self.links.collect(|(k, v)| (*k, v.clone())) {
+            peers.remove(peer);
+        }
+    }
+
     /// Counts one hit of `limit` (and logs `detail`, rate-limited).
     pub(crate) fn limit_hit(&self, limit: Limit, detail: std::fmt::Arguments<'_>) {
         self.limits.hit(limit, detail);
@@ -218,7 +263,7 @@ impl BrokerMetrics {
         if let Err(code) = result {
             stats.errors.fetch_add(1, Ordering::Relaxed);
             let (_, errors, _) = side.names();
-            metrics::counter!(errors, "node" => self.node_id.to_string(), "action" => action.to_owned(), "code" => code.to_string())
+            metrics::counter!(errors, "node" => self.node_id.to_string(), "action" => action.to_owned(), "code" => code_label(code))
                 .increment(1);
         }
     }
@@ -230,13 +275,9 @@ impl BrokerMetrics {
         } else {
             (&self.received, "phalanx_events_received_total")
         };
-        let stats = cache.get(event, || {
-            let series = metrics::counter!(name, "node" => self.node_id.to_string(), "event" => event.to_owned());
-            let stats = EventStats {
-                count: AtomicU64::new(0),
-                series,
-            };
-            (event.to_owned(), stats)
+        let stats = cache.get_named(event, MAX_EVENT_SERIES, |event| EventStats {
+            count: AtomicU64::new(0),
+            series: metrics::counter!(name, "node" => self.node_id.to_string(), "event" => event.to_owned()),
         });
         stats.count.fetch_add(1, Ordering::Relaxed);
         stats.series.increment(1);
@@ -244,16 +285,20 @@ impl BrokerMetrics {
 }
 
 impl TrafficMeter for BrokerMetrics {
+    fn limit_hit(&self, limit: Limit, n: u64, detail: &str) {
+        self.limits.hits(limit, n, format_args!("{detail}"));
+    }
+
     fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
         let sent = direction == Direction::Sent;
         let peers = self.links.get(&link, || (link, Cache::default()));
-        let stats = peers.get(peer, || {
+        let stats = peers.get_named(peer, MAX_PEER_SERIES, |peer| {
             let labels = [
                 ("node", self.node_id.to_string()),
                 ("link", link.as_str().to_owned()),
                 ("peer", peer.to_owned()),
             ];
-            let stats = LinkStats {
+            LinkStats {
                 packets_sent: AtomicU64::new(0),
                 packets_received: AtomicU64::new(0),
                 bytes_sent: AtomicU64::new(0),
@@ -264,8 +309,7 @@ impl TrafficMeter for BrokerMetrics {
                     metrics::counter!("phalanx_bytes_sent_total", &labels),
                     metrics::counter!("phalanx_bytes_received_total", &labels),
                 ],
-            };
-            (Arc::from(peer), stats)
+            }
         });
         let bytes = bytes as u64;
         let (packets, octets, series) = if sent {

@@ -8,12 +8,12 @@
 
 mod circuit;
 mod endpoint_stats;
-pub(crate) mod pattern;
+mod pattern;
 mod strategy;
 
 pub use circuit::BreakerState;
 pub(crate) use endpoint_stats::EndpointStats;
-pub use pattern::{MAX_PATTERN_SEGMENTS, pattern_matches};
+pub use pattern::pattern_matches;
 pub use strategy::{Candidate, Strategy};
 
 use crate::cluster::{ActionInfo, EventInfo};
@@ -370,6 +370,26 @@ impl<L: Clone> Registry<L> {
         if down {
             self.buses_down.push(link);
         }
+    }
+
+    /// Removes the nodes that have been down since before `cutoff` and returns their ids: a
+    /// node gone for that long is forgotten (it is a new member if it ever comes back).
+    pub(crate) fn prune_down(&mut self, cutoff: Instant) -> Vec<Arc<str>> {
+        let epoch = self.epoch;
+        let gone: Vec<Arc<str>> = self
+            .nodes
+            .iter()
+            .filter(|(_, n)| {
+                !n.available
+                    && epoch + Duration::from_millis(n.last_seen_ms.load(Ordering::Relaxed))
+                        < cutoff
+            })
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &gone {
+            self.nodes.remove(id);
+        }
+        gone
     }
 
     /// Available remote nodes silent since before `cutoff`.

@@ -11,12 +11,10 @@
 //!
 //! Patterns come from peers, so matching must cost the same whatever a pattern holds: it runs
 //! the pattern as a set of positions (one bit each) advanced once per segment of the name — no
-//! recursion, no backtracking, at most [`MAX_PATTERN_SEGMENTS`] × (segments of the name) segment
+//! recursion, no backtracking, at most [`MAX_PATTERN_SEGMENTS`](crate::limits::MAX_PATTERN_SEGMENTS) × (segments of the name) segment
 //! comparisons, nothing allocated.
 
-/// The most segments a pattern may have; longer patterns match nothing (and the registry refuses
-/// them when a service subscribes or a peer announces one).
-pub const MAX_PATTERN_SEGMENTS: usize = 64;
+use crate::limits::MAX_PATTERN_SEGMENTS;
 
 /// Whether event `name` matches `pattern`.
 pub fn pattern_matches(pattern: &str, name: &str) -> bool {
@@ -63,11 +61,6 @@ fn skip_empty_matches(mut at: u128, any_segments: u128, len: usize) -> u128 {
         }
     }
     at
-}
-
-/// How many segments `pattern` has.
-pub(crate) fn segment_count(pattern: &str) -> usize {
-    pattern.split('.').count()
 }
 
 #[cfg(test)]

@@ -45,6 +45,7 @@ pub use reply::PendingReply;
 pub(crate) use reply::ReplySender;
 pub use shm::{ShmTransport, ShmTransportBuilder};
 
+pub use crate::discovery::PeerSource;
 use crate::error::Result;
 pub use crate::protocol::codec::{Codec, FrameDecoder};
 pub use crate::protocol::packet::Packet;
@@ -105,11 +106,17 @@ pub trait TransportHandler: Send + Sync + 'static {
     fn hello(&self) -> Packet;
 }
 
-/// Counts the frames a transport moves (the broker hands in its metrics).
+/// Counts the frames a transport moves and the limits it enforces (the broker hands in its
+/// metrics).
 pub trait TrafficMeter: Send + Sync + 'static {
     /// One frame of `bytes` (length prefix included) went to or came from `peer` over `link`
     /// (`*` for a bus broadcast).
     fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize);
+
+    /// `limit` bit `n` times; `detail` says how (logged, rate-limited).
+    fn limit_hit(&self, limit: crate::limits::Limit, n: u64, detail: &str) {
+        let _ = (limit, n, detail);
+    }
 }
 
 /// Counts nothing: for a transport started outside a broker.
@@ -215,15 +222,21 @@ pub trait Transporter: Send + Sync + 'static {
         Vec::new()
     }
 
-    /// Learns where a node can be reached (gossip from `INFO`); a point-to-point transport may
-    /// dial it. Buses ignore it.
-    fn learn_peer(&self, node_id: &str, addresses: &[String]) {
-        let _ = (node_id, addresses);
+    /// Learns where a node can be reached, and who says so ([`PeerSource`]: the node itself in
+    /// its INFO, or hearsay); a point-to-point transport may dial it. Buses ignore it.
+    fn learn_peer(&self, node_id: &str, addresses: &[String], source: PeerSource) {
+        let _ = (node_id, addresses, source);
     }
 
     /// The broker declared `node_id` down (e.g. its heartbeat lease expired): close any link to
     /// it, so writes waiting on it fail now. Buses ignore it.
     fn drop_peer(&self, node_id: &str) {
+        let _ = node_id;
+    }
+
+    /// The broker forgot `node_id` (down for [`Limits::forget_down_nodes_after`](crate::limits::Limits)):
+    /// stop dialing it and drop what is kept for it. Buses ignore it.
+    fn forget_peer(&self, node_id: &str) {
         let _ = node_id;
     }
 

@@ -3,6 +3,7 @@
 
 use super::Mesh;
 use crate::identity::CLUSTER_SERVER_NAME;
+use crate::limits::Limit;
 use futures_util::FutureExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,12 +19,40 @@ pub(super) async fn run(mesh: Arc<Mesh>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        report_refusals(&mesh);
         for (job, addresses) in mesh.dialer.due(&mesh.ctx.node_id, |n| mesh.is_linked(n)) {
             let mesh = mesh.clone();
             tokio::spawn(async move {
                 let peer = dial(&mesh, &addresses).await;
                 mesh.dialer.finish(&job, peer);
             });
+        }
+    }
+}
+
+/// Hands what the dial plan refused since the last tick to the broker's limit counters.
+fn report_refusals(mesh: &Mesh) {
+    let refusals = &mesh.dialer.refusals;
+    for (counter, limit, detail) in [
+        (
+            &refusals.hearsay,
+            Limit::DialHearsay,
+            "nodes heard of not dialed: too many only heard of",
+        ),
+        (
+            &refusals.budget,
+            Limit::DialBudget,
+            "dials put off: handshake budget spent",
+        ),
+        (
+            &refusals.mismatched,
+            Limit::DialMismatch,
+            "a dial reached another node than announced",
+        ),
+    ] {
+        let n = counter.swap(0, std::sync::atomic::Ordering::Relaxed);
+        if n > 0 {
+            mesh.ctx.traffic.limit_hit(limit, n, detail);
         }
     }
 }

@@ -41,7 +41,7 @@
 mod dial;
 mod link;
 
-use super::{Direction, LinkKind, LinkTable, TransportContext, Transporter};
+use super::{Direction, LinkKind, LinkTable, PeerSource, TransportContext, Transporter};
 use crate::discovery::DialPlan;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
@@ -244,7 +244,7 @@ impl Transporter for QuicTransport {
                 .map_err(|_| Error::transport("QUIC transport started twice"))?;
             mesh.spawn_background();
             if self.config.mdns {
-                mesh.start_mdns(credentials.fingerprint())?;
+                mesh.start_mdns(credentials.clone())?;
             }
             tracing::info!(addresses = ?mesh.addresses, fingerprint = %credentials.fingerprint(), "QUIC mesh listening");
             Ok(())
@@ -301,7 +301,7 @@ impl Transporter for QuicTransport {
             .map_or_else(Vec::new, |m| m.addresses.clone())
     }
 
-    fn learn_peer(&self, node_id: &str, addresses: &[String]) {
+    fn learn_peer(&self, node_id: &str, addresses: &[String], source: PeerSource) {
         if let Some(mesh) = self.mesh.get() {
             // Only socket addresses: other transports announce theirs in the same list.
             let ours: Vec<String> = addresses
@@ -309,7 +309,13 @@ impl Transporter for QuicTransport {
                 .filter(|a| a.parse::<std::net::SocketAddr>().is_ok())
                 .cloned()
                 .collect();
-            mesh.dialer.learn(node_id, &ours);
+            mesh.dialer.learn(node_id, &ours, source);
+        }
+    }
+
+    fn forget_peer(&self, node_id: &str) {
+        if let Some(mesh) = self.mesh.get() {
+            mesh.dialer.forget(node_id);
         }
     }
 
@@ -385,11 +391,11 @@ impl Mesh {
         }))
     }
 
-    fn start_mdns(self: &Arc<Self>, fingerprint: String) -> Result<()> {
+    fn start_mdns(self: &Arc<Self>, credentials: Credentials) -> Result<()> {
         let me = Announcement {
             node_id: self.ctx.node_id.to_string(),
             namespace: self.ctx.namespace.to_string(),
-            fingerprint,
+            credentials,
             addresses: self
                 .addresses
                 .iter()
@@ -397,9 +403,9 @@ impl Mesh {
                 .collect(),
         };
         let mesh = Arc::downgrade(self);
-        let on_found: OnFound = Arc::new(move |node_id, addresses| {
+        let on_found: OnFound = Arc::new(move |node_id, addresses, source| {
             if let Some(mesh) = mesh.upgrade() {
-                mesh.dialer.learn(node_id, &addresses);
+                mesh.dialer.learn(node_id, &addresses, source);
             }
         });
         let mdns = Mdns::start(me, on_found)?;

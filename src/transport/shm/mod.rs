@@ -17,7 +17,9 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-use super::{Direction, LinkKind, LinkTable, PendingReply, TransportContext, Transporter};
+use super::{
+    Direction, LinkKind, LinkTable, PeerSource, PendingReply, TransportContext, Transporter,
+};
 use crate::error::{Error, Result};
 use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
@@ -270,8 +272,9 @@ impl Transporter for ShmTransport {
             .map_or_else(Vec::new, |s| vec![s.address.clone()])
     }
 
-    fn learn_peer(&self, node_id: &str, addresses: &[String]) {
-        let Some(running) = self.state.get() else {
+    fn learn_peer(&self, node_id: &str, addresses: &[String], source: PeerSource) {
+        // A socket is only dialed on the node's own word: hearsay could name anyone's socket.
+        let Some(running) = self.state.get().filter(|_| source == PeerSource::Itself) else {
             return;
         };
         let Some(peer) = addresses.iter().find_map(|a| PeerAddress::parse(a)) else {

@@ -96,7 +96,7 @@ async fn linked_pair(
 ) -> ((ShmTransport, Arc<Recorder>), (ShmTransport, Arc<Recorder>)) {
     let (a, a_seen) = node("a", dir).await;
     let (b, b_seen) = node("b", dir).await;
-    a.learn_peer("b", &b.addresses());
+    a.learn_peer("b", &b.addresses(), PeerSource::Itself);
     a_seen.wait_for("up b shm").await;
     b_seen.wait_for("up a shm").await;
     ((a, a_seen), (b, b_seen))
@@ -118,11 +118,11 @@ async fn a_corrupted_ring_closes_the_link_on_both_sides() {
     let (b, b_seen) = node("b", &dir).await;
     // A wrong token is refused: the pair stays apart.
     let forged = b.addresses()[0].replace(&b.state.get().unwrap().token, "forged");
-    a.learn_peer("b", &[forged]);
+    a.learn_peer("b", &[forged], PeerSource::Itself);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(a.linked_nodes().is_empty());
 
-    a.learn_peer("b", &b.addresses());
+    a.learn_peer("b", &b.addresses(), PeerSource::Itself);
     a_seen.wait_for("up b shm").await;
     b_seen.wait_for("up a shm").await;
     // A frame three times the ring's size streams through it.
