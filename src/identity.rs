@@ -236,6 +236,82 @@ impl Credentials {
         Ok(config)
     }
 
+    /// This node's certificate chain (leaf first).
+    pub(crate) fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.chain
+    }
+
+    /// Signs `message` with this node's key, as a TLS 1.3 signature (scheme chosen for the key
+    /// type: Ed25519 or ECDSA). Peers check it with [`Credentials::verify_signed`].
+    pub(crate) fn sign(&self, message: &[u8]) -> Result<(rustls::SignatureScheme, Vec<u8>)> {
+        use rustls::SignatureScheme as S;
+        let key = provider()
+            .key_provider
+            .load_private_key(self.private_key())
+            .map_err(tls_error)?;
+        let signer = key
+            .choose_scheme(&[
+                S::ED25519,
+                S::ECDSA_NISTP256_SHA256,
+                S::ECDSA_NISTP384_SHA384,
+            ])
+            .ok_or_else(|| tls_error("the node key cannot sign with a supported scheme"))?;
+        let signature = signer.sign(message).map_err(tls_error)?;
+        Ok((signer.scheme(), signature))
+    }
+
+    /// Checks that `chain` is a member's: it chains to the cluster CA and its leaf names
+    /// `node_id`.
+    pub(crate) fn verify_member(
+        &self,
+        chain: &[CertificateDer<'static>],
+        node_id: &str,
+    ) -> Result<()> {
+        let (leaf, intermediates) = chain
+            .split_first()
+            .ok_or_else(|| auth_error("no certificate"))?;
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+                .build()
+                .map_err(tls_error)?;
+        verifier
+            .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
+            .map_err(|e| auth_error(format!("not a member's certificate: {e}")))?;
+        match certified_node_id(leaf) {
+            Some(named) if named == node_id => Ok(()),
+            named => Err(auth_error(format!(
+                "the certificate names {named:?}, not '{node_id}'"
+            ))),
+        }
+    }
+
+    /// Checks a [`Credentials::sign`] signature of `message` by the holder of `cert`.
+    pub(crate) fn verify_signed(
+        cert: &CertificateDer<'_>,
+        message: &[u8],
+        scheme: rustls::SignatureScheme,
+        signature: &[u8],
+    ) -> Result<()> {
+        use ring::signature::{self as sig, UnparsedPublicKey, VerificationAlgorithm};
+        use rustls::SignatureScheme as S;
+        let algorithm: &'static dyn VerificationAlgorithm = match scheme {
+            S::ED25519 => &sig::ED25519,
+            S::ECDSA_NISTP256_SHA256 => &sig::ECDSA_P256_SHA256_ASN1,
+            S::ECDSA_NISTP384_SHA384 => &sig::ECDSA_P384_SHA384_ASN1,
+            other => {
+                return Err(auth_error(format!(
+                    "unsupported signature scheme {other:?}"
+                )));
+            }
+        };
+        let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
+            .map_err(|e| auth_error(format!("unreadable certificate: {e}")))?;
+        let key = &parsed.public_key().subject_public_key.data;
+        UnparsedPublicKey::new(algorithm, key.as_ref())
+            .verify(message, signature)
+            .map_err(|_| auth_error("bad signature"))
+    }
+
     fn roots(&self) -> Result<Arc<RootCertStore>> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.clone()).map_err(tls_error)?;
@@ -249,6 +325,10 @@ impl Credentials {
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn auth_error(message: impl fmt::Display) -> Error {
+    Error::new(ErrorKind::Authentication, message.to_string())
 }
 
 fn tls_error(err: impl fmt::Display) -> Error {

@@ -157,11 +157,13 @@ pub enum Limit {
     DialBudget,
     /// A dial that reached another node than the one announced (a ghost id).
     DialMismatch,
+    /// A NATS message dropped: malformed, not from a member, forged, replayed or unintroduced.
+    NatsRejected,
 }
 
 impl Limit {
     /// Every limit, in counter order.
-    pub const ALL: [Limit; 7] = [
+    pub const ALL: [Limit; 8] = [
         Limit::PeerInFlight,
         Limit::PeerEventsInFlight,
         Limit::InfoRefused,
@@ -169,6 +171,7 @@ impl Limit {
         Limit::DialHearsay,
         Limit::DialBudget,
         Limit::DialMismatch,
+        Limit::NatsRejected,
     ];
 
     /// The `limit` label and snapshot key.
@@ -181,6 +184,7 @@ impl Limit {
             Limit::DialHearsay => "dial_hearsay",
             Limit::DialBudget => "dial_budget",
             Limit::DialMismatch => "dial_mismatch",
+            Limit::NatsRejected => "nats_rejected",
         }
     }
 

@@ -8,6 +8,7 @@ mod nats_server;
 use common::cluster::Cluster;
 use common::{counter, counting, settle};
 use nats_server::NatsServer;
+use phalanx::identity::ClusterCa;
 use phalanx::transport::{LinkKind, NatsTransport};
 use phalanx::{Broker, BrokerBuilder, CallOptions, Context, ErrorKind};
 use std::process::{Child, Command, Stdio};
@@ -24,7 +25,14 @@ fn on_nats(builder: BrokerBuilder, server: &NatsServer, namespace: &str) -> Brok
         .namespace(namespace)
         .heartbeat(Duration::from_millis(200), Duration::from_millis(1000))
         .stop_grace(Duration::from_millis(50))
-        .transport(NatsTransport::builder(server.url()).build())
+        .transport(nats_transport(server))
+}
+
+/// A NATS transport proving membership of the tests' cluster.
+fn nats_transport(server: &NatsServer) -> NatsTransport {
+    NatsTransport::builder(server.url())
+        .cluster_ca(ClusterCa::secret(common::strong_secret("nats")))
+        .build()
 }
 
 async fn node(server: &NatsServer, id: &str, namespace: &str) -> Broker {
@@ -115,6 +123,7 @@ async fn a_killed_node_is_down_within_the_lease() {
         Command::new(env!("CARGO_BIN_EXE_phalanx"))
             .args(["demo", "--node-id", "victim", "--nats", &server.url()])
             .args(["--heartbeat-ms", "200", "--lease-ms", "1000"])
+            .env("PHALANX_SECRET", common::strong_secret("nats"))
             .stdout(Stdio::null())
             .spawn()
             .unwrap(),
@@ -271,12 +280,12 @@ async fn namespaces_stay_apart_and_malformed_messages_are_dropped() {
 /// A bus delivers the broadcast subject and a node's own subject independently, so a newcomer's
 /// first request or event can reach a node before the newcomer's INFO does. They wait for the
 /// introduction instead of being refused or dropped; a sender that never introduces itself is
-/// refused.
+/// refused. The newcomer here is a member speaking through a bare transport, so the test
+/// chooses when its INFO goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_overtakes_its_senders_info_is_served() {
-    use futures_util::StreamExt;
-    use phalanx::protocol::codec::Codec;
     use phalanx::protocol::packet::{Event, Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
+    use phalanx::transport::Transporter;
 
     let server = NatsServer::start();
     let b = node(&server, "b", "green").await;
@@ -287,32 +296,36 @@ async fn a_request_that_overtakes_its_senders_info_is_served() {
         .start()
         .await
         .unwrap();
-    let codec = Codec::new(1 << 20);
-    let raw = async_nats::connect(server.url()).await.unwrap();
-    let mut replies = raw.subscribe("PHX.green.node.ghost").await.unwrap();
+    let (ghost, mut received) = bare_member(&server, "ghost", "green").await;
     let request = |id| {
-        let body = PacketBody::Request(Request {
-            id,
-            action: "secret.get".into(),
-            params: rmp_serde::to_vec(&()).unwrap().into(),
-            timeout_ms: Some(5_000),
-            ..Default::default()
-        });
-        codec.encode(&Packet::new("ghost", body)).unwrap()
+        Packet::new(
+            "ghost",
+            PacketBody::Request(Request {
+                id,
+                action: "secret.get".into(),
+                params: rmp_serde::to_vec(&()).unwrap().into(),
+                timeout_ms: Some(5_000),
+                ..Default::default()
+            }),
+        )
     };
+    // b introduces itself with every heartbeat; until then there is no key to seal with.
+    let until = Instant::now() + WAIT;
+    let mut sent = Instant::now();
+    while ghost.send("b", &request(1)).await.is_err() {
+        assert!(Instant::now() < until, "b never introduced itself on NATS");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        sent = Instant::now();
+    }
     let mut next_response = async || loop {
-        let message = tokio::time::timeout(WAIT, replies.next())
+        let packet = tokio::time::timeout(WAIT, received.recv())
             .await
             .expect("a packet for ghost")
             .unwrap();
-        if let PacketBody::Response(response) = codec.decode_frame(&message.payload).unwrap().body {
+        if let PacketBody::Response(response) = packet.body {
             return (Instant::now(), response);
         }
     };
-
-    let sent = Instant::now();
-    raw.publish("PHX.green.node.b", request(1)).await.unwrap();
-    raw.flush().await.unwrap();
     let (answered, refused) = next_response().await;
     let error = refused.error.expect("an unknown sender is refused");
     assert_eq!(error.code, 503, "{error:?}");
@@ -322,17 +335,16 @@ async fn a_request_that_overtakes_its_senders_info_is_served() {
         "refused after waiting for an introduction, not at once"
     );
 
-    raw.publish("PHX.green.node.b", request(2)).await.unwrap();
+    ghost.send("b", &request(2)).await.unwrap();
     let event = Event {
         event: "ghost.said".into(),
         data: rmp_serde::to_vec("boo").unwrap().into(),
         ..Default::default()
     };
-    let event = codec.encode(&Packet::new("ghost", PacketBody::Event(event)));
-    raw.publish("PHX.green.node.b", event.unwrap())
+    ghost
+        .send("b", &Packet::new("ghost", PacketBody::Event(event)))
         .await
         .unwrap();
-    raw.flush().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         heard.load(Ordering::SeqCst),
@@ -346,14 +358,111 @@ async fn a_request_that_overtakes_its_senders_info_is_served() {
         seq: 1,
         ..Default::default()
     };
-    let info = codec.encode(&Packet::new("ghost", PacketBody::Info(info)));
-    raw.publish("PHX.green.bcast", info.unwrap()).await.unwrap();
-    raw.flush().await.unwrap();
+    ghost
+        .broadcast(&Packet::new("ghost", PacketBody::Info(info)))
+        .await
+        .unwrap();
     let (_, served) = next_response().await;
     assert_eq!(served.id, 2);
     assert!(served.error.is_none(), "{:?}", served.error);
     let value: i32 = rmp_serde::from_slice(&served.data.unwrap()).unwrap();
     assert_eq!(value, 42);
     assert_eq!(settle(&heard, 1).await, 1, "the event is delivered once");
+    ghost.stop().await;
     b.stop().await;
+}
+
+/// Anyone with rights on the subjects — but without the cluster's credentials — publishes what a
+/// node would: old-style bare frames, garbage, a member's sealed request replayed, a forged
+/// DISCONNECT of a real node. None of it is taken; all of it is counted; the cluster serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_client_without_credentials_cannot_forge_or_replay() {
+    use futures_util::StreamExt;
+    use phalanx::protocol::codec::Codec;
+    use phalanx::protocol::packet::{Disconnect, Packet, PacketBody};
+
+    let server = NatsServer::start();
+    let cluster = Cluster::start(&["a", "b"], |b| on_nats(b, &server, "red")).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
+    b.service("echo")
+        .action("twice", |_ctx, n: i32| async move { Ok(n * 2) })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["echo"], WAIT).await.unwrap();
+    let raw = async_nats::connect(server.url()).await.unwrap();
+    // Record what a sends to b (a sealed request), to replay it.
+    let mut tap = raw.subscribe("PHX.red.node.b").await.unwrap();
+    raw.flush().await.unwrap();
+    assert_eq!(a.call::<i32>("echo.twice", 21).await.unwrap(), 42);
+    let captured = tokio::time::timeout(WAIT, tap.next())
+        .await
+        .unwrap()
+        .unwrap();
+
+    let codec = Codec::default();
+    let forged_bye = codec
+        .encode(&Packet::new("a", PacketBody::Disconnect(Disconnect {})))
+        .unwrap();
+    let before = b.metrics().limit_hits["nats_rejected"];
+    for _ in 0..50 {
+        raw.publish("PHX.red.bcast", forged_bye.clone())
+            .await
+            .unwrap();
+        raw.publish("PHX.red.node.b", captured.payload.clone())
+            .await
+            .unwrap();
+        raw.publish(
+            "PHX.red.node.b",
+            bytes::Bytes::from_static(b"PX\x01garbage"),
+        )
+        .await
+        .unwrap();
+    }
+    raw.flush().await.unwrap();
+    let until = Instant::now() + WAIT;
+    while b.metrics().limit_hits["nats_rejected"] < before + 150 {
+        assert!(Instant::now() < until, "not every forgery was counted");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        b.nodes().iter().any(|n| n.id == "a" && n.available),
+        "the forged DISCONNECT did not take a down"
+    );
+    assert_eq!(a.call::<i32>("echo.twice", 5).await.unwrap(), 10);
+    cluster.stop().await;
+}
+
+/// A member that speaks through a bare NATS transport: what it receives comes out of the
+/// channel.
+async fn bare_member(
+    server: &NatsServer,
+    id: &str,
+    namespace: &str,
+) -> (
+    NatsTransport,
+    tokio::sync::mpsc::UnboundedReceiver<phalanx::transport::Packet>,
+) {
+    use phalanx::protocol::packet::{Disconnect, PacketBody};
+    use phalanx::transport::{Packet, TransportContext, TransportHandler, Transporter};
+
+    struct Inbox(tokio::sync::mpsc::UnboundedSender<Packet>);
+    impl TransportHandler for Inbox {
+        fn on_packet(&self, packet: Packet, _: LinkKind) {
+            let _ = self.0.send(packet);
+        }
+        fn on_link_up(&self, _: &str, _: LinkKind) {}
+        fn on_link_down(&self, _: &str, _: LinkKind) {}
+        fn on_bus(&self, _: LinkKind, _: bool) {}
+        fn hello(&self) -> Packet {
+            Packet::new("unused", PacketBody::Disconnect(Disconnect {}))
+        }
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let transport = nats_transport(server);
+    transport
+        .start(TransportContext::new(id, namespace, Arc::new(Inbox(tx))))
+        .await
+        .expect("the bare member connects");
+    (transport, rx)
 }

@@ -178,15 +178,6 @@ impl MeshArgs {
         if !self.no_shm {
             builder = builder.transport(phalanx::transport::ShmTransport::builder().build());
         }
-        #[cfg(feature = "nats")]
-        if let Some(url) = &self.nats {
-            let mut nats = phalanx::transport::NatsTransport::builder(url.clone());
-            if let Some(creds) = &self.nats_creds {
-                nats = nats.credentials_file(creds.clone());
-            }
-            let broker = builder.transport(nats.build()).start().await?;
-            return Ok(Joined { broker, quic: None });
-        }
         let cluster_ca = match &self.secret_file {
             Some(path) => ClusterCa::secret(read_secret_file(path)?.ok_or_else(|| {
                 Error::validation(format!(
@@ -196,6 +187,16 @@ impl MeshArgs {
             })?),
             None => ClusterCa::local()?,
         };
+        #[cfg(feature = "nats")]
+        if let Some(url) = &self.nats {
+            let mut nats =
+                phalanx::transport::NatsTransport::builder(url.clone()).cluster_ca(cluster_ca);
+            if let Some(creds) = &self.nats_creds {
+                nats = nats.credentials_file(creds.clone());
+            }
+            let broker = builder.transport(nats.build()).start().await?;
+            return Ok(Joined { broker, quic: None });
+        }
         let quic = QuicTransport::builder()
             .listen(self.listen)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())

@@ -10,8 +10,17 @@
 //! | `PHX.<ns>.bcast` | `DISCOVER`, `INFO`, `HEARTBEAT`, `DISCONNECT`, broadcasts |
 //! | `PHX.<ns>.node.<node>` | requests, responses, events and replies addressed to one node |
 //!
-//! Payloads are the same MessagePack frames as on the mesh. A message that does not decode is
-//! dropped with a warning; the node keeps serving.
+//! # Who may speak
+//! A NATS server relays for anyone with rights on the subjects, so the frames travel in
+//! envelopes (see `envelope.rs`) that bind each one to a member of the cluster: the same
+//! [`ClusterCa`] as the mesh issues each node a certificate naming it, broadcasts are signed with
+//! it, and messages to one node are encrypted and authenticated under a key only the two nodes
+//! share (X25519 of per-start session keys), with replays refused. A client without the
+//! cluster's credentials can read only the signed broadcasts (INFO, heartbeats, broadcast
+//! events) and can neither forge, replay nor make a node keep state for it; a member cannot
+//! speak for another node. A message that fails a check or does not decode is dropped and
+//! counted (`nats_rejected` in the node's limit hits); the node keeps serving. The server URL is
+//! logged and reported without its password.
 //!
 //! # Failure
 //! While the connection to NATS is down every send fails at once with a transport error
@@ -28,9 +37,14 @@
 //! # Ok(()) }
 //! ```
 
+mod envelope;
+
 use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
+use crate::identity::ClusterCa;
+use crate::limits::Limit;
 use crate::protocol::packet::Packet;
+use envelope::Envelopes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::path::PathBuf;
@@ -44,6 +58,7 @@ pub struct NatsTransportBuilder {
     url: String,
     prefix: String,
     credentials: Option<PathBuf>,
+    cluster_ca: Option<ClusterCa>,
 }
 
 impl NatsTransportBuilder {
@@ -56,6 +71,13 @@ impl NatsTransportBuilder {
     /// A NATS credentials (`.creds`) file.
     pub fn credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.credentials = Some(path.into());
+        self
+    }
+
+    /// How this node proves it is a member ([`ClusterCa`]; default: [`ClusterCa::local`], as
+    /// for the mesh). Every node on the subjects must share it.
+    pub fn cluster_ca(mut self, cluster_ca: ClusterCa) -> Self {
+        self.cluster_ca = Some(cluster_ca);
         self
     }
 
@@ -81,6 +103,7 @@ struct Bus {
     node_prefix: String,
     codec: crate::protocol::codec::Codec,
     traffic: std::sync::Arc<dyn super::TrafficMeter>,
+    envelopes: Arc<Envelopes>,
     readers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -100,6 +123,7 @@ impl NatsTransport {
             url: url.into(),
             prefix: "PHX".into(),
             credentials: None,
+            cluster_ca: None,
         }
     }
 
@@ -114,6 +138,20 @@ impl NatsTransport {
             ));
         }
         Ok(bus)
+    }
+}
+
+/// `url` without the password (or token) it may carry: fit for logs and errors.
+fn redacted(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://***@{host}"),
+            None => url.to_owned(),
+        },
+        None => match url.rsplit_once('@') {
+            Some((_, host)) => format!("***@{host}"),
+            None => url.to_owned(),
+        },
     }
 }
 
@@ -144,6 +182,14 @@ impl Transporter for NatsTransport {
                 token(&ctx.namespace)
             };
             let base = format!("{}.{ns}", self.config.prefix);
+            let cluster_ca = match &self.config.cluster_ca {
+                Some(ca) => ca.clone(),
+                None => ClusterCa::local()?,
+            };
+            let envelopes = Arc::new(Envelopes::new(
+                ctx.node_id.clone(),
+                cluster_ca.credentials(&ctx.node_id)?,
+            ));
             let events = ctx.handler.clone();
             let mut options = async_nats::ConnectOptions::new()
                 .name(format!("phalanx {}", ctx.node_id))
@@ -172,7 +218,7 @@ impl Transporter for NatsTransport {
                 .map_err(|e| {
                     Error::transport(format!(
                         "cannot connect to NATS at {}: {e}",
-                        self.config.url
+                        redacted(&self.config.url)
                     ))
                 })?;
             let broadcast_subject = format!("{base}.bcast");
@@ -187,10 +233,11 @@ impl Transporter for NatsTransport {
                     Error::transport(format!("cannot subscribe to {subject}: {e}")).with_source(e)
                 })?;
                 let ctx = ctx.clone();
+                let envelopes = envelopes.clone();
                 readers.push(tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
                         let len = message.payload.len();
-                        match ctx.codec.decode_whole(message.payload) {
+                        match receive(&ctx, &envelopes, &message.subject, message.payload) {
                             Ok(packet) => {
                                 ctx.traffic.record(
                                     &packet.sender,
@@ -200,9 +247,12 @@ impl Transporter for NatsTransport {
                                 );
                                 ctx.handler.on_packet(packet, LinkKind::Nats)
                             }
-                            Err(err) => {
-                                tracing::warn!(%subject, %err, "dropping a malformed NATS message")
-                            }
+                            Err(why) if why.is_empty() => {}
+                            Err(why) => ctx.traffic.limit_hit(
+                                Limit::NatsRejected,
+                                1,
+                                &format!("a NATS message on {subject} dropped: {why}"),
+                            ),
                         }
                     }
                 }));
@@ -217,12 +267,13 @@ impl Transporter for NatsTransport {
                 node_prefix,
                 codec: ctx.codec,
                 traffic: ctx.traffic.clone(),
+                envelopes,
                 readers: Mutex::new(readers),
             };
             self.bus
                 .set(bus)
                 .map_err(|_| Error::transport("NATS transport started twice"))?;
-            tracing::info!(url = %self.config.url, subjects = %base, "NATS transport connected");
+            tracing::info!(url = %redacted(&self.config.url), subjects = %base, "NATS transport connected");
             Ok(())
         }
         .boxed()
@@ -232,10 +283,12 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
+            let subject = format!("{}{}", bus.node_prefix, token(node_id));
+            let sealed = bus.envelopes.seal(node_id, &subject, &frame)?;
             bus.traffic
-                .record(node_id, LinkKind::Nats, Direction::Sent, frame.len());
+                .record(node_id, LinkKind::Nats, Direction::Sent, sealed.len());
             bus.client
-                .publish(format!("{}{}", bus.node_prefix, token(node_id)), frame)
+                .publish(subject, sealed)
                 .await
                 .map_err(|e| Error::transport(format!("NATS publish failed: {e}")).with_source(e))
         }
@@ -246,14 +299,21 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
+            let signed = bus.envelopes.sign(&bus.broadcast_subject, &frame)?;
             bus.traffic
-                .record("*", LinkKind::Nats, Direction::Sent, frame.len());
+                .record("*", LinkKind::Nats, Direction::Sent, signed.len());
             bus.client
-                .publish(bus.broadcast_subject.clone(), frame)
+                .publish(bus.broadcast_subject.clone(), signed)
                 .await
                 .map_err(|e| Error::transport(format!("NATS publish failed: {e}")).with_source(e))
         }
         .boxed()
+    }
+
+    fn forget_peer(&self, node_id: &str) {
+        if let Some(bus) = self.bus.get() {
+            bus.envelopes.forget(node_id);
+        }
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
@@ -270,9 +330,42 @@ impl Transporter for NatsTransport {
     }
 }
 
+/// Opens a received message and decodes its packet, which must be in its sender's own name.
+/// The error is why it was dropped (empty for our own broadcasts coming back).
+fn receive(
+    ctx: &TransportContext,
+    envelopes: &Envelopes,
+    subject: &str,
+    message: bytes::Bytes,
+) -> std::result::Result<Packet, String> {
+    let opened = envelopes.open(subject, message).map_err(|e| match e {
+        // Our own broadcasts come back from the bus: not worth a word.
+        envelope::Refused::Own => String::new(),
+        other => other.to_string(),
+    })?;
+    let packet = ctx
+        .codec
+        .decode_whole(opened.frame)
+        .map_err(|e| e.to_string())?;
+    if packet.sender != opened.sender {
+        return Err(format!(
+            "'{}' sent a packet in the name of '{}'",
+            opened.sender, packet.sender
+        ));
+    }
+    Ok(packet)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::token;
+    use super::{redacted, token};
+
+    #[test]
+    fn passwords_never_reach_the_logs() {
+        assert_eq!(redacted("nats://user:pw@host:4222"), "nats://***@host:4222");
+        assert_eq!(redacted("tls://token@h:1"), "tls://***@h:1");
+        assert_eq!(redacted("nats://h:4222"), "nats://h:4222");
+    }
 
     #[test]
     fn node_ids_become_safe_subject_tokens() {
