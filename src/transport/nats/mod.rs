@@ -104,6 +104,9 @@ struct Bus {
     codec: crate::protocol::codec::Codec,
     traffic: std::sync::Arc<dyn super::TrafficMeter>,
     envelopes: Arc<Envelopes>,
+    /// Held from sealing to publishing, so messages reach the server in sequence order (the
+    /// receiver's replay window tolerates little reordering).
+    in_order: tokio::sync::Mutex<()>,
     readers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -268,6 +271,7 @@ impl Transporter for NatsTransport {
                 codec: ctx.codec,
                 traffic: ctx.traffic.clone(),
                 envelopes,
+                in_order: tokio::sync::Mutex::new(()),
                 readers: Mutex::new(readers),
             };
             self.bus
@@ -284,6 +288,7 @@ impl Transporter for NatsTransport {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
             let subject = format!("{}{}", bus.node_prefix, token(node_id));
+            let _in_order = bus.in_order.lock().await;
             let sealed = bus.envelopes.seal(node_id, &subject, &frame)?;
             bus.traffic
                 .record(node_id, LinkKind::Nats, Direction::Sent, sealed.len());
@@ -299,6 +304,7 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
+            let _in_order = bus.in_order.lock().await;
             let signed = bus.envelopes.sign(&bus.broadcast_subject, &frame)?;
             bus.traffic
                 .record("*", LinkKind::Nats, Direction::Sent, signed.len());
