@@ -473,9 +473,11 @@ fn credentials_from_secret(secret: &str, node_id: &str) -> Result<Credentials> {
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let now = time_now();
-    params.not_before = now - std::time::Duration::from_secs(24 * 3600);
-    params.not_after = now + std::time::Duration::from_secs(365 * 24 * 3600);
+    // As long-lived as the CA: whoever holds the secret can issue certificates at will, so an
+    // expiry would protect nothing and only stop a long-running node one day. Revoking means
+    // changing the secret.
+    params.not_before = time_now() - std::time::Duration::from_secs(24 * 3600);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     let cert = params.signed_by(&node_key, &issuer).map_err(cert_error)?;
     Ok(Credentials {
         ca: ca_der,

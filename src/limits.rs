@@ -159,11 +159,14 @@ pub enum Limit {
     DialMismatch,
     /// A NATS message dropped: malformed, not from a member, forged, replayed or unintroduced.
     NatsRejected,
+    /// A link refused: failed mutual authentication, claimed another id than its certificate
+    /// names, or broke the protocol.
+    LinkRefused,
 }
 
 impl Limit {
     /// Every limit, in counter order.
-    pub const ALL: [Limit; 8] = [
+    pub const ALL: [Limit; 9] = [
         Limit::PeerInFlight,
         Limit::PeerEventsInFlight,
         Limit::InfoRefused,
@@ -172,6 +175,7 @@ impl Limit {
         Limit::DialBudget,
         Limit::DialMismatch,
         Limit::NatsRejected,
+        Limit::LinkRefused,
     ];
 
     /// The `limit` label and snapshot key.
@@ -185,6 +189,7 @@ impl Limit {
             Limit::DialBudget => "dial_budget",
             Limit::DialMismatch => "dial_mismatch",
             Limit::NatsRejected => "nats_rejected",
+            Limit::LinkRefused => "link_refused",
         }
     }
 

@@ -3,6 +3,7 @@
 use super::{Mesh, QuicConfig};
 use crate::error::{Error, Result};
 use crate::identity::certified_node_id;
+use crate::limits::Limit;
 use crate::protocol::codec::FrameDecoder;
 use crate::protocol::packet::Packet;
 use crate::transport::{Direction, LinkKind};
@@ -210,7 +211,11 @@ impl Mesh {
             .and_then(|identity| identity.downcast::<Vec<CertificateDer<'static>>>().ok())
             .and_then(|chain| chain.first().and_then(certified_node_id));
         if certified.as_deref() != Some(&*peer) {
-            tracing::warn!(%remote, claimed = %peer, ?certified, "peer claims a node id its certificate does not name");
+            self.ctx.traffic.limit_hit(
+                Limit::LinkRefused,
+                1,
+                &format!("{remote} claims to be '{peer}' but its certificate names {certified:?}"),
+            );
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
             conn.close(
                 CLOSE_PROTOCOL.into(),
@@ -432,7 +437,14 @@ impl Mesh {
 
     /// Closes a link that broke the protocol; everyone else keeps being served.
     fn violation(&self, link: &Arc<Link>, reason: &str) {
-        tracing::warn!(peer = %link.node_id, %reason, "closing link: protocol violation");
+        self.ctx.traffic.limit_hit(
+            Limit::LinkRefused,
+            1,
+            &format!(
+                "closing the link to '{}': protocol violation: {reason}",
+                link.node_id
+            ),
+        );
         link.close(CLOSE_PROTOCOL, reason);
     }
 }

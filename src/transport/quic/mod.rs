@@ -46,6 +46,7 @@ use crate::discovery::DialPlan;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{ClusterCa, Credentials};
+use crate::limits::Limit;
 use crate::protocol::packet::Packet;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -439,7 +440,12 @@ impl Mesh {
     fn handshake_failed(&self, peer: &str, err: &quinn::ConnectionError) {
         if is_auth_failure(err) {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(%peer, %err, "peer failed mutual authentication");
+            // Counted and logged at a bounded rate: a stranger's attempts must not flood the log.
+            self.ctx.traffic.limit_hit(
+                Limit::LinkRefused,
+                1,
+                &format!("{peer} failed mutual authentication: {err}"),
+            );
         } else {
             tracing::debug!(%peer, %err, "handshake failed");
         }

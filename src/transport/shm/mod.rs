@@ -56,7 +56,10 @@ impl ShmTransportBuilder {
 
     /// Bytes per ring (rounded up to a power of two, at least 64 KiB). Default: 4 MiB.
     pub fn ring_capacity(mut self, bytes: usize) -> Self {
-        self.ring_capacity = bytes.max(64 << 10).next_power_of_two();
+        self.ring_capacity = bytes
+            .max(64 << 10)
+            .next_power_of_two()
+            .min(ring::MAX_CAPACITY);
         self
     }
 

@@ -86,6 +86,9 @@ impl std::fmt::Debug for Segment {
     }
 }
 
+/// The largest ring a peer may offer.
+pub(crate) const MAX_CAPACITY: usize = 64 << 20;
+
 fn segment_len(capacity: usize) -> usize {
     PAGE + 2 * (PAGE + capacity)
 }
@@ -96,10 +99,17 @@ impl Segment {
     /// power of two), and writes the header with `challenge`.
     pub(crate) fn create(capacity: usize, challenge: u64) -> Result<(Self, File), RingError> {
         assert!(capacity.is_power_of_two() && capacity >= PAGE);
-        let fd = rustix::fs::memfd_create("phalanx-shm", rustix::fs::MemfdFlags::CLOEXEC)
-            .map_err(std::io::Error::from)?;
+        use rustix::fs::{MemfdFlags, SealFlags};
+        let fd = rustix::fs::memfd_create(
+            "phalanx-shm",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )
+        .map_err(std::io::Error::from)?;
         let file = File::from(fd);
         file.set_len(segment_len(capacity) as u64)?;
+        // Sealed at its size: neither side can shrink it under the other's mapping (a SIGBUS).
+        rustix::fs::fcntl_add_seals(&file, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+            .map_err(std::io::Error::from)?;
         let segment = Self::map(&file, capacity)?;
         segment.word(H_MAGIC).store(MAGIC, Ordering::Relaxed);
         segment.word(H_VERSION).store(VERSION, Ordering::Relaxed);
@@ -112,10 +122,17 @@ impl Segment {
         Ok((segment, file))
     }
 
-    /// Maps a segment received from a peer and checks its header.
+    /// Maps a segment received from a peer and checks it: sealed against resizing (or the peer
+    /// could shrink it under our mapping), of a size that matches its header, with rings of at
+    /// most [`MAX_CAPACITY`].
     pub(crate) fn open(file: &File) -> Result<Self, RingError> {
+        use rustix::fs::SealFlags;
+        let seals = rustix::fs::fcntl_get_seals(file).map_err(std::io::Error::from)?;
+        if !seals.contains(SealFlags::SHRINK | SealFlags::GROW) {
+            return Err(RingError::Header);
+        }
         let len = file.metadata()?.len() as usize;
-        if len < segment_len(PAGE) {
+        if len < segment_len(PAGE) || len > segment_len(MAX_CAPACITY) {
             return Err(RingError::Header);
         }
         let probe = Self::map(file, 0)?;
@@ -123,7 +140,7 @@ impl Segment {
         if probe.word(H_MAGIC).load(Ordering::Acquire) != MAGIC
             || probe.word(H_VERSION).load(Ordering::Acquire) != VERSION
             || !capacity.is_power_of_two()
-            || capacity < PAGE
+            || !(PAGE..=MAX_CAPACITY).contains(&capacity)
             || segment_len(capacity) != len
         {
             return Err(RingError::Header);
@@ -378,6 +395,26 @@ mod tests {
         let file = File::from(fd);
         file.set_len(segment_len(PAGE) as u64).unwrap();
         assert!(matches!(Segment::open(&file), Err(RingError::Header)));
+    }
+
+    #[test]
+    fn a_segment_cannot_be_resized_and_an_unsealed_one_is_refused() {
+        let (_segment, file) = Segment::create(PAGE, 7).unwrap();
+        // What a hostile peer would do to make the other side's next access a SIGBUS.
+        assert!(
+            file.set_len(PAGE as u64).is_err(),
+            "sealed against shrinking"
+        );
+        // A well-formed header in a memfd that could still shrink: refused.
+        let fd = rustix::fs::memfd_create("unsealed", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        let unsealed = File::from(fd);
+        unsealed.set_len(segment_len(PAGE) as u64).unwrap();
+        let mut header = Vec::new();
+        for word in [MAGIC, VERSION, PAGE as u64, 7] {
+            header.extend_from_slice(&word.to_ne_bytes());
+        }
+        std::os::unix::fs::FileExt::write_all_at(&unsealed, &header, 0).unwrap();
+        assert!(matches!(Segment::open(&unsealed), Err(RingError::Header)));
     }
 
     #[test]

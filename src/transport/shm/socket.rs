@@ -39,16 +39,45 @@ fn remove_stale_sockets(dir: &Path) {
     }
 }
 
+/// Makes sure `dir` is a directory of this user's that nobody else can enter: created if
+/// missing; refused if it is a symlink or another user's (someone prepared it for us).
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let meta = std::fs::symlink_metadata(dir)?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.file_type().is_dir() || meta.uid() != me {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::PermissionDenied,
+            format!(
+                "it is {} owned by uid {}, not a directory of this user (uid {me})",
+                if meta.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "something"
+                },
+                meta.uid()
+            ),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Binds the socket of node `node_id` in `dir` (made private to this user).
 pub(super) fn listen(dir: &Path, node_id: &str) -> Result<(PathBuf, tokio::net::UnixListener)> {
-    std::fs::create_dir_all(dir)
-        .and_then(|()| {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        })
-        .map_err(|e| {
-            Error::transport(format!("cannot use {}: {e}", dir.display())).with_source(e)
-        })?;
+    private_dir(dir).map_err(|e| {
+        Error::transport(format!("cannot use {}: {e}", dir.display())).with_source(e)
+    })?;
     remove_stale_sockets(dir);
     let path = dir.join(format!(
         "{}-{:08x}-{}.sock",
