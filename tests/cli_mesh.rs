@@ -688,3 +688,43 @@ async fn same_host_nodes_talk_over_shared_memory_survive_kill_9_and_renegotiate(
     // memfd segments: nothing was ever created in /dev/shm.
     assert_eq!(dev_shm(), shm_before);
 }
+
+/// A secret that could be guessed, or a secret file other users can read, stops the CLI with
+/// the way out in the message.
+#[test]
+fn weak_secrets_and_open_secret_files_are_refused_with_the_fix() {
+    let run = |configure: &dyn Fn(&mut Command)| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["nodes", "--listen", "127.0.0.1:0", "--no-mdns"])
+            .env("RUST_LOG", "off")
+            .env_remove("PHALANX_SECRET");
+        configure(&mut command);
+        let out = command.output().expect("phalanx runs");
+        assert!(!out.status.success());
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let said = run(&|c| {
+        c.env("PHALANX_SECRET", "demo");
+    });
+    assert!(said.contains("openssl rand -hex 32"), "{said}");
+
+    let dir = std::env::temp_dir().join(format!("phalanx-cli-secret-{}", rand_u64()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("secret");
+    std::fs::write(&file, secret()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let said = run(&|c| {
+        c.arg("--secret-file").arg(&file);
+    });
+    assert!(
+        said.contains(&format!("chmod 600 {}", file.display())),
+        "{said}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}

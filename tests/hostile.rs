@@ -274,3 +274,65 @@ async fn an_event_flood_is_bounded_per_peer() {
     caller.stop().await;
     victim.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_make_a_node_buffer_large_frames_without_bound() {
+    use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
+    use phalanx::protocol::codec::Codec;
+    use std::sync::atomic::AtomicU64;
+
+    let (cluster, seed) = victim_and_caller().await;
+    // A member with valid credentials that introduces itself properly...
+    let creds = ClusterCa::secret(SECRET).credentials("mallory").unwrap();
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = endpoint
+        .connect(seed.parse().unwrap(), CLUSTER_SERVER_NAME)
+        .unwrap()
+        .await
+        .expect("a member passes mutual TLS");
+    let hello = Codec::default()
+        .encode(&Packet::new("mallory", PacketBody::Info(info(vec![]))))
+        .unwrap();
+    let mut main = conn.open_uni().await.unwrap();
+    main.write_all(&[0]).await.unwrap();
+    main.write_all(&hello).await.unwrap();
+    // ...then announces sixteen 16 MiB frames at once and never finishes any of them.
+    let accepted = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..16 {
+        let (conn, accepted) = (conn.clone(), accepted.clone());
+        writers.push(tokio::spawn(async move {
+            let Ok(mut stream) = conn.open_uni().await else {
+                return;
+            };
+            let len = (16u32 << 20) - 8;
+            let mut head = vec![1u8];
+            head.extend_from_slice(&len.to_be_bytes());
+            if stream.write_all(&head).await.is_err() {
+                return;
+            }
+            let chunk = vec![0u8; 64 << 10];
+            while stream.write_all(&chunk).await.is_ok() {
+                accepted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let taken = accepted.load(Ordering::Relaxed);
+    // Two frames being read (16 MiB each at most) plus the 8 MiB connection window, and slack
+    // for what sits in flight; without the bounds it was every stream's 16 MiB.
+    assert!(
+        taken <= 44 << 20,
+        "the victim took {} MiB from one member",
+        taken >> 20
+    );
+    still_serves(cluster.node("caller")).await;
+    for writer in writers {
+        writer.abort();
+    }
+    conn.close(0u32.into(), b"done");
+    cluster.stop().await;
+}

@@ -519,3 +519,37 @@ pub fn serve_prometheus(addr: std::net::SocketAddr) -> Result<()> {
         .install()
         .map_err(|e| crate::Error::transport(format!("cannot serve metrics on {addr}: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_peers_a_peer_chooses_cannot_grow_the_series_without_bound() {
+        let metrics = BrokerMetrics::new("n".into());
+        for i in 0..MAX_EVENT_SERIES + 100 {
+            metrics.count_event(false, &format!("spam.{i}"));
+        }
+        for i in 0..MAX_PEER_SERIES + 100 {
+            TrafficMeter::record(
+                &metrics,
+                &format!("ghost-{i}"),
+                LinkKind::Nats,
+                Direction::Received,
+                10,
+            );
+        }
+        assert_eq!(
+            metrics.received.0.read().unwrap().len(),
+            MAX_EVENT_SERIES + 1
+        );
+        let other = metrics.received.get(OTHER, || unreachable!());
+        assert_eq!(other.count.load(Ordering::Relaxed), 100);
+        let peers = metrics.links.get(&LinkKind::Nats, || unreachable!());
+        assert_eq!(peers.0.read().unwrap().len(), MAX_PEER_SERIES + 1);
+        metrics.forget_peer("ghost-1");
+        assert_eq!(peers.0.read().unwrap().len(), MAX_PEER_SERIES);
+        assert_eq!(code_label(404), "404");
+        assert_eq!(code_label(9999), OTHER);
+    }
+}

@@ -778,4 +778,38 @@ mod tests {
             "a down: not even when asked by id"
         );
     }
+
+    #[test]
+    fn nodes_down_long_enough_are_forgotten_and_live_ones_kept() {
+        let mut registry = registry();
+        join(&mut registry, "a", "host-2");
+        join(&mut registry, "b", "host-2");
+        registry.node_down("a");
+        assert!(
+            registry
+                .prune_down(Instant::now() - Duration::from_secs(60))
+                .is_empty()
+        );
+        let later = Instant::now() + Duration::from_millis(10);
+        assert_eq!(registry.prune_down(later), vec![Arc::<str>::from("a")]);
+        assert_eq!(
+            registry.node_count(),
+            1,
+            "b is up: kept however old its last word"
+        );
+    }
+
+    #[test]
+    fn a_peers_cpu_claim_must_be_a_percentage() {
+        let mut registry = registry();
+        join(&mut registry, "a", "host-2");
+        for claim in [f32::NAN, -5.0, f32::INFINITY] {
+            registry.record_load("a", 0, Some(claim));
+            let cpu = registry.node("a").unwrap().cpu;
+            assert!(
+                cpu.is_none() || cpu.is_some_and(|c| (0.0..=100.0).contains(&c)),
+                "{cpu:?}"
+            );
+        }
+    }
 }
