@@ -156,6 +156,8 @@ pub struct Credentials {
     /// A key every member derives from the cluster secret, for what members announce outside
     /// TLS (mDNS records); `None` with CA files.
     announce_key: Option<[u8; 32]>,
+    /// Checks member certificates outside TLS (built once, on first use).
+    member_verifier: Arc<std::sync::OnceLock<Arc<dyn rustls::server::danger::ClientCertVerifier>>>,
 }
 
 impl fmt::Debug for Credentials {
@@ -270,10 +272,18 @@ impl Credentials {
         let (leaf, intermediates) = chain
             .split_first()
             .ok_or_else(|| auth_error("no certificate"))?;
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider())
+        let verifier = match self.member_verifier.get() {
+            Some(verifier) => verifier.clone(),
+            None => {
+                let built = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    self.roots()?,
+                    provider(),
+                )
                 .build()
                 .map_err(tls_error)?;
+                self.member_verifier.get_or_init(|| built).clone()
+            }
+        };
         verifier
             .verify_client_cert(leaf, intermediates, rustls::pki_types::UnixTime::now())
             .map_err(|e| auth_error(format!("not a member's certificate: {e}")))?;
@@ -484,6 +494,7 @@ fn credentials_from_secret(secret: &str, node_id: &str) -> Result<Credentials> {
         chain: vec![cert.der().clone()],
         key: Arc::new(PrivatePkcs8KeyDer::from(node_key.serialize_der())),
         announce_key: Some(announce_key(secret)?),
+        member_verifier: Arc::default(),
     })
 }
 
@@ -522,6 +533,7 @@ fn credentials_from_files(
         chain,
         key: Arc::new(key_der),
         announce_key: None,
+        member_verifier: Arc::default(),
     })
 }
 

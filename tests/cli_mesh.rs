@@ -474,18 +474,19 @@ async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_
         "demo.echo",
         "1",
         "--calls",
-        "300",
+        "3000",
         "--concurrency",
         "6",
         "--json",
     ];
 
-    // Without retries the calls m3 gets fail, with its code (up to a third: the bench may start
-    // before it knows every replica); every call is counted once, by the node that served it.
+    // Without retries the calls m3 gets fail, with its code: about a third, up to a half (the
+    // bench starts calling as soon as one replica serves, and the others link to it within its
+    // first milliseconds, in either order); every call is counted once, by the node that served it.
     let plain = bench_report(&bench, &secret, &m1.addr);
-    assert_eq!(plain["calls"], 300);
+    assert_eq!(plain["calls"], 3000);
     let errors = plain["errors"].as_u64().unwrap();
-    assert!((10..=140).contains(&errors), "{plain}");
+    assert!((100..=1500).contains(&errors), "{plain}");
     assert!(
         plain["first_error"].as_str().unwrap().contains("(503)"),
         "{plain}"
@@ -494,18 +495,17 @@ async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_
         .iter()
         .map(|m| scrape(m, "phalanx_handled_total", r#"action="demo.echo""#))
         .collect();
-    assert_eq!(handled.iter().sum::<u64>(), 300, "{handled:?}");
+    assert_eq!(handled.iter().sum::<u64>(), 3000, "{handled:?}");
     assert_eq!(
         scrape(&metrics[2], "phalanx_handler_errors_total", r#"code="503""#),
         errors
     );
 
-    // With retries the caller sees no error at all.
-    let retried = bench_report(
-        &[&bench[..], &["--retries", "2"]].concat(),
-        &secret,
-        &m1.addr,
-    );
+    // With retries the caller sees no error at all (fewer calls: each retry backs off 100 ms).
+    let mut retried = bench.to_vec();
+    retried[4] = "300";
+    retried.extend(["--retries", "2"]);
+    let retried = bench_report(&retried, &secret, &m1.addr);
     assert_eq!(
         (retried["calls"].as_u64(), retried["errors"].as_u64()),
         (Some(300), Some(0)),

@@ -336,3 +336,53 @@ async fn a_member_cannot_make_a_node_buffer_large_frames_without_bound() {
     conn.close(0u32.into(), b"done");
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_cannot_point_a_node_at_a_third_party() {
+    use phalanx::protocol::packet::PeerInfo;
+
+    let (cluster, seed) = victim_and_caller().await;
+    let victim = cluster.node("victim");
+    // The third party: a UDP port that counts what reaches it.
+    let third = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let third_addr = third.local_addr().unwrap().to_string();
+    let heard = Arc::new(AtomicUsize::new(0));
+    let counter = heard.clone();
+    let listener = tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while third.recv_from(&mut buf).await.is_ok() {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+    });
+    // A member gossips ghosts, a real node's id and a garbage record, all at the third party.
+    let poisoned = |id: &str, record: Option<&'static [u8]>| PeerInfo {
+        node_id: id.into(),
+        addresses: vec![third_addr.clone()],
+        address_record: record.map(bytes::Bytes::from_static),
+    };
+    let mut gossip = info(vec![]);
+    gossip.peers = (0..20)
+        .map(|i| poisoned(&format!("ghost-{i}"), None))
+        .chain([
+            poisoned("caller", None),
+            poisoned("ghost-x", Some(b"\x00\x05ghost")),
+        ])
+        .collect();
+    let before = limit_hits(victim, "dial_hearsay");
+    let attacker = rogue("rogue-gossip", gossip, seed).await;
+    eventually("the gossip is refused", || {
+        limit_hits(victim, "dial_hearsay") >= before + 22
+    })
+    .await;
+    // Longer than a node waits before dialing a peer it heard of (it defers to smaller ids).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(
+        heard.load(Ordering::SeqCst),
+        0,
+        "packets reached the third party"
+    );
+    still_serves(cluster.node("caller")).await;
+    attacker.stop().await;
+    listener.abort();
+    cluster.stop().await;
+}

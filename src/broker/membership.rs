@@ -48,7 +48,7 @@ impl Broker {
             transport.learn_peer(&sender, &info.addresses, source);
             for peer in &info.peers {
                 if *peer.node_id != *self.inner.node_id {
-                    transport.learn_peer(&peer.node_id, &peer.addresses, PeerSource::Hearsay);
+                    transport.learn_gossip(peer);
                 }
             }
         }

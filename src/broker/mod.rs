@@ -344,6 +344,7 @@ impl Broker {
             .map(|(id, n)| PeerInfo {
                 node_id: id.to_string(),
                 addresses: n.info.addresses.clone(),
+                address_record: n.info.address_record.clone(),
             })
             .collect();
         Info {
@@ -361,6 +362,7 @@ impl Broker {
             services,
             peers,
             metadata: Default::default(),
+            address_record: inner.transports.iter().find_map(|t| t.address_record()),
         }
     }
 

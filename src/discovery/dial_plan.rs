@@ -41,9 +41,12 @@ const DEFER_TO_SMALLER: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum PeerSource {
-    /// The node itself: its INFO over an authenticated link, or its signed mDNS record.
+    /// The node itself, over a link that authenticated it (its INFO).
     Itself,
-    /// Another member passing on what it knows (gossip), or an unsigned record on the LAN.
+    /// The node's own signed record, passed on by gossip or heard on the LAN (mDNS): its
+    /// addresses are trusted, but it is forgotten after [`HEARSAY_GIVE_UP`] if never reached.
+    Signed,
+    /// Another member's word, or an unsigned record on the LAN.
     Hearsay,
 }
 
@@ -55,6 +58,8 @@ struct Target {
     node_id: Option<Arc<str>>,
     /// Its addresses come from the node itself (or a seed, or a link reached through it).
     vouched: bool,
+    /// The node was linked once (kept until the broker forgets it; others are given up).
+    proven: bool,
     learned: Instant,
     backoff: Duration,
     next_try: Instant,
@@ -64,12 +69,13 @@ struct Target {
 }
 
 impl Target {
-    fn new(addresses: Vec<String>, node_id: Option<Arc<str>>, vouched: bool) -> Self {
+    fn new(addresses: Vec<String>, node_id: Option<Arc<str>>, source: PeerSource) -> Self {
         let now = Instant::now();
         Self {
             addresses,
             node_id,
-            vouched,
+            vouched: source != PeerSource::Hearsay,
+            proven: source == PeerSource::Itself,
             learned: now,
             backoff: FIRST_BACKOFF,
             next_try: now,
@@ -152,7 +158,7 @@ impl DialPlan {
             state: Mutex::new(State {
                 seeds: seeds
                     .iter()
-                    .map(|s| Target::new(vec![s.clone()], None, true))
+                    .map(|s| Target::new(vec![s.clone()], None, PeerSource::Itself))
                     .collect(),
                 peers: HashMap::new(),
                 own: HashSet::new(),
@@ -176,9 +182,10 @@ impl DialPlan {
         let mut state = self.state.lock().expect("dial plan lock");
         let hearsay_targets = state.peers.values().filter(|t| !t.vouched).count();
         match (state.peers.get_mut(node_id), source) {
-            (Some(target), PeerSource::Itself) => {
+            (Some(target), PeerSource::Itself | PeerSource::Signed) => {
                 target.addresses = addresses;
                 target.vouched = true;
+                target.proven |= source == PeerSource::Itself;
             }
             // What others say never overrides what the node said itself.
             (Some(target), PeerSource::Hearsay) if target.vouched => {}
@@ -198,11 +205,7 @@ impl DialPlan {
             (None, source) => {
                 state.peers.insert(
                     node_id.into(),
-                    Target::new(
-                        addresses,
-                        Some(node_id.into()),
-                        source == PeerSource::Itself,
-                    ),
+                    Target::new(addresses, Some(node_id.into()), source),
                 );
             }
         }
@@ -234,7 +237,7 @@ impl DialPlan {
         let mut guard = self.state.lock().expect("dial plan lock");
         let state = &mut *guard;
         state.peers.retain(|_, peer| {
-            peer.vouched || peer.dialing || peer.learned.elapsed() < HEARSAY_GIVE_UP
+            peer.proven || peer.dialing || peer.learned.elapsed() < HEARSAY_GIVE_UP
         });
         let mut jobs = Vec::new();
         let mut over_budget = 0;
@@ -293,6 +296,7 @@ impl DialPlan {
             Some(peer) => {
                 target.node_id = Some(peer);
                 target.vouched = true;
+                target.proven = true;
                 target.backoff = FIRST_BACKOFF;
                 target.next_try = Instant::now() + FIRST_BACKOFF;
             }

@@ -4,7 +4,7 @@
 //! The record carries the node id (`id`), namespace (`ns`), protocol version (`pv`), port,
 //! certificate fingerprint (`fp`), the node's socket addresses (`addrs`) and, in a cluster with a
 //! shared secret, a member's signature over all of them (`sig`). A signed record is the node's
-//! own word on where it is ([`PeerSource::Itself`]); an unsigned or badly signed one is ignored
+//! own word on where it is ([`PeerSource::Signed`]); an unsigned or badly signed one is ignored
 //! when this node can check signatures, and is only hearsay (dialed slowly, within the
 //! handshake budget) when it cannot (CA files): a LAN neighbour cannot steer this node's dials.
 //! The TLS handshake — not the record — decides membership. Liveness stays on the links; record
@@ -137,7 +137,7 @@ impl Mdns {
                             .filter(|a| a.parse::<SocketAddr>().is_ok())
                             .map(str::to_owned)
                             .collect(),
-                        PeerSource::Itself,
+                        PeerSource::Signed,
                     ),
                     Some(false) => {
                         tracing::trace!(peer = %id, "mDNS record without a member's signature ignored");

@@ -3,6 +3,7 @@
 //! Discovery only proposes addresses: the TLS handshake decides who is a member, and liveness
 //! comes from the links.
 
+pub(crate) mod address_record;
 mod dial_plan;
 pub(crate) mod mdns;
 

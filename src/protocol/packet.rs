@@ -222,6 +222,8 @@ pub struct Info {
     pub peers: Vec<PeerInfo>,
     /// Free-form node metadata.
     pub metadata: Meta,
+    /// This node's addresses signed with its certificate key, for others to pass on by gossip.
+    pub address_record: Option<Bytes>,
 }
 
 /// A peer passed on by gossip.
@@ -232,6 +234,9 @@ pub struct PeerInfo {
     pub node_id: String,
     /// Where it accepts links.
     pub addresses: Vec<String>,
+    /// The peer's own signed record of its addresses (from its INFO), passed on unchanged; a
+    /// gossiped peer is only dialed at addresses such a record vouches for.
+    pub address_record: Option<Bytes>,
 }
 
 /// A service as announced in INFO.

@@ -234,6 +234,18 @@ pub trait Transporter: Send + Sync + 'static {
         let _ = node_id;
     }
 
+    /// Learns of a peer another member passed on by gossip. The default takes its addresses as
+    /// hearsay; the mesh only dials what the peer's own signed record vouches for.
+    fn learn_gossip(&self, peer: &crate::protocol::packet::PeerInfo) {
+        self.learn_peer(&peer.node_id, &peer.addresses, PeerSource::Hearsay);
+    }
+
+    /// This node's addresses on this transport, signed for others to pass on (see
+    /// [`learn_gossip`](Transporter::learn_gossip)); `None` if it has none to vouch for.
+    fn address_record(&self) -> Option<bytes::Bytes> {
+        None
+    }
+
     /// The broker forgot `node_id` (down for [`Limits::forget_down_nodes_after`](crate::limits::Limits)):
     /// stop dialing it and drop what is kept for it. Buses ignore it.
     fn forget_peer(&self, node_id: &str) {

@@ -43,11 +43,13 @@ mod link;
 
 use super::{Direction, LinkKind, LinkTable, PeerSource, TransportContext, Transporter};
 use crate::discovery::DialPlan;
+use crate::discovery::address_record;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
 use crate::error::{Error, ErrorKind, Result};
 use crate::identity::{ClusterCa, Credentials};
 use crate::limits::Limit;
-use crate::protocol::packet::Packet;
+use crate::protocol::packet::{Packet, PeerInfo};
+use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use link::Link;
@@ -176,6 +178,10 @@ pub(crate) struct Mesh {
     auth_failures: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     addresses: Vec<String>,
+    /// Our addresses signed with our certificate key, for others to gossip.
+    record: Bytes,
+    /// Checks the records others gossip.
+    credentials: Credentials,
     mdns: Mutex<Option<Arc<Mdns>>>,
 }
 
@@ -314,6 +320,45 @@ impl Transporter for QuicTransport {
         }
     }
 
+    fn learn_gossip(&self, peer: &PeerInfo) {
+        let Some(mesh) = self.mesh.get() else { return };
+        // Only where the peer itself says it is: a member relaying gossip cannot redirect it.
+        let vouched = peer.address_record.as_deref().map(|record| {
+            address_record::verify(
+                &mesh.credentials,
+                record,
+                &peer.node_id,
+                &mesh.ctx.namespace,
+            )
+        });
+        match vouched {
+            Some(Ok(addresses)) => {
+                let ours: Vec<String> = addresses
+                    .into_iter()
+                    .filter(|a| a.parse::<SocketAddr>().is_ok())
+                    .collect();
+                mesh.dialer.learn(&peer.node_id, &ours, PeerSource::Signed);
+            }
+            Some(Err(why)) => mesh.ctx.traffic.limit_hit(
+                Limit::DialHearsay,
+                1,
+                &format!("gossip about '{}' not taken: {why}", peer.node_id),
+            ),
+            None => mesh.ctx.traffic.limit_hit(
+                Limit::DialHearsay,
+                1,
+                &format!(
+                    "gossip about '{}' not taken: no signed record",
+                    peer.node_id
+                ),
+            ),
+        }
+    }
+
+    fn address_record(&self) -> Option<Bytes> {
+        self.mesh.get().map(|mesh| mesh.record.clone())
+    }
+
     fn forget_peer(&self, node_id: &str) {
         if let Some(mesh) = self.mesh.get() {
             mesh.dialer.forget(node_id);
@@ -377,6 +422,7 @@ impl Mesh {
         })?;
         let local = endpoint.local_addr().map_err(|e| quic_error(&e))?;
         let addresses = announce_addresses(local);
+        let record = address_record::sign(credentials, &ctx.node_id, &ctx.namespace, &addresses)?;
         let dialer = DialPlan::new(&config.seeds);
         Ok(Arc::new(Self {
             ctx,
@@ -388,6 +434,8 @@ impl Mesh {
             auth_failures: AtomicU64::new(0),
             tasks: Mutex::default(),
             addresses,
+            record,
+            credentials: credentials.clone(),
             mdns: Mutex::default(),
         }))
     }
