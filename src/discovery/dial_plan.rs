@@ -44,7 +44,7 @@ pub enum PeerSource {
     /// The node itself, over a link that authenticated it (its INFO).
     Itself,
     /// The node's own signed record, passed on by gossip or heard on the LAN (mDNS): its
-    /// addresses are trusted, but it is forgotten after [`HEARSAY_GIVE_UP`] if never reached.
+    /// addresses are trusted, but it is forgotten after five minutes if never reached.
     Signed,
     /// Another member's word, or an unsigned record on the LAN.
     Hearsay,
