@@ -20,9 +20,14 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let wanted: Vec<String> = std::env::args().skip(1).collect();
-    if wanted.first().map(String::as_str) == Some("--rogue-mdns") {
-        // Inside a host's namespace, started by the `rogue-mdns` scenario.
-        return match rogue::run(&wanted[1..]) {
+    let rogue_mode = match wanted.first().map(String::as_str) {
+        Some("--rogue-mdns") => Some(rogue::run as fn(&[String]) -> Result<(), String>),
+        Some("--rogue-member") => Some(rogue::run_member as fn(&[String]) -> Result<(), String>),
+        _ => None,
+    };
+    if let Some(rogue) = rogue_mode {
+        // Inside a host's namespace, started by the `rogue` scenario.
+        return match rogue(&wanted[1..]) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 println!("rogue: {err}");

@@ -171,6 +171,8 @@ impl Net {
             .args(["netns", "exec", &self.hosts[i].ns])
             .arg(me)
             .args(args)
+            .env("PHALANX_SECRET", &self.secret)
+            .env("RUST_LOG", "error")
             .stdout(Stdio::inherit())
             .stderr(Stdio::inherit())
             .spawn()

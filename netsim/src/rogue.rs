@@ -69,3 +69,73 @@ pub fn run(args: &[String]) -> Result<(), String> {
         std::thread::sleep(Duration::from_secs(3600));
     }
 }
+
+/// `--rogue-member SEED THIRD_PARTY_IP REAL_ID` (secret in `PHALANX_SECRET`): a member with valid
+/// credentials that joins through `SEED` and gossips 200 ghost peers and the real node's id, all
+/// at the third party, without the records that would vouch for them; it repeats its INFO every
+/// second until killed.
+pub fn run_member(args: &[String]) -> Result<(), String> {
+    use phalanx::identity::ClusterCa;
+    use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
+    use phalanx::transport::{
+        LinkKind, QuicTransport, TransportContext, TransportHandler, Transporter,
+    };
+    use std::sync::Arc;
+
+    let [seed, third, real] = args else {
+        return Err("--rogue-member SEED THIRD_PARTY_IP REAL_ID".into());
+    };
+    let secret = std::env::var("PHALANX_SECRET").map_err(|_| "PHALANX_SECRET is not set")?;
+    let poisoned = |id: String| PeerInfo {
+        node_id: id,
+        addresses: vec![format!("{third}:7000")],
+        address_record: None,
+    };
+    let info = Info {
+        instance_id: "rogue-1".into(),
+        protocol_version: PROTOCOL_VERSION,
+        seq: 1,
+        peers: (0..200)
+            .map(|i| poisoned(format!("ghost-{i}")))
+            .chain([poisoned(real.clone())])
+            .collect(),
+        ..Info::default()
+    };
+
+    struct Rogue(Info);
+    impl TransportHandler for Rogue {
+        fn on_packet(&self, _: Packet, _: LinkKind) {}
+        fn on_link_up(&self, _: &str, _: LinkKind) {}
+        fn on_link_down(&self, _: &str, _: LinkKind) {}
+        fn on_bus(&self, _: LinkKind, _: bool) {}
+        fn hello(&self) -> Packet {
+            Packet::new("rogue", PacketBody::Info(self.0.clone()))
+        }
+    }
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(async move {
+        let quic = QuicTransport::builder()
+            .listen("0.0.0.0:7000".parse().expect("an address"))
+            .seed(seed.clone())
+            .cluster_ca(ClusterCa::secret(secret))
+            .mdns(false)
+            .build();
+        quic.start(TransportContext::new(
+            "rogue",
+            "",
+            Arc::new(Rogue(info.clone())),
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        println!("rogue: a member gossiping 201 poisoned peers");
+        let packet = Packet::new("rogue", PacketBody::Info(info));
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let _ = quic.broadcast(&packet).await;
+        }
+    })
+}

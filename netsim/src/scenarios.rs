@@ -37,7 +37,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("crash-retry", crash_with_retries),
     ("intruder", wrong_secret),
     ("rolling", rolling_restart),
-    ("rogue-mdns", rogue_mdns),
+    ("rogue", rogue_host),
 ];
 
 fn all(n: usize) -> Vec<usize> {
@@ -410,10 +410,13 @@ fn rolling_restart(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     )])
 }
 
-/// Scenario 8: a rogue host floods the LAN with mDNS records — 200 ghost ids at a third party's and at a
-/// member's address, and a real member's id at the third party — unsigned or with a made-up
-/// signature. The mesh keeps its members, and not one packet leaves for the third party.
-fn rogue_mdns(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+/// Scenario 8: a rogue host floods the LAN with mDNS records — 200 ghost ids at a third
+/// party's and at a member's address, and a real member's id at the third party — unsigned or
+/// with a made-up signature, and runs a member (it holds the secret) that gossips 200 ghosts
+/// and a real member's id at the third party without records that vouch for them. The mesh
+/// keeps its members, no packet leaves for the third party, and every member starts fewer
+/// handshakes than its budget (20 per second, 40 at once).
+fn rogue_host(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let mut net = Net::new(run, 8, 5, bin.to_owned())?;
     // h5 runs no node: it is the third party, counting what reaches its port.
     net.nft(
@@ -423,32 +426,53 @@ fn rogue_mdns(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
             chain in { type filter hook input priority 0; udp dport 7000 counter name reached; }
         }",
     )?;
+    // Each member counts the QUIC Initial packets it sends: the handshakes it starts.
+    for i in 0..3 {
+        net.nft(
+            i,
+            "table inet netsim {
+                counter initials {}
+                chain out { type filter hook output priority 0; udp dport 7000 @th,64,8 & 0xf0 == 0xc0 counter name initials; }
+            }",
+        )?;
+    }
     let (third, victim) = (net.hosts[4].ip.clone(), net.hosts[0].ip.clone());
-    let mut rogue = net.spawn_self(3, &["--rogue-mdns", "200", &third, &victim, "h2"])?;
+    let mut mdns = net.spawn_self(3, &["--rogue-mdns", "200", &third, &victim, "h2"])?;
     std::thread::sleep(Duration::from_secs(1));
+    let started = Instant::now();
     for i in 0..3 {
         net.start(i, &[])?;
     }
     let formed = net.converge(&[0, 1, 2], Duration::from_secs(10));
-    std::thread::sleep(Duration::from_secs(5));
+    let mut member = net.spawn_self(3, &["--rogue-member", &net.addr(0), &third, "h2"])?;
+    std::thread::sleep(Duration::from_secs(8));
+    let allowed = ["h1", "h2", "h3", "rogue"];
     let members_only = (0..3).all(|i| {
-        net.peers(i).is_some_and(|(peers, _)| {
-            peers
-                .iter()
-                .all(|p| ["h1", "h2", "h3"].contains(&p.as_str()))
-        })
+        net.peers(i)
+            .is_some_and(|(peers, _)| peers.iter().all(|p| allowed.contains(&p.as_str())))
     });
     let still_formed = net.converge(&[0, 1, 2], Duration::from_secs(5)).is_some();
     let reached = net.nft_counter(4, "reached");
-    if rogue.try_wait().map_err(|e| e.to_string())?.is_some() {
-        return Err("the rogue announcer died: the scenario proved nothing".into());
+    let seconds = started.elapsed().as_secs_f64();
+    let initials: Vec<u64> = (0..3)
+        .map(|i| net.nft_counter(i, "initials").unwrap_or(u64::MAX))
+        .collect();
+    // A handshake's first flight is one or two Initial packets; retransmits count too.
+    let budget = 3.0 * (40.0 + 20.0 * seconds);
+    let within_budget = initials.iter().all(|&n| (n as f64) <= budget);
+    for (name, rogue) in [("mDNS", &mut mdns), ("member", &mut member)] {
+        if rogue.try_wait().map_err(|e| e.to_string())?.is_some() {
+            return Err(format!(
+                "the rogue {name} died: the scenario proved nothing"
+            ));
+        }
+        let _ = rogue.kill();
+        let _ = rogue.wait();
     }
-    let _ = rogue.kill();
-    let _ = rogue.wait();
     Ok(vec![row(
-        "8. rogue mDNS: 201 forged records (ghosts, a member's id, third-party and member addresses)",
+        "8. rogue host: 201 forged mDNS records and a member gossiping 201 poisoned peers",
         format!(
-            "mesh {}; registries {}; packets to the third party: {}",
+            "mesh {}; registries {}; packets to the third party: {}; Initial packets sent per member in {seconds:.0} s: {initials:?}",
             if formed.is_some() && still_formed {
                 "formed and kept"
             } else {
@@ -461,7 +485,7 @@ fn rogue_mdns(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
             },
             reached.map_or("unknown".into(), |n| n.to_string())
         ),
-        "mesh kept, members only, 0 packets to the third party",
-        formed.is_some() && still_formed && members_only && reached == Some(0),
+        "mesh kept, members only, 0 packets to the third party, handshakes within the budget",
+        formed.is_some() && still_formed && members_only && reached == Some(0) && within_budget,
     )])
 }
