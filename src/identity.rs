@@ -180,6 +180,20 @@ impl Credentials {
         &self.chain[0]
     }
 
+    /// A key every member derives alike for `purpose` (from the cluster secret); `None` with CA
+    /// files, where members share no secret.
+    pub(crate) fn shared_key(&self, purpose: &str) -> Option<[u8; 32]> {
+        let base = self.announce_key.as_ref()?;
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/shared/v1");
+        let mut key = [0u8; 32];
+        let info = [purpose.as_bytes()];
+        salt.extract(base)
+            .expand(&info, ring::hkdf::HKDF_SHA256)
+            .and_then(|okm| okm.fill(&mut key))
+            .ok()?;
+        Some(key)
+    }
+
     /// Signs `message` as a member (HMAC-SHA256 with a key derived from the cluster secret), hex;
     /// `None` when the membership comes from CA files (no key shared by all members).
     pub fn sign_announcement(&self, message: &[u8]) -> Option<String> {

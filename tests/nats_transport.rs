@@ -384,6 +384,9 @@ async fn a_nats_client_without_credentials_cannot_forge_or_replay() {
     let server = NatsServer::start();
     let cluster = Cluster::start(&["a", "b"], |b| on_nats(b, &server, "red")).await;
     let (a, b) = (cluster.node("a"), cluster.node("b"));
+    let eavesdropper = async_nats::connect(server.url()).await.unwrap();
+    let mut broadcasts = eavesdropper.subscribe("PHX.red.bcast").await.unwrap();
+    eavesdropper.flush().await.unwrap();
     b.service("echo")
         .action("twice", |_ctx, n: i32| async move { Ok(n * 2) })
         .start()
@@ -399,6 +402,21 @@ async fn a_nats_client_without_credentials_cannot_forge_or_replay() {
         .await
         .unwrap()
         .unwrap();
+
+    // b announced its new service to everyone: not one readable byte of it on the bus.
+    let until = Instant::now() + WAIT;
+    let mut seen = 0;
+    while Instant::now() < until && seen < 3 {
+        let message = tokio::time::timeout(WAIT, broadcasts.next())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            !message.payload.windows(4).any(|w| w == b"echo"),
+            "a broadcast readable without the secret"
+        );
+        seen += 1;
+    }
 
     let codec = Codec::default();
     let forged_bye = codec

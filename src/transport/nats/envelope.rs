@@ -12,7 +12,10 @@
 //! intro:               sender str16 | session u64 | x25519 [32] | n u8 | (der blob16){n}
 //! ```
 //!
-//! Broadcasts are signed with the node's certificate key over the subject and the message.
+//! Broadcasts are signed with the node's certificate key over the subject and the message; in a
+//! cluster with a shared secret their frame is also encrypted (kind 3, otherwise as kind 1)
+//! under a key every member derives from the secret and the sender's session, so a client on
+//! the server reads nothing — turn it off with `NatsTransportBuilder::encrypt_broadcasts`.
 //! Messages to one node are sealed with ChaCha20-Poly1305 under a key only the two nodes can
 //! compute (X25519 of their session keys, then HKDF with both ids and sessions, one key per
 //! direction): they are authenticated, encrypted, and bound to the subject they were sent on.
@@ -34,6 +37,7 @@ const MAGIC: u8 = b'P';
 const VERSION: u8 = 1;
 const KIND_SIGNED: u8 = 1;
 const KIND_SEALED: u8 = 2;
+const KIND_SIGNED_ENCRYPTED: u8 = 3;
 const FLAG_INTRO: u8 = 1;
 /// Members whose sessions a node keeps; introductions beyond are refused.
 pub(crate) const MAX_PEERS: usize = 1024;
@@ -122,6 +126,9 @@ pub(crate) struct Envelopes {
     secret: StaticSecret,
     /// Our introduction, encoded once.
     intro: Bytes,
+    /// The members' key for broadcasts, when they are encrypted.
+    broadcast_key: Option<[u8; 32]>,
+    encrypt_broadcasts: bool,
     state: Mutex<State>,
 }
 
@@ -141,8 +148,9 @@ impl std::fmt::Debug for Envelopes {
 }
 
 impl Envelopes {
-    /// A new session for `me`, proven by `credentials`.
-    pub(crate) fn new(me: Arc<str>, credentials: Credentials) -> Self {
+    /// A new session for `me`, proven by `credentials`; broadcasts are encrypted when
+    /// `encrypt_broadcasts` and the members share a secret.
+    pub(crate) fn new(me: Arc<str>, credentials: Credentials, encrypt_broadcasts: bool) -> Self {
         let mut seed = [0u8; 32];
         let rng = ring::rand::SystemRandom::new();
         ring::rand::SecureRandom::fill(&rng, &mut seed).expect("the system's random source");
@@ -170,12 +178,15 @@ impl Envelopes {
         for cert in chain.iter().take(MAX_CHAIN) {
             put_blob16(&mut intro, cert.as_ref());
         }
+        let broadcast_key = credentials.shared_key("nats-broadcast");
         Self {
             me,
-            credentials,
             session,
             secret,
             intro: intro.freeze(),
+            encrypt_broadcasts: encrypt_broadcasts && broadcast_key.is_some(),
+            broadcast_key,
+            credentials,
             state: Mutex::default(),
         }
     }
@@ -188,10 +199,29 @@ impl Envelopes {
             state.broadcast_seq
         };
         let mut out = BytesMut::with_capacity(self.intro.len() + frame.len() + 128);
-        out.put_slice(&[MAGIC, VERSION, KIND_SIGNED]);
+        let kind = if self.encrypt_broadcasts {
+            KIND_SIGNED_ENCRYPTED
+        } else {
+            KIND_SIGNED
+        };
+        out.put_slice(&[MAGIC, VERSION, kind]);
         out.put_slice(&self.intro);
         out.put_u64(seq);
-        put_blob32(&mut out, frame);
+        match self.broadcast_sealer(&self.me, self.session) {
+            Some(key) if self.encrypt_broadcasts => {
+                let mut body = BytesMut::from(frame);
+                let tag = key
+                    .seal_in_place_separate_tag(
+                        nonce(seq),
+                        Aad::from(subject.as_bytes()),
+                        &mut body,
+                    )
+                    .map_err(|_| crate::Error::new(crate::ErrorKind::Internal, "sealing failed"))?;
+                body.extend_from_slice(tag.as_ref());
+                put_blob32(&mut out, &body);
+            }
+            _ => put_blob32(&mut out, frame),
+        }
         let (scheme, signature) = self.credentials.sign(&signed_part(subject, &out))?;
         out.put_u16(u16::from(scheme));
         put_blob16(&mut out, &signature);
@@ -241,7 +271,8 @@ impl Envelopes {
             return Err(Refused::Malformed("not a Phalanx envelope of version 1"));
         }
         match r.u8()? {
-            KIND_SIGNED => self.open_signed(subject, &message, r),
+            KIND_SIGNED => self.open_signed(subject, &message, r, false),
+            KIND_SIGNED_ENCRYPTED => self.open_signed(subject, &message, r, true),
             KIND_SEALED => self.open_sealed(subject, &message, r),
             _ => Err(Refused::Malformed("unknown kind")),
         }
@@ -252,6 +283,7 @@ impl Envelopes {
         subject: &str,
         message: &Bytes,
         mut r: Reader,
+        encrypted: bool,
     ) -> Result<Opened, Refused> {
         let intro = Intro::read(&mut r)?;
         if intro.sender == self.me {
@@ -275,6 +307,22 @@ impl Envelopes {
         if !peer.broadcasts.accept(seq) {
             return Err(Refused::Replayed);
         }
+        drop(state);
+        let frame =
+            if encrypted {
+                let key = self.broadcast_sealer(&intro.sender, intro.session).ok_or(
+                    Refused::Malformed("an encrypted broadcast, and no key to read it"),
+                )?;
+                let mut body = BytesMut::from(&frame[..]);
+                let len = key
+                    .open_in_place(nonce(seq), Aad::from(subject.as_bytes()), &mut body)
+                    .map_err(|_| Refused::Forged("encrypted broadcast does not open"))?
+                    .len();
+                body.truncate(len);
+                body.freeze()
+            } else {
+                frame
+            };
         Ok(Opened {
             sender: intro.sender,
             frame,
@@ -403,6 +451,18 @@ impl Envelopes {
         })
     }
 
+    /// The key of `sender`'s broadcasts in `session` (unique per sender session, so sequence
+    /// numbers are unique nonces under it).
+    fn broadcast_sealer(&self, sender: &str, session: u64) -> Option<LessSafeKey> {
+        let base = self.broadcast_key.as_ref()?;
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/nats-broadcast/v1");
+        let info = format!("{sender}\0{session}");
+        let info = [info.as_bytes()];
+        let prk = salt.extract(base);
+        let okm = prk.expand(&info, &aead::CHACHA20_POLY1305).ok()?;
+        Some(LessSafeKey::new(UnboundKey::from(okm)))
+    }
+
     /// Forgets a member (it left, or was forgotten by the broker).
     pub(crate) fn forget(&self, node_id: &str) {
         self.state
@@ -518,7 +578,7 @@ mod tests {
 
     fn node(id: &str, secret: &str) -> Envelopes {
         let credentials = ClusterCa::secret(secret).credentials(id).unwrap();
-        Envelopes::new(id.into(), credentials)
+        Envelopes::new(id.into(), credentials, true)
     }
 
     /// `a` and `b`, each introduced to the other by a broadcast.
@@ -607,6 +667,31 @@ mod tests {
             .unwrap();
         // Its introduction is older than the session b now knows: a replay.
         assert_eq!(b.open(SUBJECT, old).unwrap_err(), Refused::Replayed);
+    }
+
+    #[test]
+    fn broadcasts_are_unreadable_without_the_secret_and_readable_by_members() {
+        let (a, b) = pair();
+        let broadcast = a.sign("PHX.t.bcast", b"the INFO of a").unwrap();
+        assert!(
+            !broadcast.windows(8).any(|w| w == b"INFO of "),
+            "encrypted on the wire"
+        );
+        assert_eq!(
+            &b.open("PHX.t.bcast", broadcast).unwrap().frame[..],
+            b"the INFO of a"
+        );
+        let plain = Envelopes::new(
+            "p".into(),
+            ClusterCa::secret(SECRET).credentials("p").unwrap(),
+            false,
+        );
+        let readable = plain.sign("PHX.t.bcast", b"the INFO of p").unwrap();
+        assert!(readable.windows(8).any(|w| w == b"INFO of "), "signed only");
+        assert_eq!(
+            &b.open("PHX.t.bcast", readable).unwrap().frame[..],
+            b"the INFO of p"
+        );
     }
 
     #[test]

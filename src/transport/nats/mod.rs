@@ -59,6 +59,7 @@ pub struct NatsTransportBuilder {
     prefix: String,
     credentials: Option<PathBuf>,
     cluster_ca: Option<ClusterCa>,
+    encrypt_broadcasts: bool,
 }
 
 impl NatsTransportBuilder {
@@ -78,6 +79,15 @@ impl NatsTransportBuilder {
     /// for the mesh). Every node on the subjects must share it.
     pub fn cluster_ca(mut self, cluster_ca: ClusterCa) -> Self {
         self.cluster_ca = Some(cluster_ca);
+        self
+    }
+
+    /// Whether broadcasts (INFO, heartbeats, broadcast events) are encrypted as well as signed,
+    /// so a client on the server without the cluster's secret reads nothing. Default: on (with a
+    /// shared secret; with CA files members share no key, and broadcasts are signed only).
+    /// Messages to one node are always encrypted.
+    pub fn encrypt_broadcasts(mut self, encrypt: bool) -> Self {
+        self.encrypt_broadcasts = encrypt;
         self
     }
 
@@ -127,6 +137,7 @@ impl NatsTransport {
             prefix: "PHX".into(),
             credentials: None,
             cluster_ca: None,
+            encrypt_broadcasts: true,
         }
     }
 
@@ -192,6 +203,7 @@ impl Transporter for NatsTransport {
             let envelopes = Arc::new(Envelopes::new(
                 ctx.node_id.clone(),
                 cluster_ca.credentials(&ctx.node_id)?,
+                self.config.encrypt_broadcasts,
             ));
             let events = ctx.handler.clone();
             let mut options = async_nats::ConnectOptions::new()
