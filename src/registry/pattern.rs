@@ -41,6 +41,8 @@ pub fn pattern_matches(pattern: &str, name: &str) -> bool {
     for segment in name.split('.') {
         let mut next = at & any_segments;
         for (i, part) in pattern.iter().enumerate() {
+            #[cfg(test)]
+            tests::COMPARISONS.with(|n| n.set(n.get() + 1));
             if at & 1 << i != 0 && (*part == "*" || *part == segment) {
                 next |= 1 << (i + 1);
             }
@@ -67,6 +69,11 @@ fn skip_empty_matches(mut at: u128, any_segments: u128, len: usize) -> u128 {
 mod tests {
     use super::{MAX_PATTERN_SEGMENTS, pattern_matches};
     use proptest::prelude::*;
+
+    thread_local! {
+        /// Segment comparisons made by this thread's matches.
+        pub(super) static COMPARISONS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     #[test]
     fn exact_and_wildcards() {
@@ -133,6 +140,18 @@ mod tests {
         ) {
             let (p, n) = (pattern.join("."), name.join("."));
             prop_assert_eq!(pattern_matches(&p, &n), reference(&pattern, &name), "{} vs {}", p, n);
+        }
+
+        #[test]
+        fn work_is_linear_in_the_pattern_and_in_the_name(
+            pattern in prop::collection::vec(prop::sample::select(vec!["a", "*", "**"]), 1..MAX_PATTERN_SEGMENTS),
+            name in prop::collection::vec(prop::sample::select(vec!["a", "b"]), 1..500),
+        ) {
+            COMPARISONS.with(|n| n.set(0));
+            let _ = pattern_matches(&pattern.join("."), &name.join("."));
+            let work = COMPARISONS.with(|n| n.get());
+            // At most one comparison per pattern segment per name segment, however many `**`.
+            prop_assert!(work <= pattern.len() * name.len(), "{} comparisons", work);
         }
     }
 }
