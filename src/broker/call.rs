@@ -211,9 +211,11 @@ impl Broker {
         } = call;
         match self.pick_endpoint(action, &ctx, &params, options, &avoid)? {
             Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
+            // Boxed: a remote attempt's state (request, pending reply, transport futures) is
+            // several times a local one's, and inline it would make every call's future — and
+            // what each poll moves — that large. A remote call allocates anyway.
             Picked::Remote(node_id, stats) => {
-                self.attempt_remote(action, node_id, &stats, ctx, params)
-                    .await
+                Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
             }
         }
     }
