@@ -277,22 +277,12 @@ async fn an_event_flood_is_bounded_per_peer() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_make_a_node_buffer_large_frames_without_bound() {
-    use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
     use phalanx::protocol::codec::Codec;
     use std::sync::atomic::AtomicU64;
 
     let (cluster, seed) = victim_and_caller().await;
     // A member with valid credentials that introduces itself properly...
-    let creds = ClusterCa::secret(SECRET).credentials("mallory").unwrap();
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint
-        .connect(seed.parse().unwrap(), CLUSTER_SERVER_NAME)
-        .unwrap()
-        .await
-        .expect("a member passes mutual TLS");
+    let conn = common::cluster::member_connection(SECRET, "mallory", seed.parse().unwrap()).await;
     let hello = Codec::default()
         .encode(&Packet::new("mallory", PacketBody::Info(info(vec![]))))
         .unwrap();

@@ -3,7 +3,6 @@
 mod common;
 
 use common::cluster::quic_loopback;
-use phalanx::identity::ClusterCa;
 use phalanx::transport::{LinkKind, QuicTransport};
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::sync::Arc;
@@ -172,24 +171,13 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
 /// another node's id in its hello is cut off and never enters the registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_pose_as_another_node() {
-    use phalanx::identity::CLUSTER_SERVER_NAME;
     use phalanx::protocol::codec::Codec;
     use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
 
     let (a, qa) = node("a", "s3cret", &[]).await;
     // A member of the cluster (same secret), certified as "mallory".
-    let creds = ClusterCa::secret(common::strong_secret("s3cret"))
-        .credentials("mallory")
-        .unwrap();
-    let crypto =
-        quinn::crypto::rustls::QuicClientConfig::try_from(creds.client_config().unwrap()).unwrap();
-    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
-    let conn = endpoint
-        .connect(qa.local_addr().unwrap(), CLUSTER_SERVER_NAME)
-        .unwrap()
-        .await
-        .expect("a member passes mutual TLS");
+    let conn =
+        common::cluster::member_connection("s3cret", "mallory", qa.local_addr().unwrap()).await;
 
     // It says hello as "b".
     let hello = Info {

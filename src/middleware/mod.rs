@@ -271,13 +271,29 @@ pub struct Call<'a> {
     pub options: &'a CallOptions,
     /// Nodes this call must avoid when another endpoint exists (set by retries).
     pub avoid: Vec<Arc<str>>,
-    /// Running the call twice is harmless: the caller said so
-    /// ([`CallOptions::idempotent`](crate::CallOptions::idempotent)) or every endpoint of the
-    /// action declares it ([`ServiceBuilder::idempotent`](crate::ServiceBuilder::idempotent)).
-    pub idempotent: bool,
+    /// Asks the registry whether every endpoint of an action declares it idempotent; only
+    /// consulted when a layer asks ([`Call::is_idempotent`]), so a call that succeeds pays nothing.
+    pub(crate) declared_idempotent: DeclaredIdempotent<'a>,
+}
+
+/// Whether every endpoint of an action declares it safe to run twice (the broker's registry).
+#[derive(Clone, Copy)]
+pub(crate) struct DeclaredIdempotent<'a>(pub(crate) &'a (dyn Fn(&str) -> bool + Send + Sync));
+
+impl std::fmt::Debug for DeclaredIdempotent<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeclaredIdempotent")
+    }
 }
 
 impl Call<'_> {
+    /// Whether running the call twice is harmless: the caller said so
+    /// ([`CallOptions::idempotent`](crate::CallOptions::idempotent)) or every endpoint of the
+    /// action declares it ([`ServiceBuilder::idempotent`](crate::ServiceBuilder::idempotent)).
+    pub fn is_idempotent(&self) -> bool {
+        self.options.idempotent || (self.declared_idempotent.0)(self.action)
+    }
+
     /// Encodes the params once so that `next` can be run again with [`Call::again`] (what
     /// [`Retry`] does).
     ///
@@ -318,7 +334,7 @@ impl Call<'_> {
             params: self.params.try_clone()?,
             options: self.options,
             avoid: self.avoid.clone(),
-            idempotent: self.idempotent,
+            declared_idempotent: self.declared_idempotent,
         })
     }
 }

@@ -146,7 +146,7 @@ impl Middleware for Retry {
                 let this = call.again().expect("params were shared");
                 let err = match next.run(this).await {
                     Ok(result) => return Ok(result),
-                    Err(err) if attempt >= retries || !err.worth_retrying(call.idempotent) => {
+                    Err(err) if attempt >= retries || !err.worth_retrying(call.is_idempotent()) => {
                         return Err(err);
                     }
                     Err(err) => err,
