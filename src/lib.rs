@@ -6,6 +6,8 @@ mod context;
 mod deadline;
 mod discovery;
 mod error;
+#[cfg(feature = "gateway")]
+pub mod gateway;
 mod handler;
 pub mod identity;
 pub mod limits;

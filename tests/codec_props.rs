@@ -47,6 +47,10 @@ fn body() -> impl Strategy<Value = PacketBody> {
                         actions: vec![ActionInfo {
                             name: "v2.math.add".into(),
                             idempotent: true,
+                            params_schema: Some(serde_json::json!({
+                                "type": "object",
+                                "properties": { "a": { "type": "integer" } }
+                            })),
                         }],
                         events: vec![EventInfo {
                             name: "a.*".into(),

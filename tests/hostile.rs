@@ -57,7 +57,7 @@ fn service(name: &str, actions: usize, patterns: &[String]) -> ServiceInfo {
         actions: (0..actions)
             .map(|i| ActionInfo {
                 name: format!("{name}.a{i}"),
-                idempotent: false,
+                ..ActionInfo::default()
             })
             .collect(),
         events: patterns

@@ -304,6 +304,7 @@ impl BrokerBuilder {
             drained: Notify::new(),
             state: AtomicU8::new(RUNNING),
             registry_changed: Notify::new(),
+            registry_generation: AtomicU64::new(0),
             introductions: Semaphore::new(super::call::MAX_UNKNOWN_SENDER_WAITS),
             stopped_hooks: Mutex::default(),
             info_seq: AtomicU64::new(1),

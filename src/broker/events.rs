@@ -195,6 +195,7 @@ impl Broker {
             None => (None, None),
         };
         let started = Instant::now();
+        let mut event_name: Option<Arc<str>> = None;
         for listener in listeners {
             let permit = handling.clone().map(super::dispatch::PeerPermit::take);
             let mut ctx = Context::new(
@@ -206,6 +207,7 @@ impl Broker {
             );
             ctx.node_id = sender.clone();
             ctx.service = Some(listener.service.clone());
+            ctx.event = Some(event_name.get_or_insert_with(|| Arc::from(event)).clone());
             let payload = Payload::encoded(data.clone(), content_type);
             let event = event.to_owned();
             let broker = self.clone();

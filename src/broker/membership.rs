@@ -81,7 +81,7 @@ impl Broker {
 
     /// Wakes whoever waits on the registry and raises `event` (and `$services.changed`) here.
     pub(super) fn internal_event(&self, event: &str, node_id: &str) {
-        self.inner.registry_changed.notify_waiters();
+        self.inner.mark_registry_changed();
         self.report_registry_sizes();
         let data = match encode_msgpack(&serde_json::json!({ "node": node_id })) {
             Ok(data) => data,

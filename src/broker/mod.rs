@@ -16,6 +16,8 @@ mod pending;
 mod service;
 
 pub use builder::BrokerBuilder;
+#[cfg(feature = "gateway")]
+pub(crate) use service::PUBLISH_HTTP_SETTING;
 pub use service::ServiceBuilder;
 
 use crate::context::{CallOptions, Context, Dispatch, EmitKind};
@@ -116,6 +118,8 @@ pub(crate) struct BrokerInner {
     drained: Notify,
     state: AtomicU8,
     registry_changed: Notify,
+    /// Counts changes of the registry, so views computed from it know when to recompute.
+    registry_generation: AtomicU64,
     /// Requests from not-yet-known senders waiting for their INFO (bounded).
     introductions: Semaphore,
     stopped_hooks: Mutex<Vec<(String, Vec<LifecycleFn>)>>,
@@ -325,7 +329,7 @@ impl Broker {
             .lock()
             .expect("hooks lock")
             .push((name, stopped));
-        self.inner.registry_changed.notify_waiters();
+        self.inner.mark_registry_changed();
         self.announce_info().await;
     }
 
@@ -495,6 +499,17 @@ impl BrokerInner {
 
     pub(crate) fn registry_mut(&self) -> RwLockWriteGuard<'_, Registry> {
         self.registry.write().expect("registry lock")
+    }
+
+    /// Wakes whoever waits on the registry and marks views of it stale.
+    pub(crate) fn mark_registry_changed(&self) {
+        self.registry_generation.fetch_add(1, Ordering::Release);
+        self.registry_changed.notify_waiters();
+    }
+
+    /// Changes whenever the registry does.
+    pub(crate) fn registry_generation(&self) -> u64 {
+        self.registry_generation.load(Ordering::Acquire)
     }
 
     pub(crate) fn is_stopped(&self) -> bool {

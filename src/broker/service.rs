@@ -37,6 +37,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The service setting that [`ServiceBuilder::publish_http`] sets.
+pub(crate) const PUBLISH_HTTP_SETTING: &str = "$http";
+
 /// A lifecycle hook (`started` / `stopped`).
 pub(crate) type LifecycleFn = Arc<dyn Fn(Broker) -> BoxFuture<'static, Result<()>> + Send + Sync>;
 
@@ -48,6 +51,7 @@ pub struct ServiceBuilder {
     version: Option<String>,
     actions: Vec<(String, ActionFn)>,
     idempotent: Vec<String>,
+    schemas: Vec<(String, serde_json::Value)>,
     events: Vec<(String, Option<String>, EventFn)>,
     started: Vec<LifecycleFn>,
     stopped: Vec<LifecycleFn>,
@@ -80,6 +84,7 @@ impl ServiceBuilder {
             version: None,
             actions: Vec::new(),
             idempotent: Vec::new(),
+            schemas: Vec::new(),
             events: Vec::new(),
             started: Vec::new(),
             stopped: Vec::new(),
@@ -184,6 +189,55 @@ impl ServiceBuilder {
         self
     }
 
+    /// Declares the parameters of an action (by its short name) as a JSON Schema object. It is
+    /// announced with the action: API gateways convert query and path strings by it and put it
+    /// in their OpenAPI document.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use serde_json::json;
+    /// # #[derive(serde::Deserialize)] struct Get { id: u64 }
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker
+    ///     .service("users")
+    ///     .action("get", |_ctx, p: Get| async move { Ok(p.id) })
+    ///     .params_schema("get", json!({
+    ///         "type": "object",
+    ///         "properties": { "id": { "type": "integer" } },
+    ///         "required": ["id"]
+    ///     }))
+    ///     .start()
+    ///     .await?;
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn params_schema(mut self, action: &str, schema: serde_json::Value) -> Self {
+        self.schemas.push((action.to_owned(), schema));
+        self
+    }
+
+    /// Publishes this service's actions on API gateways that generate routes
+    /// (`/api/<service>/<action>`, see [`gateway::Route::auto_aliases`](crate::gateway::Route::auto_aliases)).
+    /// Services are not published unless they ask: a gateway exposes nothing by accident.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker
+    ///     .service("greeter")
+    ///     .action("hello", |_ctx, name: String| async move { Ok(format!("hello {name}")) })
+    ///     .publish_http()
+    ///     .start()
+    ///     .await?;
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn publish_http(self) -> Self {
+        self.setting(PUBLISH_HTTP_SETTING, true)
+    }
+
     /// A public setting, announced to other nodes.
     pub fn setting(mut self, key: &str, value: impl Into<serde_json::Value>) -> Self {
         self.settings.insert(key.to_owned(), value.into());
@@ -245,6 +299,11 @@ impl ServiceBuilder {
                 .map(|(name, _)| ActionInfo {
                     name: name.clone(),
                     idempotent: idempotent.contains(name),
+                    params_schema: self
+                        .schemas
+                        .iter()
+                        .find(|(short, _)| format!("{full_name}.{short}") == *name)
+                        .map(|(_, schema)| schema.clone()),
                 })
                 .collect(),
             events: events

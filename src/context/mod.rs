@@ -96,6 +96,8 @@ pub struct Context {
     pub(crate) service: Option<Arc<str>>,
     /// The node the call or event came from; `None` when made on this node.
     pub(crate) node_id: Option<Arc<str>>,
+    /// The event an event handler serves; `None` for an action.
+    pub(crate) event: Option<Arc<str>>,
     pub(crate) deadline: Option<Instant>,
     /// When the call was made (or, serving a peer, when its request arrived).
     pub(crate) started: Instant,
@@ -127,6 +129,7 @@ impl Context {
             lineage,
             service: None,
             node_id: None,
+            event: None,
             deadline,
             started,
         }
@@ -166,6 +169,29 @@ impl Context {
     /// Node the call came from; `None` when it was made on this node.
     pub fn node_id(&self) -> Option<&str> {
         self.node_id.as_deref()
+    }
+
+    /// The name of the event an event handler is serving (useful when it listens to a pattern);
+    /// `None` in an action.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    /// broker.service("audit")
+    ///     .event("orders.*", move |ctx: phalanx::Context, _: serde_json::Value| {
+    ///         let tx = tx.clone();
+    ///         async move { tx.send(ctx.event().map(str::to_owned)).await.ok(); Ok(()) }
+    ///     })
+    ///     .start().await?;
+    /// broker.emit("orders.paid", &1).await?;
+    /// assert_eq!(rx.recv().await.flatten().as_deref(), Some("orders.paid"));
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    pub fn event(&self) -> Option<&str> {
+        self.event.as_deref()
     }
 
     /// Depth in the call chain: 1 for a call made outside any handler.

@@ -268,6 +268,9 @@ pub struct ActionInfo {
     /// The service declares that running the action twice is harmless, so callers may retry it
     /// after failures where it may have run.
     pub idempotent: bool,
+    /// The parameters as a JSON Schema, when the service declares them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params_schema: Option<serde_json::Value>,
 }
 
 /// An event subscription as announced in INFO.

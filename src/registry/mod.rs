@@ -506,6 +506,16 @@ impl<L: Clone> Registry<L> {
         self.actions.contains_key(action)
     }
 
+    /// The services of this node and of every available node, as they were announced.
+    pub(crate) fn announced_services(&self) -> impl Iterator<Item = &ServiceInfo> {
+        self.local_services.iter().chain(
+            self.nodes
+                .values()
+                .filter(|n| n.available)
+                .flat_map(|n| n.info.services.iter()),
+        )
+    }
+
     /// Whether a service named `full_name` runs on any available node (this one included).
     pub(crate) fn has_service(&self, full_name: &str) -> bool {
         self.local_services.iter().any(|s| s.full_name == full_name)
@@ -655,7 +665,7 @@ mod tests {
                 .iter()
                 .map(|a| AnnouncedAction {
                     name: (*a).into(),
-                    idempotent: false,
+                    ..AnnouncedAction::default()
                 })
                 .collect(),
             ..ServiceInfo::default()
