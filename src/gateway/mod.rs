@@ -455,26 +455,34 @@ impl Shared {
             let Some(rest) = route.strip(&segments) else {
                 continue;
             };
-            let mut found = None;
+            // The most specific match wins (most literal segments; a generated alias is all
+            // literal), explicit aliases first among equals — as in routers that rank static
+            // segments above parameters.
+            let mut found: Option<(usize, String, Vec<(String, String)>, bool)> = None;
             for alias in &route.aliases {
                 if let Some(params) = alias.bind(rest) {
                     if alias.method.as_ref().is_none_or(|m| m == method) {
-                        found = Some((alias.action.clone(), params, true));
-                        break;
+                        let literal = rest.len() - params.len();
+                        if found.as_ref().is_none_or(|(best, ..)| literal > *best) {
+                            found = Some((literal, alias.action.clone(), params, true));
+                        }
+                    } else {
+                        wrong_method = true;
                     }
-                    wrong_method = true;
                 }
             }
-            if found.is_none() && route.auto_aliases && !rest.is_empty() {
+            let exact = found.as_ref().is_some_and(|(literal, ..)| *literal == rest.len());
+            if !exact && route.auto_aliases && !rest.is_empty() {
                 let action = rest
                     .iter()
                     .map(|s| route::decode_segment(s))
                     .collect::<Vec<_>>()
                     .join(".");
                 if self.table.current(&self.broker).is_published(&action) {
-                    found = Some((action, Vec::new(), false));
+                    found = Some((rest.len(), action, Vec::new(), false));
                 }
             }
+            let found = found.map(|(_, action, params, declared)| (action, params, declared));
             if let Some((action, path_params, declared)) = found {
                 if !route.allows(&action) {
                     break;
