@@ -458,20 +458,27 @@ impl Shared {
             // The most specific match wins (most literal segments; a generated alias is all
             // literal), explicit aliases first among equals — as in routers that rank static
             // segments above parameters.
-            let mut found: Option<(usize, String, Vec<(String, String)>, bool)> = None;
+            let mut best: Option<(usize, Target<'_>)> = None;
             for alias in &route.aliases {
-                if let Some(params) = alias.bind(rest) {
-                    if alias.method.as_ref().is_none_or(|m| m == method) {
-                        let literal = rest.len() - params.len();
-                        if found.as_ref().is_none_or(|(best, ..)| literal > *best) {
-                            found = Some((literal, alias.action.clone(), params, true));
-                        }
-                    } else {
-                        wrong_method = true;
-                    }
+                let Some(path_params) = alias.bind(rest) else {
+                    continue;
+                };
+                if alias.method.as_ref().is_some_and(|m| m != method) {
+                    wrong_method = true;
+                    continue;
+                }
+                let literal = rest.len() - path_params.len();
+                if best.as_ref().is_none_or(|(score, _)| literal > *score) {
+                    let target = Target {
+                        route,
+                        action: alias.action.clone(),
+                        path_params,
+                        declared: true,
+                    };
+                    best = Some((literal, target));
                 }
             }
-            let exact = found.as_ref().is_some_and(|(literal, ..)| *literal == rest.len());
+            let exact = best.as_ref().is_some_and(|(score, _)| *score == rest.len());
             if !exact && route.auto_aliases && !rest.is_empty() {
                 let action = rest
                     .iter()
@@ -479,20 +486,20 @@ impl Shared {
                     .collect::<Vec<_>>()
                     .join(".");
                 if self.table.current(&self.broker).is_published(&action) {
-                    found = Some((rest.len(), action, Vec::new(), false));
+                    let target = Target {
+                        route,
+                        action,
+                        path_params: Vec::new(),
+                        declared: false,
+                    };
+                    best = Some((rest.len(), target));
                 }
             }
-            let found = found.map(|(_, action, params, declared)| (action, params, declared));
-            if let Some((action, path_params, declared)) = found {
-                if !route.allows(&action) {
+            if let Some((_, target)) = best {
+                if !route.allows(&target.action) {
                     break;
                 }
-                return Ok(Target {
-                    route,
-                    action,
-                    path_params,
-                    declared,
-                });
+                return Ok(target);
             }
         }
         Err(if wrong_method {
