@@ -162,7 +162,7 @@ async fn three_nodes_with_one_seed_each_form_a_mesh_that_the_cli_drives() {
 
     let (ok, out) = cli(&["call", "demo.add", r#"{"a":2,"b":3}"#], &s, &n1.addr);
     assert!(ok);
-    assert_eq!(out.trim(), "5.0");
+    assert_eq!(out.trim(), "5");
     let (ok, out) = cli(&["call", "demo.fail", r#"{"code":418}"#], &s, &n2.addr);
     assert!(!ok, "a failed call exits non-zero");
     let err: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -411,7 +411,7 @@ async fn garbage_and_malformed_frames_leave_the_node_serving() {
 
     let (ok, out) = cli(&["call", "demo.add", r#"{"a":20,"b":22}"#], &s, &n1.addr);
     assert!(ok, "{out}");
-    assert_eq!(out.trim(), "42.0");
+    assert_eq!(out.trim(), "42");
     let probe = observer(&s, &n1.addr).await;
     wait_for_nodes(&probe, &["n1"]).await;
     let err = probe
@@ -727,4 +727,107 @@ fn weak_secrets_and_open_secret_files_are_refused_with_the_fix() {
         "{said}"
     );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// A `phalanx gateway` process seeded with `seed`; returns it and its HTTP address.
+fn gateway(secret: &str, seed: &str, extra: &[&str]) -> (Demo, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "gateway",
+            "--listen",
+            "127.0.0.1:0",
+            "--mesh-listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--seed",
+            seed,
+            "--no-mdns",
+            "--heartbeat-ms",
+            "300",
+            "--lease-ms",
+            "2500",
+        ])
+        .args(extra)
+        .env("PHALANX_SECRET", secret)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("phalanx gateway starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the gateway prints its address");
+    let http = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("unexpected banner {line:?}"))
+        .to_owned();
+    let mesh = line
+        .trim()
+        .trim_end_matches(')')
+        .rsplit(' ')
+        .next()
+        .unwrap_or("");
+    (
+        Demo {
+            child,
+            addr: mesh.to_owned(),
+        },
+        http,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_command_serves_demo_nodes_over_http() {
+    let s = secret();
+    let n1 = demo("g1", &s, &[]);
+    let _n2 = demo("g2", &s, &[&n1.addr]);
+    let (_gw, http_addr) = gateway(
+        &s,
+        &n1.addr,
+        &[
+            "--alias",
+            "GET /sum/{a}/{b}=demo.add",
+            "--blacklist",
+            "demo.fail",
+        ],
+    );
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("http://{http_addr}{path}")).send();
+    // The demo service publishes itself: /api/demo/add is there once the gateway sees it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sum = loop {
+        let response = get("/api/demo/add?a=1&b=2")
+            .await
+            .expect("the gateway answers");
+        if response.status() == 200 {
+            break response.text().await.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never served: {}",
+            response.status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(sum, "3");
+    assert_eq!(get("/api/sum/20/22").await.unwrap().text().await.unwrap(), "42");
+    assert_eq!(get("/api/demo/fail").await.unwrap().status(), 404);
+    let echo = http
+        .post(format!("http://{http_addr}/api/demo/echo"))
+        .json(&serde_json::json!({"hello": [1, 2]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo.json::<serde_json::Value>().await.unwrap()["hello"][1],
+        2
+    );
+    let health = get("/health").await.unwrap();
+    assert_eq!(health.status(), 200);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["nodes_available"], 3, "{health}");
 }

@@ -27,8 +27,18 @@ pub(crate) struct DemoArgs {
 
 #[derive(Debug, Deserialize)]
 struct Add {
-    a: f64,
-    b: f64,
+    a: serde_json::Number,
+    b: serde_json::Number,
+}
+
+impl Add {
+    /// The sum, an integer when both terms are (and it fits).
+    fn sum(&self) -> serde_json::Value {
+        match (self.a.as_i64(), self.b.as_i64()) {
+            (Some(a), Some(b)) if a.checked_add(b).is_some() => (a + b).into(),
+            _ => (self.a.as_f64().unwrap_or(f64::NAN) + self.b.as_f64().unwrap_or(f64::NAN)).into(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -60,7 +70,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             "echo",
             |_ctx: Context, params: serde_json::Value| async move { Ok(params) },
         )
-        .action("add", |_ctx: Context, p: Add| async move { Ok(p.a + p.b) })
+        .action("add", |_ctx: Context, p: Add| async move { Ok(p.sum()) })
         .action("sleep", |_ctx: Context, p: Sleep| async move {
             tokio::time::sleep(Duration::from_millis(p.ms)).await;
             Ok(p.ms)
@@ -80,6 +90,9 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
                 Ok(())
             }
         })
+        .params_schema("add", number_fields(&["a", "b"]))
+        .params_schema("sleep", number_fields(&["ms"]))
+        .publish_http()
         .start()
         .await?;
     println!(
@@ -90,7 +103,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let status = args
         .status_file
         .map(|path| tokio::spawn(write_status(broker.clone(), path)));
-    shutdown_signal().await;
+    super::shutdown_signal().await;
     if let Some(status) = status {
         status.abort();
     }
@@ -153,14 +166,11 @@ impl Middleware for FailRate {
     }
 }
 
-async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
+/// A params schema: an object whose `fields` are required numbers.
+fn number_fields(fields: &[&str]) -> serde_json::Value {
+    let properties: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|f| ((*f).to_owned(), serde_json::json!({ "type": "number" })))
+        .collect();
+    serde_json::json!({ "type": "object", "properties": properties, "required": fields })
 }

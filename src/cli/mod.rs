@@ -2,6 +2,8 @@
 
 mod bench;
 mod demo;
+#[cfg(feature = "gateway")]
+mod gateway;
 
 use clap::{Args, Parser, Subcommand};
 use phalanx::cluster::NodeInfo;
@@ -85,11 +87,35 @@ enum Command {
     },
     /// Call an action in a closed loop and print calls/s, p50, p99 and errors.
     Bench(bench::BenchArgs),
+    /// Serve the cluster's actions and events over HTTP (an API gateway that joins the mesh).
+    #[cfg(feature = "gateway")]
+    Gateway(gateway::GatewayArgs),
 }
 
-/// How a command joins the mesh.
+/// How a command joins the mesh, and where it listens for it.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct MeshArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    listen: SocketAddr,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+impl MeshArgs {
+    /// Starts a broker on the QUIC mesh, or on NATS when `--nats` is given.
+    pub(crate) async fn join(&self, builder: phalanx::BrokerBuilder) -> Result<Joined> {
+        self.join.join(self.listen, builder).await
+    }
+
+    fn wait(&self) -> Duration {
+        self.join.wait()
+    }
+}
+
+/// How a command joins the mesh (all but the address it listens on).
+#[derive(Debug, Clone, Args)]
+pub(crate) struct JoinArgs {
     /// A node to dial first (`host:port`); repeat for more. Also `PHALANX_SEEDS=a:1,b:2`.
     #[arg(long = "seed", env = "PHALANX_SEEDS", value_delimiter = ',')]
     seeds: Vec<String>,
@@ -101,9 +127,6 @@ pub(crate) struct MeshArgs {
     /// Namespace; nodes only see nodes of the same namespace.
     #[arg(long, env = "PHALANX_NAMESPACE", default_value = "")]
     namespace: String,
-    /// Address to listen on.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    listen: SocketAddr,
     /// Node id (default: host name and a random suffix).
     #[arg(long)]
     node_id: Option<String>,
@@ -161,9 +184,14 @@ impl Joined {
     }
 }
 
-impl MeshArgs {
-    /// Starts a broker on the QUIC mesh, or on NATS when `--nats` is given.
-    pub(crate) async fn join(&self, builder: phalanx::BrokerBuilder) -> Result<Joined> {
+impl JoinArgs {
+    /// Starts a broker on the QUIC mesh (listening on `listen`), or on NATS when `--nats` is
+    /// given.
+    pub(crate) async fn join(
+        &self,
+        listen: SocketAddr,
+        builder: phalanx::BrokerBuilder,
+    ) -> Result<Joined> {
         #[cfg(feature = "prometheus")]
         if let Some(addr) = self.metrics_addr {
             phalanx::metrics::serve_prometheus(addr)?;
@@ -198,7 +226,7 @@ impl MeshArgs {
             return Ok(Joined { broker, quic: None });
         }
         let quic = QuicTransport::builder()
-            .listen(self.listen)
+            .listen(listen)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
             .cluster_ca(cluster_ca)
             .mdns(!self.no_mdns)
@@ -210,14 +238,14 @@ impl MeshArgs {
         })
     }
 
-    fn wait(&self) -> Duration {
+    pub(crate) fn wait(&self) -> Duration {
         Duration::from_millis(self.wait)
     }
 }
 
 pub(crate) fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Demo(_) => "info",
+        Command::Demo(_) | Command::Gateway(_) => "info",
         _ => "warn",
     };
     phalanx::logging::init(default, cli.log_format);
@@ -226,6 +254,8 @@ pub(crate) fn init_logging(cli: &Cli) {
 pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Demo(args) => demo::run(args).await,
+        #[cfg(feature = "gateway")]
+        Command::Gateway(args) => gateway::run(args).await,
         Command::Call {
             action,
             params,
@@ -372,5 +402,18 @@ pub(crate) async fn settle(joined: &Joined, wait: Duration) {
     }
     if let Some(err) = joined.authentication_error() {
         tracing::warn!(%err, "could not join the mesh");
+    }
+}
+
+/// Waits for Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
 }
