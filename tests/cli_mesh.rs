@@ -814,7 +814,10 @@ async fn the_gateway_command_serves_demo_nodes_over_http() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(sum, "3");
-    assert_eq!(get("/api/sum/20/22").await.unwrap().text().await.unwrap(), "42");
+    assert_eq!(
+        get("/api/sum/20/22").await.unwrap().text().await.unwrap(),
+        "42"
+    );
     assert_eq!(get("/api/demo/fail").await.unwrap().status(), 404);
     let echo = http
         .post(format!("http://{http_addr}/api/demo/echo"))

@@ -63,6 +63,20 @@ fn quickstart() {
 }
 
 #[test]
+fn gateway() {
+    let out = run("gateway", &[]);
+    assert!(
+        out.contains(r#"GET /api/stock/tea                       200 OK {"item":"tea","left":5}"#),
+        "{out}"
+    );
+    assert!(
+        out.contains("POST /api/orders (key None)              401"),
+        "{out}"
+    );
+    assert!(out.contains(r#"409 Conflict {"code":409"#), "{out}");
+}
+
+#[test]
 fn events() {
     let out = run("events", &[]);
     assert!(out.contains("mailer ran 3 times, audit 6 times"), "{out}");
