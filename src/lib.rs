@@ -18,12 +18,14 @@ mod payload;
 #[doc(hidden)]
 pub mod protocol;
 pub mod registry;
+pub mod stream;
 pub mod transport;
 
 pub use broker::{Broker, BrokerBuilder, ServiceBuilder};
 pub use context::{CallOptions, Context, Headers, Meta};
 pub use error::{Error, ErrorBody, ErrorKind, Result};
 pub use payload::{ContentType, Payload};
+pub use stream::ByteStream;
 
 /// The README's examples, compiled as doctests so they cannot rot.
 #[doc = include_str!("../README.md")]

@@ -56,6 +56,10 @@ pub struct Limits {
     /// How long a node that went down is remembered (registry, dial targets, per-peer metrics)
     /// before it is forgotten. Default: 10 minutes.
     pub forget_down_nodes_after: Duration,
+    /// Most byte streams this node reads from one peer at once (the params of calls it serves,
+    /// the results of calls it made); beyond, calls bringing a stream are refused (429). Each
+    /// holds at most [`WINDOW`](crate::stream::WINDOW) chunks. Default: 64.
+    pub max_peer_streams: usize,
 }
 
 impl Default for Limits {
@@ -70,6 +74,7 @@ impl Default for Limits {
             max_gossip_peers: 256,
             max_nodes: 1024,
             forget_down_nodes_after: Duration::from_secs(600),
+            max_peer_streams: 64,
         }
     }
 }
@@ -162,11 +167,14 @@ pub enum Limit {
     /// A link refused: failed mutual authentication, claimed another id than its certificate
     /// names, or broke the protocol.
     LinkRefused,
+    /// A stream refused (too many open with its peer) or failed for breaking the stream rules
+    /// (out of sequence, oversized chunk, beyond its credit).
+    PeerStreams,
 }
 
 impl Limit {
     /// Every limit, in counter order.
-    pub const ALL: [Limit; 9] = [
+    pub const ALL: [Limit; 10] = [
         Limit::PeerInFlight,
         Limit::PeerEventsInFlight,
         Limit::InfoRefused,
@@ -176,6 +184,7 @@ impl Limit {
         Limit::DialMismatch,
         Limit::NatsRejected,
         Limit::LinkRefused,
+        Limit::PeerStreams,
     ];
 
     /// The `limit` label and snapshot key.
@@ -190,6 +199,7 @@ impl Limit {
             Limit::DialMismatch => "dial_mismatch",
             Limit::NatsRejected => "nats_rejected",
             Limit::LinkRefused => "link_refused",
+            Limit::PeerStreams => "peer_streams",
         }
     }
 

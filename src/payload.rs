@@ -162,6 +162,17 @@ impl<'a> Payload<'a> {
         }
     }
 
+    /// The byte stream this payload holds, if it is one (an action that answers a stream).
+    pub(crate) fn into_stream(self) -> std::result::Result<crate::stream::ByteStream, Self> {
+        match self.0 {
+            Inner::Local(value) if value.as_any().is::<crate::stream::ByteStream>() => Ok(*value
+                .into_any()
+                .downcast()
+                .expect("type checked by the match guard")),
+            other => Err(Self(other)),
+        }
+    }
+
     /// The payload as bytes for a link, with their content type.
     pub fn encode(&self) -> Result<(Bytes, ContentType)> {
         match &self.0 {

@@ -109,8 +109,17 @@ fn body() -> impl Strategy<Value = PacketBody> {
                 ..Default::default()
             })
         }),
-        (any::<u64>(), any::<u64>(), bytes())
-            .prop_map(|(id, seq, data)| PacketBody::StreamChunk(StreamChunk { id, seq, data })),
+        (any::<u64>(), any::<u64>(), bytes()).prop_map(|(id, seq, data)| PacketBody::StreamChunk(
+            StreamChunk {
+                id,
+                params: seq % 2 == 0,
+                seq,
+                data
+            }
+        )),
+        (any::<u64>(), any::<bool>(), any::<u32>()).prop_map(|(id, params, chunks)| {
+            PacketBody::StreamCredit(StreamCredit { id, params, chunks })
+        }),
         (any::<u64>(), any::<u64>())
             .prop_map(|(id, time_us)| PacketBody::Ping(Ping { id, time_us })),
         Just(PacketBody::Disconnect(Disconnect {})),

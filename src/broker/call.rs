@@ -7,9 +7,10 @@ use crate::deadline::{self, LazyDeadline};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::ActionFn;
 use crate::middleware::{Call, DeclaredIdempotent, HookKind, LocalCall, RemoteCall, Stack, hooks};
-use crate::payload::Payload;
-use crate::protocol::packet::{Packet, PacketBody, Request, Response};
+use crate::payload::{Payload, encode_msgpack};
+use crate::protocol::packet::{ContentType, Packet, PacketBody, Request, Response};
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
+use crate::stream::{StreamHeader, StreamSlot};
 use crate::transport::{LinkKind, PendingReply};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -266,7 +267,9 @@ impl Broker {
         let id = self.next_id();
         let lineage =
             Lineage::new(parent, id).with(options.meta.as_ref(), options.headers.as_ref());
-        Context::new(self.dispatch(), id, lineage, deadline, started)
+        let mut ctx = Context::new(self.dispatch(), id, lineage, deadline, started);
+        ctx.stream = options.stream.clone();
+        ctx
     }
 
     /// Runs a handler of this node inside the broker's and its service's middleware, within the
@@ -367,6 +370,7 @@ impl Broker {
         } = call;
         let (params, content_type) = params.encode()?;
         let id = ctx.id;
+        let outgoing = ctx.stream.take();
         let (reply, pending) = PendingReply::channel();
         self.inner.pending.insert(
             id,
@@ -382,26 +386,57 @@ impl Broker {
             params,
             content_type,
             timeout_ms: deadline::remaining_ms(ctx.deadline),
+            stream: outgoing.is_some(),
             ..Request::default()
         };
         ctx.lineage.stamp_request(&mut request);
         let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Request(request));
-        let (transport, _) = self.transport_for(&node_id)?;
-        let reply = transport.request(&node_id, &packet, pending).await?;
-        let response = match ctx.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, reply)
-                .await
-                .map_err(|_| Error::timeout(action).with_node(&node_id))?,
-            None => reply.await,
+        let (transport, link) = self.transport_for(&node_id)?;
+        let streaming = outgoing.is_some();
+        if let Some(stream) = outgoing {
+            // Chunks wait for the callee's credit, which follows the request.
+            self.write_stream(&node_id, link, id, true, stream)?;
         }
-        .map_err(|err| err.with_node(&node_id))?;
-        match (response.error, response.data) {
-            (Some(error), _) => Err(Error::from_peer(error).with_node(&node_id)),
-            (None, data) => Ok(Payload::encoded(
-                data.unwrap_or_default(),
-                response.content_type,
-            )),
+        let answered = async {
+            let reply = transport.request(&node_id, &packet, pending).await?;
+            match ctx.deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, reply)
+                    .await
+                    .map_err(|_| Error::timeout(action).with_node(&node_id))?,
+                None => reply.await,
+            }
+            .map_err(|err| err.with_node(&node_id))
         }
+        .await;
+        let outcome = match answered {
+            Ok(mut response) => match response.error.take() {
+                None => Ok(response),
+                Some(error) => Err(Error::from_peer(error)),
+            },
+            Err(err) => Err(err),
+        };
+        let response = match outcome {
+            Ok(response) => response,
+            Err(error) => {
+                if streaming {
+                    self.cancel_stream(&node_id, id, true, true);
+                }
+                return Err(error.with_node(&node_id));
+            }
+        };
+        if response.stream {
+            let header = response
+                .data
+                .as_deref()
+                .and_then(|data| rmp_serde::from_slice::<StreamHeader>(data).ok())
+                .unwrap_or_default();
+            let stream = self.read_stream(&node_id, link, id, true, header, ctx.deadline)?;
+            return Ok(Payload::local(stream));
+        }
+        Ok(Payload::encoded(
+            response.data.unwrap_or_default(),
+            response.content_type,
+        ))
     }
 
     /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`.
@@ -409,17 +444,33 @@ impl Broker {
         // Counted until the response is handed to the transport, so a graceful stop waits for it.
         let _running = InFlight::enter(self);
         let id = request.id;
-        let result = self.run_request(&sender, request).await;
+        let result = self.run_request(&sender, request, link).await;
         let mut response = Response {
             id,
             ..Default::default()
         };
-        match result.and_then(|payload| payload.encode()) {
+        let mut answer_stream = None;
+        let encoded = result.and_then(|payload| match payload.into_stream() {
+            Ok(stream) => {
+                response.stream = true;
+                let header = encode_msgpack(&stream.header())?;
+                answer_stream = Some(stream);
+                Ok((header, ContentType::MsgPack))
+            }
+            Err(payload) => payload.encode(),
+        });
+        match encoded {
             Ok((data, content_type)) => {
                 response.data = Some(data);
                 response.content_type = content_type;
             }
             Err(err) => response.error = Some(err.with_node(&self.inner.node_id).body().clone()),
+        }
+        if let Some(stream) = answer_stream
+            && let Err(err) = self.write_stream(&sender, link, id, false, stream)
+        {
+            response.stream = false;
+            response.error = Some(err.with_node(&self.inner.node_id).body().clone());
         }
         let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Response(response));
         let Some(transport) = self.transport_of(link) else {
@@ -427,6 +478,7 @@ impl Broker {
         };
         if let Err(err) = transport.send(&sender, &packet).await {
             tracing::warn!(peer = %sender, %err, "could not send response");
+            self.cancel_stream(&sender, id, false, false);
         }
     }
 
@@ -475,6 +527,7 @@ impl Broker {
         &self,
         sender: &Arc<str>,
         mut request: Request,
+        link: LinkKind,
     ) -> Result<Payload<'static>> {
         if self.inner.is_stopped() {
             return Err(Error::new(
@@ -487,9 +540,20 @@ impl Broker {
         let deadline = deadline::of_arrival(started, request.timeout_ms)
             .map_err(|_| Error::timeout(&request.action))?;
         let lineage = Lineage::of_request(&mut request);
-        let ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
+        let mut ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
             .arrived_from(sender.clone());
         let params = Payload::encoded(request.params, request.content_type);
+        if request.stream {
+            let stream = self.read_stream(
+                sender,
+                link,
+                request.id,
+                false,
+                StreamHeader::default(),
+                deadline,
+            )?;
+            ctx.stream = StreamSlot::new(stream);
+        }
         let local = {
             let registry = self.inner.registry();
             let pick = Pick {

@@ -166,9 +166,10 @@ impl Broker {
             }
             PacketBody::Pong(_) => {}
             PacketBody::Disconnect(_) => self.node_lost(&sender, "disconnected"),
-            PacketBody::StreamChunk(_) | PacketBody::StreamEnd(_) | PacketBody::StreamError(_) => {
-                tracing::debug!(peer = %sender, "stream packets are not supported yet; dropped");
-            }
+            body @ (PacketBody::StreamChunk(_)
+            | PacketBody::StreamEnd(_)
+            | PacketBody::StreamError(_)
+            | PacketBody::StreamCredit(_)) => self.on_stream_packet(&sender, body),
         }
     }
 

@@ -3,6 +3,7 @@
 //! down. A node that goes down leaves the registry and its waiting calls fail at once.
 
 use super::Broker;
+use crate::error::{Error, ErrorKind};
 use crate::protocol::packet::{Heartbeat, Packet, PacketBody};
 use crate::transport::LinkKind;
 use std::sync::Arc;
@@ -48,6 +49,11 @@ impl Broker {
     pub(crate) fn node_lost(&self, node_id: &str, reason: &str) {
         let was_available = self.inner.registry_mut().node_down(node_id);
         self.fail_pending(node_id, reason);
+        let lost = Error::new(
+            ErrorKind::OutcomeUnknown,
+            format!("node '{node_id}' {reason} while a stream with it was open"),
+        );
+        self.inner.streams.peer_lost(node_id, &lost);
         for transport in &self.inner.transports {
             transport.drop_peer(node_id);
         }

@@ -14,6 +14,7 @@ mod membership;
 mod node_service;
 mod pending;
 mod service;
+mod streams;
 
 pub use builder::BrokerBuilder;
 #[cfg(feature = "gateway")]
@@ -113,6 +114,8 @@ pub(crate) struct BrokerInner {
     pub(crate) admission: Option<Box<registry::Admission>>,
     transports: Vec<Arc<dyn Transporter>>,
     pending: PendingCalls,
+    /// Byte streams being read from and produced to peers.
+    streams: streams::OpenStreams,
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     drained: Notify,

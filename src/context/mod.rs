@@ -37,6 +37,7 @@ pub use options::{CallOptions, FallbackFn};
 use crate::error::Result;
 use crate::payload::{Payload, encode_msgpack};
 pub use crate::protocol::packet::{Headers, Meta};
+use crate::stream::{ByteStream, StreamSlot};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use serde::Serialize;
@@ -98,6 +99,8 @@ pub struct Context {
     pub(crate) node_id: Option<Arc<str>>,
     /// The event an event handler serves; `None` for an action.
     pub(crate) event: Option<Arc<str>>,
+    /// The byte stream that came with the call, until the handler takes it.
+    pub(crate) stream: StreamSlot,
     pub(crate) deadline: Option<Instant>,
     /// When the call was made (or, serving a peer, when its request arrived).
     pub(crate) started: Instant,
@@ -130,6 +133,7 @@ impl Context {
             service: None,
             node_id: None,
             event: None,
+            stream: StreamSlot::default(),
             deadline,
             started,
         }
@@ -192,6 +196,13 @@ impl Context {
     /// ```
     pub fn event(&self) -> Option<&str> {
         self.event.as_deref()
+    }
+
+    /// Takes the byte stream that came with this call (see [`stream`](crate::stream)); `None`
+    /// when there was none or it was already taken. A stream the handler never takes is
+    /// cancelled when the call ends, which stops its producer.
+    pub fn take_stream(&self) -> Option<ByteStream> {
+        self.stream.take()
     }
 
     /// Depth in the call chain: 1 for a call made outside any handler.

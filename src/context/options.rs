@@ -3,6 +3,7 @@
 use crate::error::{Error, Result};
 use crate::payload::Payload;
 use crate::protocol::packet::{Headers, Meta};
+use crate::stream::{ByteStream, StreamSlot};
 use serde::Serialize;
 use std::fmt;
 use std::sync::Arc;
@@ -29,6 +30,7 @@ pub struct CallOptions {
     pub(crate) retries: Option<u32>,
     pub(crate) idempotent: bool,
     pub(crate) fallback: Option<FallbackFn>,
+    pub(crate) stream: StreamSlot,
 }
 
 impl CallOptions {
@@ -48,6 +50,14 @@ impl CallOptions {
         self.meta
             .get_or_insert_with(Meta::new)
             .insert(key.into(), value.into());
+        self
+    }
+
+    /// Sends `stream` beside the params: the handler reads it with
+    /// [`Context::take_stream`](crate::Context::take_stream). A call with a stream is not retried
+    /// once the stream has started to flow (it cannot be sent twice).
+    pub fn stream(mut self, stream: ByteStream) -> Self {
+        self.stream = StreamSlot::new(stream);
         self
     }
 

@@ -149,6 +149,8 @@ impl Middleware for Retry {
                     Err(err) if attempt >= retries || !err.worth_retrying(call.is_idempotent()) => {
                         return Err(err);
                     }
+                    // A stream that started to flow cannot be sent again.
+                    Err(err) if call.options.stream.is_spent() => return Err(err),
                     Err(err) => err,
                 };
                 attempt += 1;

@@ -97,6 +97,8 @@ pub enum PacketKind {
     Pong = 11,
     /// Graceful leave.
     Disconnect = 12,
+    /// More room for a stream's chunks.
+    StreamCredit = 13,
 }
 
 impl PacketKind {
@@ -115,6 +117,7 @@ impl PacketKind {
             10 => Self::Ping,
             11 => Self::Pong,
             12 => Self::Disconnect,
+            13 => Self::StreamCredit,
             _ => return None,
         })
     }
@@ -169,6 +172,7 @@ pub enum PacketBody {
     StreamChunk(StreamChunk),
     StreamEnd(StreamEnd),
     StreamError(StreamError),
+    StreamCredit(StreamCredit),
     Ping(Ping),
     Pong(Pong),
     Disconnect(Disconnect),
@@ -187,6 +191,7 @@ impl PacketBody {
             Self::StreamChunk(_) => PacketKind::StreamChunk,
             Self::StreamEnd(_) => PacketKind::StreamEnd,
             Self::StreamError(_) => PacketKind::StreamError,
+            Self::StreamCredit(_) => PacketKind::StreamCredit,
             Self::Ping(_) => PacketKind::Ping,
             Self::Pong(_) => PacketKind::Pong,
             Self::Disconnect(_) => PacketKind::Disconnect,
@@ -373,37 +378,56 @@ pub struct Event {
     pub caller: Option<String>,
 }
 
-/// A piece of a stream.
+/// A piece of a stream, from its producer. A call has up to two streams: its params' (the
+/// caller produces it) and its result's (the callee produces it).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StreamChunk {
-    /// The request or response the stream belongs to.
+    /// The call's id (the caller's request id).
     pub id: u64,
+    /// The params' stream (`false`: the result's).
+    pub params: bool,
     /// Sequence number, from 0.
     pub seq: u64,
     /// The bytes.
     pub data: Bytes,
 }
 
-/// The end of a stream.
+/// The end of a stream, from its producer.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct StreamEnd {
-    /// The stream's id.
+    /// The call's id.
     pub id: u64,
+    /// The params' stream (`false`: the result's).
+    pub params: bool,
     /// Number of chunks sent.
     pub seq: u64,
 }
 
-/// A stream that failed.
+/// A stream that failed (from its producer) or that its reader gave up (from its consumer).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StreamError {
-    /// The stream's id.
+    /// The call's id.
     pub id: u64,
-    /// Chunks sent before the failure.
-    pub seq: u64,
+    /// The params' stream (`false`: the result's).
+    pub params: bool,
+    /// Sent by the caller of the call (else by the callee).
+    pub from_caller: bool,
     /// Why it failed.
     pub error: ErrorBody,
+}
+
+/// Lets a stream's producer send more chunks, from its consumer.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamCredit {
+    /// The call's id.
+    pub id: u64,
+    /// The params' stream (`false`: the result's).
+    pub params: bool,
+    /// How many more chunks may be sent.
+    pub chunks: u32,
 }
 
 /// Latency probe.
