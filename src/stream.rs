@@ -41,6 +41,7 @@
 //! ```
 
 use crate::error::{Error, Result};
+use crate::protocol::packet::StreamInfo;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use futures_util::StreamExt;
@@ -171,22 +172,22 @@ impl ByteStream {
     }
 
     /// The length and content type, as they travel beside the stream.
-    pub(crate) fn header(&self) -> StreamHeader {
-        StreamHeader {
+    pub(crate) fn info(&self) -> StreamInfo {
+        StreamInfo {
             len: self.len,
             content_type: self.content_type.clone(),
         }
     }
 
     /// A stream of `chunks` with the length and type `header` declares.
-    pub(crate) fn with_header(
+    pub(crate) fn with_info(
         chunks: impl Stream<Item = Result<Bytes>> + Send + 'static,
-        header: StreamHeader,
+        info: StreamInfo,
     ) -> Self {
         Self {
             chunks: Box::pin(chunks),
-            len: header.len,
-            content_type: header.content_type,
+            len: info.len,
+            content_type: info.content_type,
         }
     }
 }
@@ -214,14 +215,6 @@ impl<'de> serde::Deserialize<'de> for ByteStream {
             "the action did not answer a stream",
         ))
     }
-}
-
-/// What travels of a stream in the response that starts it.
-#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
-pub(crate) struct StreamHeader {
-    pub(crate) len: Option<u64>,
-    pub(crate) content_type: Option<String>,
 }
 
 /// A stream handed from a call to the attempt that sends it: the first attempt takes it.

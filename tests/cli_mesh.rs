@@ -829,8 +829,36 @@ async fn the_gateway_command_serves_demo_nodes_over_http() {
         echo.json::<serde_json::Value>().await.unwrap()["hello"][1],
         2
     );
-    let health = get("/health").await.unwrap();
-    assert_eq!(health.status(), 200);
-    let health: serde_json::Value = health.json().await.unwrap();
-    assert_eq!(health["nodes_available"], 3, "{health}");
+    // Streams: a body in (`curl -T file`), a body out (`curl …/bytes?n=N | wc -c`).
+    let digest: serde_json::Value = http
+        .put(format!("http://{http_addr}/api/demo/digest"))
+        .header("content-type", "application/octet-stream")
+        .body(vec![b'x'; 3_000_000])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(digest["len"], 3_000_000);
+    assert_eq!(
+        digest["sha256"].as_str().map(str::len),
+        Some(64),
+        "{digest}"
+    );
+    let download = get("/api/demo/bytes?n=1000001").await.unwrap();
+    assert_eq!(download.headers()["content-length"], "1000001");
+    assert_eq!(download.bytes().await.unwrap().len(), 1_000_001);
+    // Both demo nodes and the gateway itself, once gossip has introduced them all.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = get("/health").await.unwrap();
+        assert_eq!(health.status(), 200);
+        let health: serde_json::Value = health.json().await.unwrap();
+        if health["nodes_available"] == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{health}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

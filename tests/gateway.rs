@@ -221,7 +221,8 @@ async fn errors_come_back_as_statuses_with_their_json_body() {
                     .alias("GET /gone", "ghost.walk")
                     .timeout(Duration::from_millis(150)),
             )
-            .body_limit(1024),
+            .body_limit(1024)
+            .stream_limit(4096),
     )
     .await;
     let http = reqwest::Client::new();
@@ -265,8 +266,8 @@ async fn errors_come_back_as_statuses_with_their_json_body() {
         (
             http.post(url(&gateway, "/api/users/get"))
                 .header("content-type", "image/png")
-                .body("png"),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                .body(vec![0u8; 5000]),
+            StatusCode::PAYLOAD_TOO_LARGE,
             "HandlerError",
         ),
         (
@@ -632,5 +633,123 @@ async fn health_openapi_and_graceful_shutdown() {
             .is_err()
     );
     waiting.shutdown().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_to_actions_and_a_client_that_leaves_stops_the_producer() {
+    use futures_util::StreamExt;
+    use phalanx::ByteStream;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let cluster = cluster().await;
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = dropped.clone();
+    cluster
+        .node("shop")
+        .service("blobs")
+        .action("size", |ctx: Context, p: Value| async move {
+            let mut body = ctx
+                .take_stream()
+                .ok_or_else(|| Error::validation("no body"))?;
+            let mut len = 0;
+            while let Some(chunk) = body.next().await {
+                len += chunk?.len();
+            }
+            Ok(json!({ "len": len, "type": body.content_type(), "params": p }))
+        })
+        .action("endless", move |_ctx, _: Value| {
+            struct Flag(Arc<AtomicBool>);
+            impl Drop for Flag {
+                fn drop(&mut self) {
+                    self.0.store(true, Ordering::SeqCst);
+                }
+            }
+            let flag = Flag(flag.clone());
+            let chunks = futures_util::stream::repeat_with(move || {
+                let _alive = &flag;
+                Ok(bytes::Bytes::from(vec![7u8; 16 * 1024]))
+            });
+            async move { Ok(ByteStream::new(chunks).with_content_type("application/x-endless")) }
+        })
+        .publish_http()
+        .start()
+        .await
+        .unwrap();
+    let gw = cluster.node("gw");
+    gw.wait_for_services(&["blobs"], Duration::from_secs(10))
+        .await
+        .unwrap();
+    let gateway = serve(Gateway::builder(gw).route(Route::new("/api").auto_aliases())).await;
+    let http = reqwest::Client::new();
+
+    // A raw body of any type other than JSON or a form is the action's stream.
+    let (status, body) = json_of(
+        http.post(url(&gateway, "/api/blobs/size?name=x.bin"))
+            .header("content-type", "application/octet-stream")
+            .body(vec![1u8; 2_500_000])
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["len"], 2_500_000);
+    assert_eq!(body["params"], json!({"name": "x.bin"}));
+
+    // A multipart form: its fields are params, its file the stream.
+    let boundary = "XyZ";
+    let mut form = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"album\"\r\n\r\nholidays\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"a.png\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    form.extend(std::iter::repeat_n(9u8, 100_000));
+    form.extend(format!("\r\n--{boundary}--\r\n").into_bytes());
+    let (status, body) = json_of(
+        http.post(url(&gateway, "/api/blobs/size"))
+            .header(
+                "content-type",
+                format!("multipart/form-data; boundary={boundary}"),
+            )
+            .body(form)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        body,
+        json!({"len": 100_000, "type": "image/png", "params": {"album": "holidays"}})
+    );
+
+    // A download the client abandons after a few chunks: the producer on the shop node stops.
+    let response = http
+        .get(url(&gateway, "/api/blobs/endless"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["content-type"], "application/x-endless");
+    let mut body = response.bytes_stream();
+    let mut read = 0;
+    while read < 1_000_000 {
+        read += body.next().await.unwrap().unwrap().len();
+    }
+    assert!(!dropped.load(Ordering::SeqCst));
+    drop(body);
+    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
+        while !dropped.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    assert!(
+        stopped.is_ok(),
+        "the producer went on after the client left"
+    );
+    gateway.shutdown().await;
     cluster.stop().await;
 }

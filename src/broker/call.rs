@@ -8,9 +8,9 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handler::ActionFn;
 use crate::middleware::{Call, DeclaredIdempotent, HookKind, LocalCall, RemoteCall, Stack, hooks};
 use crate::payload::{Payload, encode_msgpack};
-use crate::protocol::packet::{ContentType, Packet, PacketBody, Request, Response};
+use crate::protocol::packet::{ContentType, Packet, PacketBody, Request, Response, StreamInfo};
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
-use crate::stream::{StreamHeader, StreamSlot};
+use crate::stream::{ByteStream, StreamSlot};
 use crate::transport::{LinkKind, PendingReply};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
@@ -386,7 +386,7 @@ impl Broker {
             params,
             content_type,
             timeout_ms: deadline::remaining_ms(ctx.deadline),
-            stream: outgoing.is_some(),
+            stream: outgoing.as_ref().map(ByteStream::info),
             ..Request::default()
         };
         ctx.lineage.stamp_request(&mut request);
@@ -425,12 +425,12 @@ impl Broker {
             }
         };
         if response.stream {
-            let header = response
+            let info = response
                 .data
                 .as_deref()
-                .and_then(|data| rmp_serde::from_slice::<StreamHeader>(data).ok())
+                .and_then(|data| rmp_serde::from_slice::<StreamInfo>(data).ok())
                 .unwrap_or_default();
-            let stream = self.read_stream(&node_id, link, id, true, header, ctx.deadline)?;
+            let stream = self.read_stream(&node_id, link, id, true, info, ctx.deadline)?;
             return Ok(Payload::local(stream));
         }
         Ok(Payload::encoded(
@@ -453,7 +453,7 @@ impl Broker {
         let encoded = result.and_then(|payload| match payload.into_stream() {
             Ok(stream) => {
                 response.stream = true;
-                let header = encode_msgpack(&stream.header())?;
+                let header = encode_msgpack(&stream.info())?;
                 answer_stream = Some(stream);
                 Ok((header, ContentType::MsgPack))
             }
@@ -543,15 +543,8 @@ impl Broker {
         let mut ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
             .arrived_from(sender.clone());
         let params = Payload::encoded(request.params, request.content_type);
-        if request.stream {
-            let stream = self.read_stream(
-                sender,
-                link,
-                request.id,
-                false,
-                StreamHeader::default(),
-                deadline,
-            )?;
+        if let Some(info) = request.stream.take() {
+            let stream = self.read_stream(sender, link, request.id, false, info, deadline)?;
             ctx.stream = StreamSlot::new(stream);
         }
         let local = {

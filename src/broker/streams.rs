@@ -16,9 +16,9 @@ use super::{Broker, WeakBroker};
 use crate::error::{Error, ErrorKind, Result};
 use crate::limits::Limit;
 use crate::protocol::packet::{
-    Packet, PacketBody, StreamChunk, StreamCredit, StreamEnd, StreamError,
+    Packet, PacketBody, StreamChunk, StreamCredit, StreamEnd, StreamError, StreamInfo,
 };
-use crate::stream::{ByteStream, CHUNK_LEN, StreamHeader, WINDOW};
+use crate::stream::{ByteStream, CHUNK_LEN, WINDOW};
 use crate::transport::{LinkKind, Transporter};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -149,7 +149,7 @@ impl Broker {
         link: LinkKind,
         id: u64,
         we_call: bool,
-        header: StreamHeader,
+        info: StreamInfo,
         deadline: Option<Instant>,
     ) -> Result<ByteStream> {
         let route = self.route(peer, link, id, !we_call, we_call)?;
@@ -195,7 +195,7 @@ impl Broker {
             finished: false,
             deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         };
-        Ok(ByteStream::with_header(reader, header))
+        Ok(ByteStream::with_info(reader, info))
     }
 
     /// Starts producing `stream` to `peer`: the params of a call this node makes

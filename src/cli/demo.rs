@@ -5,7 +5,7 @@ use clap::Args;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use phalanx::middleware::{LocalCall, Middleware, Next};
-use phalanx::{Broker, Context, Error, Payload, Result};
+use phalanx::{Broker, ByteStream, Context, Error, Payload, Result};
 use serde::Deserialize;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -39,6 +39,48 @@ impl Add {
             _ => (self.a.as_f64().unwrap_or(f64::NAN) + self.b.as_f64().unwrap_or(f64::NAN)).into(),
         }
     }
+}
+
+/// `demo.bytes`: how many bytes to stream.
+#[derive(Debug, Deserialize)]
+struct ByteCount {
+    n: u64,
+}
+
+impl ByteCount {
+    /// `n` bytes of a repeating pattern, a shared block at a time (no copy per chunk).
+    fn stream(&self) -> ByteStream {
+        let block =
+            bytes::Bytes::from((0..32 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+        let mut left = self.n;
+        let chunks = std::iter::from_fn(move || {
+            let len = left.min(block.len() as u64) as usize;
+            left -= len as u64;
+            (len > 0).then(|| Ok(block.slice(..len)))
+        });
+        ByteStream::new(futures_util::stream::iter(chunks))
+            .with_len(self.n)
+            .with_content_type("application/octet-stream")
+    }
+}
+
+/// `demo.digest`: the length and SHA-256 of a stream.
+async fn digest(mut body: ByteStream) -> Result<serde_json::Value> {
+    use futures_util::StreamExt;
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut len = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk?;
+        len += chunk.len() as u64;
+        sha.update(&chunk);
+    }
+    let hex: String = sha
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(serde_json::json!({ "len": len, "sha256": hex }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,6 +121,18 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
             let message = p.message.unwrap_or_else(|| "demo failure".into());
             Err::<(), _>(Error::handler(p.code, "DEMO_FAILURE", message))
         })
+        .action(
+            "digest",
+            |ctx: Context, _: serde::de::IgnoredAny| async move {
+                let body = ctx
+                    .take_stream()
+                    .ok_or_else(|| Error::validation("demo.digest reads a stream: send a body"))?;
+                digest(body).await
+            },
+        )
+        .action("bytes", |_ctx: Context, p: ByteCount| async move {
+            Ok(p.stream())
+        })
         .action("events", move |_ctx: Context, _: serde::de::IgnoredAny| {
             let events = events.clone();
             async move { Ok(events.load(Ordering::Relaxed)) }
@@ -92,6 +146,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         })
         .params_schema("add", number_fields(&["a", "b"]))
         .params_schema("sleep", number_fields(&["ms"]))
+        .params_schema("bytes", number_fields(&["n"]))
         .publish_http()
         .start()
         .await?;

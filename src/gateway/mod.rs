@@ -69,7 +69,7 @@ pub use route::Route;
 
 use crate::broker::Broker;
 use crate::error::{Error, ErrorKind, Result};
-use crate::{CallOptions, Context, Payload};
+use crate::{ByteStream, CallOptions, Context, Payload};
 use axum::Router;
 use axum::body::Body as HttpBody;
 use axum::extract::{ConnectInfo, Request, State};
@@ -78,6 +78,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use events::Hub;
+use futures_util::StreamExt;
 use params::Body;
 use rate_limit::Limiter;
 use reply::{REQUEST_ID, error_response, json_response};
@@ -104,6 +105,7 @@ pub struct GatewayBuilder {
     cors: Option<Cors>,
     rate_limit: Option<RateLimit>,
     body_limit: usize,
+    stream_limit: u64,
     timeout: Duration,
     compression: bool,
     max_event_clients: usize,
@@ -155,6 +157,13 @@ impl GatewayBuilder {
     /// The largest request body accepted (413 beyond); default 1 MiB.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.body_limit = bytes;
+        self
+    }
+
+    /// The largest body streamed to an action (a body that is neither JSON nor a form, or a
+    /// multipart form's file): 413 beyond; default 8 GiB.
+    pub fn stream_limit(mut self, bytes: u64) -> Self {
+        self.stream_limit = bytes;
         self
     }
 
@@ -213,6 +222,7 @@ impl GatewayBuilder {
             authenticator: self.authenticator,
             limiter: self.rate_limit.map(Limiter::new),
             body_limit: self.body_limit,
+            stream_limit: self.stream_limit,
             timeout: self.timeout,
             max_event_clients: self.max_event_clients,
             stats: GatewayStats::default(),
@@ -234,7 +244,14 @@ impl GatewayBuilder {
         }
         let mut router = router.fallback(call_action).with_state(shared.clone());
         if self.compression {
-            router = router.layer(tower_http::compression::CompressionLayer::new());
+            // Not for binary streams: compressing them costs much and saves little.
+            use tower_http::compression::predicate::{
+                DefaultPredicate, NotForContentType, Predicate,
+            };
+            let worth = DefaultPredicate::new()
+                .and(NotForContentType::const_new("application/octet-stream"));
+            router =
+                router.layer(tower_http::compression::CompressionLayer::new().compress_when(worth));
         }
         if let Some(cors) = &self.cors {
             router = router.layer(cors.layer());
@@ -279,6 +296,7 @@ impl Gateway {
             cors: None,
             rate_limit: None,
             body_limit: 1024 * 1024,
+            stream_limit: 8 << 30,
             timeout: Duration::from_secs(30),
             compression: true,
             max_event_clients: 1024,
@@ -365,6 +383,7 @@ struct Shared {
     authenticator: Option<Authenticator>,
     limiter: Option<Limiter>,
     body_limit: usize,
+    stream_limit: u64,
     timeout: Duration,
     max_event_clients: usize,
     stats: GatewayStats,
@@ -393,6 +412,21 @@ impl From<Error> for Refusal {
             retry_after: None,
         }
     }
+}
+
+/// What an action answered: a value, or a stream to send as the body.
+enum Answer {
+    Json(Value),
+    Stream(ByteStream),
+}
+
+/// A 400 refusal for a body that is not what its content type says.
+fn bad_body(what: &str, err: &dyn fmt::Display) -> Refusal {
+    Refusal::from(Error::handler(
+        400,
+        "INVALID_BODY",
+        format!("the body is not {what}: {err}"),
+    ))
 }
 
 /// A request matched to an action.
@@ -518,23 +552,56 @@ impl Shared {
         .into())
     }
 
-    /// Reads the body (bounded in size and time) as its content type says.
-    async fn read_body(&self, parts: &Parts, body: HttpBody) -> Result<Body, Refusal> {
-        let too_large = || {
-            GatewayStats::count(&self.stats.too_large);
-            Refusal::from(Error::handler(
-                413,
-                "PAYLOAD_TOO_LARGE",
-                format!("the body exceeds {} bytes", self.body_limit),
-            ))
-        };
+    /// Reads the body as its content type says: JSON and forms into memory (bounded in size and
+    /// time); a multipart form's fields up to its first file, which — like a body of any other
+    /// type — becomes the call's stream (bounded by the stream limit).
+    async fn read_body(
+        &self,
+        parts: &Parts,
+        body: HttpBody,
+    ) -> Result<(Body, Option<ByteStream>), Refusal> {
+        use axum::body::HttpBody as _;
         let declared_len = parts
             .headers
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
+        let content_type = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok());
+        if body.is_end_stream() || declared_len == Some(0) {
+            return Ok((Body::Empty, None));
+        }
+        let essence = content_type
+            .unwrap_or("application/json")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence == "multipart/form-data" {
+            let boundary = content_type
+                .and_then(|ct| multer::parse_boundary(ct).ok())
+                .ok_or_else(|| bad_body("a multipart form", &"no boundary"))?;
+            return self.read_multipart(body, boundary).await;
+        }
+        let in_memory = essence == "application/json"
+            || essence.ends_with("+json")
+            || essence == "application/x-www-form-urlencoded";
+        if !in_memory {
+            if declared_len.is_some_and(|len| len > self.stream_limit) {
+                return Err(self.too_large(self.stream_limit));
+            }
+            let mut stream =
+                ByteStream::new(self.limited(body.into_data_stream())).with_content_type(essence);
+            if let Some(len) = declared_len {
+                stream = stream.with_len(len);
+            }
+            return Ok((Body::Empty, Some(stream)));
+        }
         if declared_len.is_some_and(|len| len > self.body_limit as u64) {
-            return Err(too_large());
+            return Err(self.too_large(self.body_limit as u64));
         }
         let bytes = match tokio::time::timeout(self.timeout, read_limited(body, self.body_limit))
             .await
@@ -542,7 +609,7 @@ impl Shared {
             Err(_) => {
                 return Err(Error::handler(408, "REQUEST_TIMEOUT", "the body was too slow").into());
             }
-            Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+            Ok(Err(BodyError::TooLarge)) => return Err(self.too_large(self.body_limit as u64)),
             Ok(Err(BodyError::Broken(err))) => {
                 return Err(Error::handler(
                     400,
@@ -553,38 +620,89 @@ impl Shared {
             }
             Ok(Ok(bytes)) => bytes,
         };
-        if bytes.is_empty() {
-            return Ok(Body::Empty);
-        }
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json");
-        let essence = content_type.split(';').next().unwrap_or("").trim();
-        let bad = |what: &str, err: &dyn fmt::Display| {
-            Refusal::from(Error::handler(
-                400,
-                "INVALID_BODY",
-                format!("the body is not {what}: {err}"),
-            ))
-        };
-        if essence == "application/json" || essence.ends_with("+json") {
-            serde_json::from_slice(&bytes)
-                .map(Body::Json)
-                .map_err(|e| bad("JSON", &e))
-        } else if essence == "application/x-www-form-urlencoded" {
+        let parsed = if essence == "application/x-www-form-urlencoded" {
             serde_urlencoded::from_bytes(&bytes)
                 .map(Body::Form)
-                .map_err(|e| bad("a form", &e))
+                .map_err(|e| bad_body("a form", &e))?
         } else {
-            Err(Error::handler(
-                415,
-                "UNSUPPORTED_MEDIA_TYPE",
-                format!("bodies of type '{essence}' are not accepted (JSON or a form)"),
-            )
-            .into())
+            serde_json::from_slice(&bytes)
+                .map(Body::Json)
+                .map_err(|e| bad_body("JSON", &e))?
+        };
+        Ok((parsed, None))
+    }
+
+    /// A multipart form: its text fields (up to the body limit) and its first file as a stream.
+    async fn read_multipart(
+        &self,
+        body: HttpBody,
+        boundary: String,
+    ) -> Result<(Body, Option<ByteStream>), Refusal> {
+        let mut form = multer::Multipart::new(self.limited(body.into_data_stream()), boundary);
+        let mut fields = Vec::new();
+        let mut read = 0usize;
+        loop {
+            let next = tokio::time::timeout(self.timeout, form.next_field())
+                .await
+                .map_err(|_| Error::handler(408, "REQUEST_TIMEOUT", "the form was too slow"))?
+                .map_err(|e| bad_body("a multipart form", &e))?;
+            let Some(field) = next else {
+                return Ok((Body::Form(fields), None));
+            };
+            let name = field.name().unwrap_or("").to_owned();
+            if field.file_name().is_some() {
+                let content_type = field.content_type().map_or_else(
+                    || "application/octet-stream".to_owned(),
+                    ToString::to_string,
+                );
+                let chunks = field.map(|chunk| {
+                    chunk.map_err(|e| Error::validation(format!("the upload broke: {e}")))
+                });
+                // The form itself lives as long as its field's stream needs it.
+                let stream = ByteStream::new(chunks).with_content_type(content_type);
+                return Ok((Body::Form(fields), Some(stream)));
+            }
+            let text = field
+                .text()
+                .await
+                .map_err(|e| bad_body("a multipart form", &e))?;
+            read += name.len() + text.len();
+            if read > self.body_limit {
+                return Err(self.too_large(self.body_limit as u64));
+            }
+            fields.push((name, text));
         }
+    }
+
+    /// A 413 refusal, counted.
+    fn too_large(&self, limit: u64) -> Refusal {
+        GatewayStats::count(&self.stats.too_large);
+        Refusal::from(Error::handler(
+            413,
+            "PAYLOAD_TOO_LARGE",
+            format!("the body exceeds {limit} bytes"),
+        ))
+    }
+
+    /// A request body as a stream that fails once it passes the stream limit.
+    fn limited(
+        &self,
+        body: axum::body::BodyDataStream,
+    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static {
+        let limit = self.stream_limit;
+        let mut seen = 0u64;
+        body.map(move |chunk| {
+            let chunk = chunk.map_err(|e| Error::transport(format!("the upload broke: {e}")))?;
+            seen += chunk.len() as u64;
+            if seen > limit {
+                return Err(Error::handler(
+                    413,
+                    "PAYLOAD_TOO_LARGE",
+                    format!("the upload exceeds {limit} bytes"),
+                ));
+            }
+            Ok(chunk)
+        })
     }
 
     /// Serves one request for an action.
@@ -594,7 +712,7 @@ impl Shared {
         body: HttpBody,
         client: Option<SocketAddr>,
         request_id: &str,
-    ) -> Result<Value, Refusal> {
+    ) -> Result<Answer, Refusal> {
         self.admit(parts, client)?;
         let target = self.resolve(&parts.method, parts.uri.path())?;
         let route = target.route;
@@ -610,7 +728,7 @@ impl Shared {
             })
             .inspect_err(|_| GatewayStats::count(&self.stats.refused_auth))?;
         }
-        let body = self.read_body(parts, body).await?;
+        let (body, stream) = self.read_body(parts, body).await?;
         let query: Vec<(String, String)> =
             serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).map_err(|e| {
                 Error::handler(400, "BAD_REQUEST", format!("cannot read the query: {e}"))
@@ -625,6 +743,9 @@ impl Shared {
         let mut options = CallOptions::new()
             .timeout(route.timeout.unwrap_or(self.timeout))
             .header(REQUEST_ID, request_id);
+        if let Some(stream) = stream {
+            options = options.stream(stream);
+        }
         if let Some(user) = user {
             options = options.meta("user", user);
         }
@@ -645,7 +766,10 @@ impl Shared {
                 .with_type("SERVICE_UNAVAILABLE"),
                 _ => err,
             })?;
-        Ok(result.decode::<Value>()?)
+        match result.into_stream() {
+            Ok(stream) => Ok(Answer::Stream(stream)),
+            Err(result) => Ok(Answer::Json(result.decode::<Value>()?)),
+        }
     }
 }
 
@@ -692,7 +816,8 @@ async fn call_action(State(shared): State<Arc<Shared>>, request: Request) -> Res
     let client = client_of(&parts);
     let request_id = reply::request_id(parts.headers.get(REQUEST_ID));
     let response = match shared.answer(&parts, body, client, &request_id).await {
-        Ok(result) => json_response(StatusCode::OK, &result),
+        Ok(Answer::Json(result)) => json_response(StatusCode::OK, &result),
+        Ok(Answer::Stream(stream)) => reply::stream_response(stream),
         Err(refusal) => error_response(&refusal.error, refusal.retry_after),
     };
     finish(&shared, response, &request_id)

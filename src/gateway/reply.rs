@@ -23,6 +23,27 @@ pub(super) fn json_response(status: StatusCode, body: &Value) -> Response {
         .into_response()
 }
 
+/// A streamed answer: the stream's content type (default `application/octet-stream`), its
+/// length when known, chunked otherwise. A client that goes away drops the body, and with it the
+/// stream, which stops its producer.
+pub(super) fn stream_response(stream: crate::ByteStream) -> Response {
+    let content_type = stream
+        .content_type()
+        .and_then(|ct| HeaderValue::from_str(ct).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let len = stream.len();
+    let mut response = Response::new(axum::body::Body::from_stream(stream));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, content_type);
+    if let Some(len) = len
+        && let Ok(value) = HeaderValue::from_str(&len.to_string())
+    {
+        response.headers_mut().insert(header::CONTENT_LENGTH, value);
+    }
+    response
+}
+
 /// The status an error's code maps to (500 when the code is not an HTTP error status).
 pub(super) fn status_of(err: &Error) -> StatusCode {
     match err.code() {

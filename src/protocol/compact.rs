@@ -5,7 +5,7 @@
 //! ```text
 //! REQUEST:  sender:str16 id:u64 flags:u8 content:u8 level:u32 request_id:u64
 //!           [timeout_ms:u64] [parent_id:u64] action:str16 [caller:str16]
-//!           [meta:blob32] [headers:blob32] params:rest
+//!           [meta:blob32] [headers:blob32] [stream:blob32] params:rest
 //! RESPONSE: sender:str16 id:u64 flags:u8 content:u8 [error:blob32] [meta:blob32]
 //!           [headers:blob32] [data:rest]
 //! ```
@@ -16,6 +16,8 @@
 //! allocation beyond the frame.
 
 use crate::error::ErrorBody;
+#[cfg(test)]
+use crate::protocol::packet::StreamInfo;
 use crate::protocol::packet::{ContentType, Headers, Meta, Request, Response};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
@@ -40,7 +42,7 @@ pub(crate) fn write_request(buf: &mut BytesMut, sender: &str, r: &Request) -> Re
         | flag(r.caller.is_some(), HAS_CALLER)
         | flag(r.meta.is_some(), HAS_META)
         | flag(r.headers.is_some(), HAS_HEADERS)
-        | flag(r.stream, STREAM);
+        | flag(r.stream.is_some(), STREAM);
     buf.put_u8(flags);
     buf.put_u8(r.content_type.into());
     buf.put_u32(r.level);
@@ -56,6 +58,9 @@ pub(crate) fn write_request(buf: &mut BytesMut, sender: &str, r: &Request) -> Re
         put_str16(buf, caller)?;
     }
     put_blobs(buf, r.meta.as_ref(), r.headers.as_ref())?;
+    if let Some(stream) = &r.stream {
+        put_blob32(buf, stream)?;
+    }
     buf.put_slice(&r.params);
     Ok(())
 }
@@ -77,6 +82,7 @@ pub(crate) fn read_request(body: Bytes) -> Result<(Arc<str>, Request), String> {
         .transpose()?;
     let meta = (flags & HAS_META != 0).then(|| r.blob32()).transpose()?;
     let headers = (flags & HAS_HEADERS != 0).then(|| r.blob32()).transpose()?;
+    let stream = (flags & STREAM != 0).then(|| r.blob32()).transpose()?;
     let request = Request {
         id,
         action,
@@ -89,7 +95,7 @@ pub(crate) fn read_request(body: Bytes) -> Result<(Arc<str>, Request), String> {
         request_id,
         parent_id,
         caller,
-        stream: flags & STREAM != 0,
+        stream,
     };
     Ok((sender, request))
 }
@@ -250,7 +256,10 @@ mod tests {
             request_id: 99,
             parent_id: Some(98),
             caller: Some("api".into()),
-            stream: true,
+            stream: Some(StreamInfo {
+                len: Some(5),
+                content_type: Some("image/png".into()),
+            }),
         }
     }
 

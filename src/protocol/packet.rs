@@ -326,8 +326,18 @@ pub struct Request {
     pub parent_id: Option<u64>,
     /// Service that made the call.
     pub caller: Option<String>,
-    /// Whether the params continue as a stream.
-    pub stream: bool,
+    /// The params continue as a stream, declared so.
+    pub stream: Option<StreamInfo>,
+}
+
+/// What is declared of a byte stream when it starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StreamInfo {
+    /// Its length in bytes, when known.
+    pub len: Option<u64>,
+    /// Its content type, when known.
+    pub content_type: Option<String>,
 }
 
 /// The answer to a call.
