@@ -573,8 +573,9 @@ impl Shared {
         if body.is_end_stream() || declared_len == Some(0) {
             return Ok((Body::Empty, None));
         }
+        // A body without a type is bytes (RFC 9110 §8.3): `curl -T file` sends none.
         let essence = content_type
-            .unwrap_or("application/json")
+            .unwrap_or("application/octet-stream")
             .split(';')
             .next()
             .unwrap_or("")
