@@ -51,6 +51,7 @@
 //! ```
 
 mod auth;
+mod body;
 mod cors;
 mod events;
 mod openapi;
@@ -69,26 +70,21 @@ pub use route::Route;
 
 use crate::broker::Broker;
 use crate::error::{Error, ErrorKind, Result};
-use crate::{ByteStream, CallOptions, Context, Payload};
+use crate::{ByteStream, CallOptions, Payload};
 use axum::Router;
 use axum::body::Body as HttpBody;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
-use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use events::Hub;
-use futures_util::StreamExt;
-use params::Body;
+use events::{Hub, stream_events, subscribe};
 use rate_limit::Limiter;
 use reply::{REQUEST_ID, error_response, json_response};
 use serde_json::{Value, json};
 use stats::GatewayStats;
-use std::convert::Infallible;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use table::TableCache;
 use tokio::net::TcpListener;
@@ -420,15 +416,6 @@ enum Answer {
     Stream(ByteStream),
 }
 
-/// A 400 refusal for a body that is not what its content type says.
-fn bad_body(what: &str, err: &dyn fmt::Display) -> Refusal {
-    Refusal::from(Error::handler(
-        400,
-        "INVALID_BODY",
-        format!("the body is not {what}: {err}"),
-    ))
-}
-
 /// A request matched to an action.
 struct Target<'a> {
     route: &'a Route,
@@ -552,160 +539,6 @@ impl Shared {
         .into())
     }
 
-    /// Reads the body as its content type says: JSON and forms into memory (bounded in size and
-    /// time); a multipart form's fields up to its first file, which — like a body of any other
-    /// type — becomes the call's stream (bounded by the stream limit).
-    async fn read_body(
-        &self,
-        parts: &Parts,
-        body: HttpBody,
-    ) -> Result<(Body, Option<ByteStream>), Refusal> {
-        use axum::body::HttpBody as _;
-        let declared_len = parts
-            .headers
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let content_type = parts
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok());
-        if body.is_end_stream() || declared_len == Some(0) {
-            return Ok((Body::Empty, None));
-        }
-        // A body without a type is bytes (RFC 9110 §8.3): `curl -T file` sends none.
-        let essence = content_type
-            .unwrap_or("application/octet-stream")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if essence == "multipart/form-data" {
-            let boundary = content_type
-                .and_then(|ct| multer::parse_boundary(ct).ok())
-                .ok_or_else(|| bad_body("a multipart form", &"no boundary"))?;
-            return self.read_multipart(body, boundary).await;
-        }
-        let in_memory = essence == "application/json"
-            || essence.ends_with("+json")
-            || essence == "application/x-www-form-urlencoded";
-        if !in_memory {
-            if declared_len.is_some_and(|len| len > self.stream_limit) {
-                return Err(self.too_large(self.stream_limit));
-            }
-            let mut stream =
-                ByteStream::new(self.limited(body.into_data_stream())).with_content_type(essence);
-            if let Some(len) = declared_len {
-                stream = stream.with_len(len);
-            }
-            return Ok((Body::Empty, Some(stream)));
-        }
-        if declared_len.is_some_and(|len| len > self.body_limit as u64) {
-            return Err(self.too_large(self.body_limit as u64));
-        }
-        let bytes = match tokio::time::timeout(self.timeout, read_limited(body, self.body_limit))
-            .await
-        {
-            Err(_) => {
-                return Err(Error::handler(408, "REQUEST_TIMEOUT", "the body was too slow").into());
-            }
-            Ok(Err(BodyError::TooLarge)) => return Err(self.too_large(self.body_limit as u64)),
-            Ok(Err(BodyError::Broken(err))) => {
-                return Err(Error::handler(
-                    400,
-                    "BAD_REQUEST",
-                    format!("cannot read the body: {err}"),
-                )
-                .into());
-            }
-            Ok(Ok(bytes)) => bytes,
-        };
-        let parsed = if essence == "application/x-www-form-urlencoded" {
-            serde_urlencoded::from_bytes(&bytes)
-                .map(Body::Form)
-                .map_err(|e| bad_body("a form", &e))?
-        } else {
-            serde_json::from_slice(&bytes)
-                .map(Body::Json)
-                .map_err(|e| bad_body("JSON", &e))?
-        };
-        Ok((parsed, None))
-    }
-
-    /// A multipart form: its text fields (up to the body limit) and its first file as a stream.
-    async fn read_multipart(
-        &self,
-        body: HttpBody,
-        boundary: String,
-    ) -> Result<(Body, Option<ByteStream>), Refusal> {
-        let mut form = multer::Multipart::new(self.limited(body.into_data_stream()), boundary);
-        let mut fields = Vec::new();
-        let mut read = 0usize;
-        loop {
-            let next = tokio::time::timeout(self.timeout, form.next_field())
-                .await
-                .map_err(|_| Error::handler(408, "REQUEST_TIMEOUT", "the form was too slow"))?
-                .map_err(|e| bad_body("a multipart form", &e))?;
-            let Some(field) = next else {
-                return Ok((Body::Form(fields), None));
-            };
-            let name = field.name().unwrap_or("").to_owned();
-            if field.file_name().is_some() {
-                let content_type = field.content_type().map_or_else(
-                    || "application/octet-stream".to_owned(),
-                    ToString::to_string,
-                );
-                let chunks = field.map(|chunk| {
-                    chunk.map_err(|e| Error::validation(format!("the upload broke: {e}")))
-                });
-                // The form itself lives as long as its field's stream needs it.
-                let stream = ByteStream::new(chunks).with_content_type(content_type);
-                return Ok((Body::Form(fields), Some(stream)));
-            }
-            let text = field
-                .text()
-                .await
-                .map_err(|e| bad_body("a multipart form", &e))?;
-            read += name.len() + text.len();
-            if read > self.body_limit {
-                return Err(self.too_large(self.body_limit as u64));
-            }
-            fields.push((name, text));
-        }
-    }
-
-    /// A 413 refusal, counted.
-    fn too_large(&self, limit: u64) -> Refusal {
-        GatewayStats::count(&self.stats.too_large);
-        Refusal::from(Error::handler(
-            413,
-            "PAYLOAD_TOO_LARGE",
-            format!("the body exceeds {limit} bytes"),
-        ))
-    }
-
-    /// A request body as a stream that fails once it passes the stream limit.
-    fn limited(
-        &self,
-        body: axum::body::BodyDataStream,
-    ) -> impl futures_util::Stream<Item = Result<bytes::Bytes>> + Send + 'static {
-        let limit = self.stream_limit;
-        let mut seen = 0u64;
-        body.map(move |chunk| {
-            let chunk = chunk.map_err(|e| Error::transport(format!("the upload broke: {e}")))?;
-            seen += chunk.len() as u64;
-            if seen > limit {
-                return Err(Error::handler(
-                    413,
-                    "PAYLOAD_TOO_LARGE",
-                    format!("the upload exceeds {limit} bytes"),
-                ));
-            }
-            Ok(chunk)
-        })
-    }
-
     /// Serves one request for an action.
     async fn answer(
         &self,
@@ -772,27 +605,6 @@ impl Shared {
             Err(result) => Ok(Answer::Json(result.decode::<Value>()?)),
         }
     }
-}
-
-/// Why a body could not be read.
-enum BodyError {
-    TooLarge,
-    Broken(axum::Error),
-}
-
-/// Reads a body, refusing it as soon as it passes `limit` bytes.
-async fn read_limited(body: HttpBody, limit: usize) -> Result<bytes::Bytes, BodyError> {
-    use futures_util::StreamExt;
-    let mut chunks = body.into_data_stream();
-    let mut read = bytes::BytesMut::new();
-    while let Some(chunk) = chunks.next().await {
-        let chunk = chunk.map_err(BodyError::Broken)?;
-        if read.len() + chunk.len() > limit {
-            return Err(BodyError::TooLarge);
-        }
-        read.extend_from_slice(&chunk);
-    }
-    Ok(read.freeze())
 }
 
 fn client_of(parts: &Parts) -> Option<SocketAddr> {
@@ -876,156 +688,4 @@ async fn openapi_document(State(shared): State<Arc<Shared>>) -> Response {
         StatusCode::OK,
         &openapi::document(&shared.routes, &events, &table),
     )
-}
-
-/// An events route: authenticate, then stream what matches until the client or the gateway
-/// goes away.
-async fn stream_events(
-    State(shared): State<Arc<Shared>>,
-    index: usize,
-    request: Request,
-) -> Response {
-    let (parts, _) = request.into_parts();
-    let client = client_of(&parts);
-    let request_id = reply::request_id(parts.headers.get(REQUEST_ID));
-    let response = match open_stream(&shared, index, &parts, client).await {
-        Ok(response) => response,
-        Err(refusal) => error_response(&refusal.error, refusal.retry_after),
-    };
-    finish(&shared, response, &request_id)
-}
-
-async fn open_stream(
-    shared: &Arc<Shared>,
-    index: usize,
-    parts: &Parts,
-    client: Option<SocketAddr>,
-) -> Result<Response, Refusal> {
-    shared.admit(parts, client)?;
-    let hub = shared.hubs[index].clone();
-    let user = shared
-        .authenticate(parts, client, hub.route.authenticated)
-        .await?;
-    let query: Vec<(String, String)> =
-        serde_urlencoded::from_str(parts.uri.query().unwrap_or("")).unwrap_or_default();
-    let pattern = query
-        .into_iter()
-        .find(|(k, _)| k == "pattern")
-        .map(|(_, v)| v);
-    if let Some(p) = &pattern
-        && !events::valid_client_pattern(p)
-    {
-        return Err(Error::validation("the pattern is empty or too long").into());
-    }
-    let clients = EventClient::join(shared)?;
-    let listener = Listener {
-        receiver: hub.sender.subscribe(),
-        hub,
-        stop: shared.shutdown.subscribe(),
-        user,
-        pattern,
-        _client: clients,
-    };
-    let stream = futures_util::stream::unfold(listener, Listener::next);
-    Ok(Sse::new(stream)
-        .keep_alive(KeepAlive::default())
-        .into_response())
-}
-
-/// One open event stream, counted while it lives.
-struct EventClient(Arc<Shared>);
-
-impl EventClient {
-    fn join(shared: &Arc<Shared>) -> Result<Self, Refusal> {
-        let open = shared.stats.event_clients.fetch_add(1, Ordering::AcqRel);
-        let client = Self(shared.clone());
-        if open >= shared.max_event_clients as i64 {
-            return Err(
-                Error::new(ErrorKind::Rejected, "too many event streams are open")
-                    .with_type("TOO_MANY_STREAMS")
-                    .into(),
-            );
-        }
-        Ok(client)
-    }
-}
-
-impl Drop for EventClient {
-    fn drop(&mut self) {
-        self.0.stats.event_clients.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// What one browser's stream waits on.
-struct Listener {
-    receiver: tokio::sync::broadcast::Receiver<Arc<events::Published>>,
-    hub: Arc<Hub>,
-    stop: watch::Receiver<bool>,
-    user: Option<Value>,
-    pattern: Option<String>,
-    _client: EventClient,
-}
-
-impl Listener {
-    /// The next message for this listener; `None` ends the stream.
-    async fn next(mut self) -> Option<(Result<SseEvent, Infallible>, Self)> {
-        use tokio::sync::broadcast::error::RecvError;
-        loop {
-            let received = tokio::select! {
-                _ = self.stop.wait_for(|stopping| *stopping) => return None,
-                received = self.receiver.recv() => received,
-            };
-            match received {
-                Ok(event) => {
-                    let wanted = self
-                        .pattern
-                        .as_deref()
-                        .is_none_or(|p| crate::registry::pattern_matches(p, &event.name))
-                        && self
-                            .hub
-                            .route
-                            .filter
-                            .as_ref()
-                            .is_none_or(|f| f(self.user.as_ref(), &event.name, &event.data));
-                    if wanted {
-                        let message = event.message.clone();
-                        return Some((Ok(message), self));
-                    }
-                }
-                Err(RecvError::Lagged(missed)) => {
-                    self._client
-                        .0
-                        .stats
-                        .events_dropped
-                        .fetch_add(missed, Ordering::Relaxed);
-                    let note = SseEvent::default().comment(format!("skipped {missed} events"));
-                    return Some((Ok(note), self));
-                }
-                Err(RecvError::Closed) => return None,
-            }
-        }
-    }
-}
-
-/// Gives every events route a subscription of this gateway's own (a group per gateway), so
-/// each matching event reaches it once.
-async fn subscribe(broker: &Broker, hubs: &[Arc<Hub>]) -> Result<()> {
-    static GATEWAYS: AtomicUsize = AtomicUsize::new(0);
-    let n = GATEWAYS.fetch_add(1, Ordering::Relaxed);
-    let name = format!("$gateway-{n}");
-    let group = format!("$gateway-{}-{n}", broker.node_id());
-    let mut service = broker.service(name);
-    for hub in hubs {
-        let hub = hub.clone();
-        service = service.event_in_group(
-            &hub.route.pattern.clone(),
-            &group,
-            move |ctx: Context, data: Value| {
-                let sender = ctx.node_id().unwrap_or_else(|| ctx.this_node());
-                hub.publish(ctx.event().unwrap_or_default(), Some(sender), data);
-                async { Ok(()) }
-            },
-        );
-    }
-    service.start().await
 }
