@@ -171,6 +171,26 @@ impl ByteStream {
         Ok(all.freeze())
     }
 
+    /// The stream as an [`AsyncRead`], for `tokio::io::copy` into a file or a decoder that reads.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// use tokio::io::AsyncReadExt;
+    ///
+    /// let mut reader = phalanx::ByteStream::from_bytes(&b"hello"[..]).into_async_read();
+    /// let mut text = String::new();
+    /// reader.read_to_string(&mut text).await?;
+    /// assert_eq!(text, "hello");
+    /// # Ok(()) }
+    /// ```
+    pub fn into_async_read(self) -> impl AsyncRead + Send + Unpin {
+        StreamReader {
+            stream: self,
+            current: Bytes::new(),
+        }
+    }
+
     /// The length and content type, as they travel beside the stream.
     pub(crate) fn info(&self) -> StreamInfo {
         StreamInfo {
@@ -197,6 +217,32 @@ impl Stream for ByteStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
         self.chunks.as_mut().poll_next(cx)
+    }
+}
+
+/// [`ByteStream::into_async_read`]: the chunk being read out, then the next.
+struct StreamReader {
+    stream: ByteStream,
+    current: Bytes,
+}
+
+impl AsyncRead for StreamReader {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        while self.current.is_empty() {
+            match self.stream.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok(chunk))) => self.current = chunk,
+                Poll::Ready(Some(Err(err))) => return Poll::Ready(Err(std::io::Error::other(err))),
+                Poll::Ready(None) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let n = self.current.len().min(buf.remaining());
+        buf.put_slice(&self.current.split_to(n));
+        Poll::Ready(Ok(()))
     }
 }
 
