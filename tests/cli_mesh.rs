@@ -862,3 +862,99 @@ async fn the_gateway_command_serves_demo_nodes_over_http() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[test]
+fn inspection_commands_show_services_actions_events_nodes_round_trips_and_counters() {
+    let s = secret();
+    let n1 = demo("i1", &s, &[]);
+    let _n2 = demo("i2", &s, &[&n1.addr]);
+    let json = |args: &[&str]| -> serde_json::Value {
+        let (ok, out) = cli(args, &s, &n1.addr);
+        assert!(ok, "{args:?}: {out}");
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{args:?}: {e}: {out}"))
+    };
+    let (ok, _) = cli(
+        &["call", "demo.add", r#"{"a":1,"b":2}"#, "--node", "i2"],
+        &s,
+        &n1.addr,
+    );
+    assert!(ok);
+
+    let services = json(&["services", "--json"]);
+    let demo_service = services
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "demo")
+        .unwrap_or_else(|| panic!("{services}"));
+    let mut nodes: Vec<&str> = demo_service["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    nodes.sort();
+    assert_eq!(nodes, ["i1", "i2"]);
+    let actions = json(&["actions", "--json"]);
+    assert!(
+        actions
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["name"] == "demo.digest")
+    );
+    assert!(
+        actions
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|a| !a["name"].as_str().unwrap().starts_with('$'))
+    );
+    let events = json(&["events", "--json"]);
+    assert!(
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "demo.**")
+    );
+
+    let info = json(&["info", "i2", "--json"]);
+    assert_eq!(info["node"]["id"], "i2");
+    assert_eq!(info["health"]["node_id"], "i2");
+    assert!(info["health"]["pid"].as_u64().unwrap() > 0);
+
+    let pings = json(&["ping", "--count", "3", "--json"]);
+    let pinged: Vec<&str> = pings
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|p| p["node"].as_str())
+        .collect();
+    assert!(pinged.contains(&"i1") && pinged.contains(&"i2"), "{pings}");
+    assert!(pings[0]["median_us"].as_f64().unwrap() > 0.0);
+
+    let metrics = json(&["metrics", "i2", "--json"]);
+    assert_eq!(metrics[0]["node_id"], "i2");
+    assert!(
+        metrics[0]["handled"]["demo.add"]["total"].as_u64().unwrap() >= 1,
+        "{metrics}"
+    );
+
+    // The same as tables.
+    let (ok, table) = cli(&["metrics", "i2"], &s, &n1.addr);
+    assert!(ok);
+    assert!(table.starts_with("NODE"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("i2") && l.contains("demo.add")),
+        "{table}"
+    );
+    let (ok, table) = cli(&["ping", "i1", "--count", "1"], &s, &n1.addr);
+    assert!(ok);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.starts_with("i1")),
+        "{table}"
+    );
+}

@@ -306,6 +306,7 @@ impl BrokerBuilder {
             registry_changed: Notify::new(),
             registry_generation: AtomicU64::new(0),
             streams: Default::default(),
+            pings: Default::default(),
             introductions: Semaphore::new(super::call::MAX_UNKNOWN_SENDER_WAITS),
             stopped_hooks: Mutex::default(),
             info_seq: AtomicU64::new(1),

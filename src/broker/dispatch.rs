@@ -164,7 +164,7 @@ impl Broker {
                 );
                 self.send_control(sender, link, pong);
             }
-            PacketBody::Pong(_) => {}
+            PacketBody::Pong(pong) => self.on_pong(&sender, &pong),
             PacketBody::Disconnect(_) => self.node_lost(&sender, "disconnected"),
             body @ (PacketBody::StreamChunk(_)
             | PacketBody::StreamEnd(_)
@@ -220,7 +220,7 @@ fn run_inline_then_spawn(work: impl std::future::Future<Output = ()> + Send + 's
     }
 }
 
-fn unix_micros() -> u64 {
+pub(super) fn unix_micros() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as u64)

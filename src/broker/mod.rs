@@ -13,6 +13,7 @@ mod liveness;
 mod membership;
 mod node_service;
 mod pending;
+mod ping;
 mod service;
 mod streams;
 
@@ -114,6 +115,8 @@ pub(crate) struct BrokerInner {
     pub(crate) admission: Option<Box<registry::Admission>>,
     transports: Vec<Arc<dyn Transporter>>,
     pending: PendingCalls,
+    /// Pings waiting for their PONG.
+    pings: ping::PendingPings,
     /// Byte streams being read from and produced to peers.
     streams: streams::OpenStreams,
     next_id: AtomicU64,

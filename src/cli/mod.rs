@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 #[cfg(feature = "gateway")]
 mod gateway;
+mod inspect;
 
 use clap::{Args, Parser, Subcommand};
 use phalanx::cluster::NodeInfo;
@@ -87,6 +88,8 @@ enum Command {
     },
     /// Call an action in a closed loop and print calls/s, p50, p99 and errors.
     Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Inspect(inspect::Inspect),
     /// Serve the cluster's actions and events over HTTP (an API gateway that joins the mesh).
     #[cfg(feature = "gateway")]
     Gateway(gateway::GatewayArgs),
@@ -297,22 +300,24 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             if json {
                 print_json(&nodes);
             } else {
-                println!("{:<28} {:<10} {:<7} SERVICES", "NODE", "AVAILABLE", "LINK");
-                for n in nodes {
-                    println!(
-                        "{:<28} {:<10} {:<7} {}",
-                        n.id,
-                        n.available,
-                        n.link,
-                        n.services.join(", ")
-                    );
-                }
+                inspect::table(
+                    &["NODE", "AVAILABLE", "LINK", "SERVICES"],
+                    nodes.into_iter().map(|n| {
+                        vec![
+                            n.id,
+                            n.available.to_string(),
+                            n.link.to_string(),
+                            n.services.join(", "),
+                        ]
+                    }),
+                );
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Emit { event, data, mesh } => publish(&event, &data, &mesh, false).await,
         Command::Broadcast { event, data, mesh } => publish(&event, &data, &mesh, true).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Inspect(command) => inspect::run(command).await,
     }
 }
 
