@@ -556,7 +556,7 @@ async fn one_bad_replica_of_three_is_invisible_with_retries_and_breaker() {
     assert_eq!(counts[2].load(Ordering::SeqCst), 5);
     let breakers = caller.metrics().breakers;
     assert_eq!((breakers.len(), breakers[0].node_id.as_str()), (1, "r3"));
-    let calls = caller.metrics().calls["echo.hi"];
+    let calls = caller.metrics().calls["echo.hi"].clone();
     assert_eq!((calls.total, calls.errors), (300, 0));
 
     // Without retries or breaker, the failures reach the caller with their code and node.

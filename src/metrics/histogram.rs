@@ -1,6 +1,9 @@
 //! A lock-free latency histogram with log-linear buckets (8 per power of two, so any quantile
-//! is within 12.5 % of the truth), for the snapshots `$node.metrics` returns.
+//! is within 12.5 % of the truth), and its snapshot as `$node.metrics` returns it: the
+//! [`LatencyHistogram`], which merges across nodes and subtracts across time, so cluster-wide and
+//! windowed quantiles come from counts, never from averaging percentiles.
 
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -63,22 +66,88 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// The `q` quantile (0..=1) in milliseconds; 0 when empty.
-    pub(crate) fn quantile_ms(&self, q: f64) -> f64 {
-        let counts: Vec<u64> = self
+    /// The non-empty buckets, as a snapshot carries them.
+    pub(crate) fn snapshot(&self) -> LatencyHistogram {
+        let buckets = self
             .buckets
             .iter()
-            .map(|b| b.load(Ordering::Relaxed))
+            .enumerate()
+            .filter_map(|(i, b)| {
+                let n = b.load(Ordering::Relaxed);
+                (n > 0).then_some((i as u16, n))
+            })
             .collect();
-        let total: u64 = counts.iter().sum();
+        LatencyHistogram { buckets }
+    }
+}
+
+/// How many calls took how long: the non-empty buckets of a node's latency histogram
+/// (log-linear, 8 per power of two of microseconds).
+///
+/// ```
+/// use phalanx::metrics::LatencyHistogram;
+///
+/// // Cluster-wide: merge the nodes' histograms, then ask for the quantile.
+/// let mut cluster = LatencyHistogram::default();
+/// # let (node_a, node_b) = (LatencyHistogram::default(), LatencyHistogram::default());
+/// cluster.merge(&node_a);
+/// cluster.merge(&node_b);
+/// let p99 = cluster.quantile_ms(0.99);
+/// # assert_eq!(p99, 0.0);
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LatencyHistogram {
+    /// (bucket, count), by bucket.
+    buckets: Vec<(u16, u64)>,
+}
+
+impl LatencyHistogram {
+    /// Calls counted.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|(_, n)| n).sum()
+    }
+
+    /// Adds `other`'s counts (another node's, for a cluster-wide view).
+    pub fn merge(&mut self, other: &Self) {
+        for &(bucket, n) in &other.buckets {
+            match self.buckets.binary_search_by_key(&bucket, |(b, _)| *b) {
+                Ok(i) => self.buckets[i].1 += n,
+                Err(i) => self.buckets.insert(i, (bucket, n)),
+            }
+        }
+    }
+
+    /// What was counted after `earlier` (a snapshot of the same node taken before): the
+    /// latencies of a time window.
+    pub fn since(&self, earlier: &Self) -> Self {
+        let buckets = self
+            .buckets
+            .iter()
+            .filter_map(|&(bucket, n)| {
+                let before = earlier
+                    .buckets
+                    .binary_search_by_key(&bucket, |(b, _)| *b)
+                    .map_or(0, |i| earlier.buckets[i].1);
+                let after = n.saturating_sub(before);
+                (after > 0).then_some((bucket, after))
+            })
+            .collect();
+        Self { buckets }
+    }
+
+    /// The `q` quantile (0..=1) in milliseconds, within 12.5 %; 0 when empty.
+    pub fn quantile_ms(&self, q: f64) -> f64 {
+        let total = self.count();
         if total == 0 {
             return 0.0;
         }
         let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0;
-        for (bucket, n) in counts.iter().enumerate() {
+        for &(bucket, n) in &self.buckets {
             seen += n;
             if seen >= rank {
+                let bucket = usize::from(bucket);
                 let low = lower_bound(bucket);
                 let high = lower_bound(bucket + 1).max(low + 1);
                 return (low + high) as f64 / 2.0 / 1000.0;
@@ -91,6 +160,31 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn snapshots_merge_across_nodes_and_subtract_across_time() {
+        let (a, b) = (Histogram::default(), Histogram::default());
+        for ms in 1..=50 {
+            a.record(Duration::from_millis(ms));
+        }
+        let earlier = a.snapshot();
+        for ms in 51..=100 {
+            a.record(Duration::from_millis(ms));
+            b.record(Duration::from_millis(ms + 100));
+        }
+        // The window after `earlier` holds only 51..=100 ms.
+        let window = a.snapshot().since(&earlier);
+        assert_eq!(window.count(), 50);
+        let p50 = window.quantile_ms(0.5);
+        assert!((70.0..=85.0).contains(&p50), "{p50}");
+        // Two nodes (1..=100 ms and 151..=200 ms): the 75th of 150 values is 75 ms — not the
+        // average of the nodes' medians (~113 ms).
+        let mut cluster = a.snapshot();
+        cluster.merge(&b.snapshot());
+        assert_eq!(cluster.count(), 150);
+        let p50 = cluster.quantile_ms(0.5);
+        assert!((66.0..=85.0).contains(&p50), "{p50}");
+    }
 
     #[test]
     fn buckets_are_ordered_and_tight() {
@@ -112,10 +206,10 @@ mod tests {
             h.record(Duration::from_millis(ms));
         }
         assert_eq!(h.count(), 100);
-        let p50 = h.quantile_ms(0.5);
-        let p99 = h.quantile_ms(0.99);
+        let p50 = h.snapshot().quantile_ms(0.5);
+        let p99 = h.snapshot().quantile_ms(0.99);
         assert!((45.0..=56.0).contains(&p50), "{p50}");
         assert!((90.0..=112.0).contains(&p99), "{p99}");
-        assert_eq!(Histogram::default().quantile_ms(0.5), 0.0);
+        assert_eq!(Histogram::default().snapshot().quantile_ms(0.5), 0.0);
     }
 }

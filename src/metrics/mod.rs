@@ -35,6 +35,7 @@
 //! ```
 
 mod histogram;
+pub use histogram::LatencyHistogram;
 
 use crate::error::Result;
 use crate::limits::{Limit, LimitHits};
@@ -357,11 +358,13 @@ impl BrokerMetrics {
         let actions = |cache: &Cache<String, ActionStats>| {
             cache
                 .collect(|(name, s)| {
+                    let latency = s.latency.snapshot();
                     let metrics = ActionMetrics {
                         total: s.total.load(Ordering::Relaxed),
                         errors: s.errors.load(Ordering::Relaxed),
-                        p50_ms: s.latency.quantile_ms(0.5),
-                        p99_ms: s.latency.quantile_ms(0.99),
+                        p50_ms: latency.quantile_ms(0.5),
+                        p99_ms: latency.quantile_ms(0.99),
+                        latency,
                     };
                     (name.clone(), metrics)
                 })
@@ -446,7 +449,7 @@ pub struct MetricsSnapshot {
 }
 
 /// Counters of one action.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ActionMetrics {
     /// Calls finished.
@@ -457,6 +460,9 @@ pub struct ActionMetrics {
     pub p50_ms: f64,
     /// 99th percentile latency, milliseconds.
     pub p99_ms: f64,
+    /// Every latency counted, to merge with other nodes' or to subtract an earlier snapshot.
+    #[serde(default)]
+    pub latency: LatencyHistogram,
 }
 
 /// Traffic with one peer over one link kind.
