@@ -51,6 +51,9 @@ pub struct NodeInfo {
     pub services: Vec<String>,
     /// The Phalanx version it runs.
     pub client_version: String,
+    /// Its CPU use in percent, from its last heartbeat (none for the answering node itself).
+    #[serde(default)]
+    pub cpu: Option<f32>,
 }
 
 /// A service as `$node.services` shows it.

@@ -514,6 +514,7 @@ impl BrokerInner {
     }
 
     /// Changes whenever the registry does.
+    #[cfg(feature = "gateway")]
     pub(crate) fn registry_generation(&self) -> u64 {
         self.registry_generation.load(Ordering::Acquire)
     }

@@ -65,6 +65,7 @@ impl Broker {
             addresses: local.addresses,
             services: local.services.into_iter().map(|s| s.full_name).collect(),
             client_version: local.client_version,
+            cpu: None,
         }];
         let registry = broker.inner.registry();
         let mut remote: Vec<NodeInfo> = registry
@@ -87,6 +88,7 @@ impl Broker {
                     Vec::new()
                 },
                 client_version: node.info.client_version.clone(),
+                cpu: node.cpu,
             })
             .collect();
         remote.sort_by(|a, b| a.id.cmp(&b.id));

@@ -5,6 +5,7 @@ mod demo;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod inspect;
+mod top;
 
 use clap::{Args, Parser, Subcommand};
 use phalanx::cluster::NodeInfo;
@@ -90,6 +91,9 @@ enum Command {
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Inspect(inspect::Inspect),
+    /// A live view of the whole cluster: nodes, actions (calls/s, errors, p50, p99, open
+    /// circuits, the last minute) and events, refreshed every second.
+    Top(top::TopArgs),
     /// Serve the cluster's actions and events over HTTP (an API gateway that joins the mesh).
     #[cfg(feature = "gateway")]
     Gateway(gateway::GatewayArgs),
@@ -248,7 +252,11 @@ impl JoinArgs {
 
 pub(crate) fn init_logging(cli: &Cli) {
     let default = match cli.command {
-        Command::Demo(_) | Command::Gateway(_) => "info",
+        Command::Demo(_) => "info",
+        #[cfg(feature = "gateway")]
+        Command::Gateway(_) => "info",
+        // Log lines would tear through the dashboard (RUST_LOG still turns them on).
+        Command::Top(_) => "off",
         _ => "warn",
     };
     phalanx::logging::init(default, cli.log_format);
@@ -318,6 +326,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Broadcast { event, data, mesh } => publish(&event, &data, &mesh, true).await,
         Command::Bench(args) => bench::run(args).await,
         Command::Inspect(command) => inspect::run(command).await,
+        Command::Top(args) => top::run(args).await,
     }
 }
 
