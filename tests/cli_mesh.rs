@@ -8,7 +8,7 @@ use phalanx::identity::{CLUSTER_SERVER_NAME, ClusterCa};
 use phalanx::transport::{LinkKind, ShmTransport};
 use phalanx::{Broker, CallOptions, ErrorKind};
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -16,63 +16,7 @@ use tokio::time::Instant;
 
 const BIN: &str = env!("CARGO_BIN_EXE_phalanx");
 
-/// A `phalanx demo` process, killed when dropped.
-struct Demo {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A fresh strong cluster secret (children get it in `PHALANX_SECRET`, never on the command line).
-fn secret() -> String {
-    format!("test-{:016x}-0123456789abcdef", rand_u64())
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, RandomState};
-    RandomState::new().hash_one(std::time::SystemTime::now())
-}
-
-fn demo(id: &str, secret: &str, seeds: &[&str]) -> Demo {
-    demo_with(id, secret, seeds, &[])
-}
-
-/// A demo node with extra command-line arguments.
-fn demo_with(id: &str, secret: &str, seeds: &[&str], extra: &[&str]) -> Demo {
-    let mut cmd = Command::new(BIN);
-    cmd.args(["demo", "--listen", "127.0.0.1:0", "--node-id", id])
-        .env("PHALANX_SECRET", secret)
-        .args(["--heartbeat-ms", "300", "--lease-ms", "2500", "--no-mdns"])
-        .env(
-            "RUST_LOG",
-            std::env::var("DEMO_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    for seed in seeds {
-        cmd.args(["--seed", seed]);
-    }
-    cmd.args(extra);
-    let mut child = cmd.spawn().expect("phalanx demo starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout"))
-        .read_line(&mut line)
-        .expect("demo prints its address");
-    let addr = line
-        .trim()
-        .rsplit(' ')
-        .next()
-        .expect("an address")
-        .to_owned();
-    assert!(addr.starts_with("127.0.0.1:"), "unexpected banner {line:?}");
-    Demo { child, addr }
-}
+use common::demo::{Demo, demo, demo_with, rand_u64, secret};
 
 /// Runs a CLI command; returns (exit success, stdout).
 fn cli(args: &[&str], secret: &str, seed: &str) -> (bool, String) {
@@ -957,151 +901,6 @@ fn inspection_commands_show_services_actions_events_nodes_round_trips_and_counte
         table.lines().nth(1).is_some_and(|l| l.starts_with("i1")),
         "{table}"
     );
-}
-
-/// `tmux`, installed with apt-get when it is missing and this runs as root (a fresh CI machine).
-fn tmux() -> Command {
-    let present = || {
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !present() {
-        let installed = Command::new("apt-get")
-            .args(["install", "-y", "-q", "tmux"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        assert!(
-            installed.is_ok_and(|s| s.success()) && present(),
-            "this test drives `phalanx top` in tmux: install tmux (apt-get install tmux)"
-        );
-    }
-    Command::new("tmux")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn top_shows_nodes_traffic_and_a_lost_node_in_a_real_terminal() {
-    let s = secret();
-    let n1 = demo("top1", &s, &[]);
-    let _n2 = demo("top2", &s, &[&n1.addr]);
-    let mut n3 = demo("top3", &s, &[&n1.addr]);
-    let mut bench = Command::new(BIN)
-        .args([
-            "bench",
-            "demo.echo",
-            "\"x\"",
-            "--concurrency",
-            "4",
-            "--duration",
-            "60",
-        ])
-        .args(["--seed", &n1.addr, "--listen", "127.0.0.1:0", "--no-mdns"])
-        .args(["--heartbeat-ms", "300", "--lease-ms", "2500"])
-        .env("PHALANX_SECRET", &s)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("bench");
-    let session = format!("phalanx-top-{}", std::process::id());
-    let top = format!(
-        "{BIN} top --seed {} --listen 127.0.0.1:0 --no-mdns --heartbeat-ms 300 --lease-ms 2500",
-        n1.addr
-    );
-    let started = tmux()
-        .args(["new-session", "-d", "-s", &session, "-x", "160", "-y", "40"])
-        .args(["-e", &format!("PHALANX_SECRET={s}"), &top])
-        .status()
-        .expect("tmux");
-    assert!(started.success());
-    struct Session(String);
-    impl Drop for Session {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .args(["kill-session", "-t", &self.0])
-                .status();
-        }
-    }
-    let _session = Session(session.clone());
-    let screen = || {
-        let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &session])
-            .output()
-            .expect("capture-pane");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let wait_for = |what: &str, check: &dyn Fn(&str) -> bool| {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let shown = screen();
-            if check(&shown) {
-                return shown;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{what} never showed:\n{shown}"
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    };
-    // The three nodes, and demo.echo with calls flowing.
-    let echo_rate = |shown: &str| {
-        shown
-            .lines()
-            .find(|l| l.contains("demo.echo"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|n| n.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    let shown = wait_for("three nodes and a calls/s for demo.echo", &|shown| {
-        ["top1", "top2", "top3"].iter().all(|n| shown.contains(n)) && echo_rate(shown) > 0.0
-    });
-    assert!(
-        shown.contains("Nodes") && shown.contains("Actions"),
-        "{shown}"
-    );
-    // A node killed outright is marked down within the lease.
-    let _ = n3.child.kill();
-    let _ = n3.child.wait();
-    let killed = std::time::Instant::now();
-    wait_for("top3 down", &|shown| {
-        shown
-            .lines()
-            .any(|l| l.contains("top3") && l.contains("DOWN"))
-    });
-    assert!(
-        killed.elapsed() < Duration::from_secs(8),
-        "{:?}",
-        killed.elapsed()
-    );
-    // Keys: sort and filter; q quits.
-    let keys = |keys: &[&str]| {
-        tmux()
-            .args(["send-keys", "-t", &session])
-            .args(keys)
-            .status()
-            .expect("send-keys");
-    };
-    keys(&["s"]);
-    wait_for("sorting by errors", &|shown| {
-        shown.contains("sorted by errors/s")
-    });
-    keys(&["/", "n", "o", "p", "e", "Enter"]);
-    wait_for("the filter", &|shown| {
-        shown.contains("matching 'nope'") && !shown.contains("demo.echo")
-    });
-    keys(&["q"]);
-    let gone = (0..50).any(|_| {
-        std::thread::sleep(Duration::from_millis(100));
-        !Command::new("tmux")
-            .args(["has-session", "-t", &session])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    });
-    assert!(gone, "q did not quit");
-    let _ = bench.kill();
-    let _ = bench.wait();
 }
 
 #[test]

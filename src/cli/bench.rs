@@ -51,7 +51,7 @@ pub(crate) struct BenchArgs {
 }
 
 #[derive(Debug, Serialize)]
-struct Report {
+pub(super) struct Report {
     /// Calls finished, answered or failed.
     calls: u64,
     errors: u64,
@@ -64,6 +64,9 @@ struct Report {
     last_error_ms: Option<u64>,
     /// The first error, as the caller saw it.
     first_error: Option<String>,
+    /// How long the loop ran.
+    #[serde(skip)]
+    seconds: f64,
 }
 
 /// What one worker saw.
@@ -73,8 +76,19 @@ struct Outcome {
     errors: Vec<(u64, String)>,
 }
 
+/// How hard and how long to call.
+#[derive(Debug, Clone)]
+pub(super) struct Load {
+    pub(super) concurrency: usize,
+    pub(super) duration: Duration,
+    pub(super) calls: Option<u64>,
+    pub(super) timeout: Duration,
+    pub(super) retries: u32,
+    pub(super) idempotent: bool,
+}
+
 pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
-    let (params, content_type) = Payload::local(parse_json(&args.params)?).encode()?;
+    let params = parse_json(&args.params)?;
     let mut builder = Broker::builder();
     if args.breaker {
         builder = builder.circuit_breaker(CircuitBreakerConfig::default().min_requests(10));
@@ -85,23 +99,46 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         broker.stop().await;
         return Err(err);
     }
-    let duration = Duration::from_secs_f64(args.duration.max(0.0));
+    let load = Load {
+        concurrency: args.concurrency,
+        duration: Duration::from_secs_f64(args.duration.max(0.0)),
+        calls: args.calls,
+        timeout: Duration::from_millis(args.timeout),
+        retries: args.retries,
+        idempotent: args.idempotent,
+    };
+    let report = closed_loop(&broker, &args.action, params, &load).await;
+    broker.stop().await;
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report).unwrap_or_default());
+    } else {
+        println!("{}", report.summary());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Calls `action` with `params` as `load` says and reports what came back.
+pub(super) async fn closed_loop(
+    broker: &Broker,
+    action: &str,
+    params: serde_json::Value,
+    load: &Load,
+) -> Result<Report> {
+    let (params, content_type) = Payload::local(params).encode()?;
     let started = Instant::now();
-    let end = started + duration;
-    let budget = Arc::new(AtomicU64::new(args.calls.unwrap_or(u64::MAX)));
-    let timeout = Duration::from_millis(args.timeout);
-    let retries = args.retries;
-    let idempotent = args.idempotent;
-    let workers = (0..args.concurrency.max(1)).map(|_| {
+    let end = started + load.duration;
+    let budget = Arc::new(AtomicU64::new(load.calls.unwrap_or(u64::MAX)));
+    let workers = (0..load.concurrency.max(1)).map(|_| {
         let broker = broker.clone();
-        let action = args.action.clone();
+        let action = action.to_owned();
         let params = params.clone();
         let budget = budget.clone();
-        let bounded = args.calls.is_some();
+        let load = load.clone();
         tokio::spawn(async move {
             let mut outcome = Outcome::default();
             loop {
-                if bounded {
+                if load.calls.is_some() {
                     if budget
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
                         .is_err()
@@ -112,8 +149,10 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
                     break;
                 }
                 let sent = Instant::now();
-                let mut options = CallOptions::new().timeout(timeout).retries(retries);
-                if idempotent {
+                let mut options = CallOptions::new()
+                    .timeout(load.timeout)
+                    .retries(load.retries);
+                if load.idempotent {
                     options = options.idempotent();
                 }
                 let payload = Payload::encoded(params.clone(), content_type);
@@ -137,7 +176,6 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     errors.sort();
     let elapsed = started.elapsed().as_secs_f64();
-    broker.stop().await;
     latencies.sort_unstable();
     let pct = |p: f64| -> u64 {
         if latencies.is_empty() {
@@ -145,7 +183,7 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         }
         latencies[((latencies.len() - 1) as f64 * p).round() as usize]
     };
-    let report = Report {
+    Ok(Report {
         calls: (latencies.len() + errors.len()) as u64,
         calls_per_sec: latencies.len() as f64 / elapsed.max(f64::EPSILON),
         p50_us: pct(0.50),
@@ -154,19 +192,16 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
         last_error_ms: errors.last().map(|e| e.0),
         first_error: errors.first().map(|e| e.1.clone()),
         errors: errors.len() as u64,
-    };
-    if args.json {
-        println!("{}", serde_json::to_string(&report).unwrap_or_default());
-    } else {
-        println!(
+        seconds: elapsed,
+    })
+}
+
+impl Report {
+    /// One line for people.
+    pub(super) fn summary(&self) -> String {
+        format!(
             "{} calls in {:.2} s: {:.0} calls/s, p50 {} µs, p99 {} µs, {} errors",
-            report.calls,
-            elapsed,
-            report.calls_per_sec,
-            report.p50_us,
-            report.p99_us,
-            report.errors
-        );
+            self.calls, self.seconds, self.calls_per_sec, self.p50_us, self.p99_us, self.errors
+        )
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -65,25 +65,44 @@ impl Inspect {
             | Self::Metrics { output, .. } => output,
         }
     }
+
+    fn query(&self) -> Query {
+        match self {
+            Self::Services(_) => Query::Services,
+            Self::Actions(_) => Query::Actions,
+            Self::Events(_) => Query::Events,
+            Self::Info { node, .. } => Query::Info(node.clone()),
+            Self::Ping { node, count, .. } => Query::Ping(node.clone(), *count),
+            Self::Metrics { node, .. } => Query::Metrics(node.clone()),
+        }
+    }
+}
+
+/// What to look up, however it was asked for (a command, the REPL).
+#[derive(Debug, Clone)]
+pub(super) enum Query {
+    Nodes,
+    Services,
+    Actions,
+    Events,
+    Info(String),
+    /// A node (or every one), and how many probes each.
+    Ping(Option<String>, u32),
+    Metrics(Option<String>),
 }
 
 pub(crate) async fn run(command: Inspect) -> Result<ExitCode> {
     let output = command.output();
     let joined = output.mesh.join(Broker::builder()).await?;
     settle(&joined, output.mesh.wait()).await;
-    let report = gather(&joined.broker, &command).await;
+    let report = gather(&joined.broker, &command.query()).await;
     joined.broker.stop().await;
-    let report = report?;
-    if output.json {
-        print_json(&report.json);
-    } else {
-        table(&report.headers, report.rows.into_iter());
-    }
+    report?.print(output.json);
     Ok(ExitCode::SUCCESS)
 }
 
-/// What a command found: as JSON, and as a table.
-struct Report {
+/// What a query found: as JSON, and as a table.
+pub(super) struct Report {
     json: serde_json::Value,
     headers: Vec<&'static str>,
     rows: Vec<Vec<String>>,
@@ -102,15 +121,39 @@ impl Report {
             rows: rows.collect(),
         })
     }
+
+    /// Prints the JSON, or the table.
+    pub(super) fn print(self, json: bool) {
+        if json {
+            print_json(&self.json);
+        } else {
+            table(&self.headers, self.rows.into_iter());
+        }
+    }
 }
 
-async fn gather(broker: &Broker, command: &Inspect) -> Result<Report> {
+pub(super) async fn gather(broker: &Broker, query: &Query) -> Result<Report> {
     // This command's own node is an observer: not part of what it reports.
     let me = broker.node_id().to_owned();
     let others =
         |nodes: &[String]| -> Vec<String> { nodes.iter().filter(|n| **n != me).cloned().collect() };
-    match command {
-        Inspect::Services(_) => {
+    match query {
+        Query::Nodes => {
+            let nodes: Vec<_> = broker.nodes().into_iter().filter(|n| !n.local).collect();
+            Report::new(
+                &nodes,
+                &["NODE", "AVAILABLE", "LINK", "SERVICES"],
+                nodes.iter().map(|n| {
+                    vec![
+                        n.id.clone(),
+                        n.available.to_string(),
+                        n.link.to_string(),
+                        n.services.join(", "),
+                    ]
+                }),
+            )
+        }
+        Query::Services => {
             let services: Vec<_> = broker
                 .services()
                 .into_iter()
@@ -128,7 +171,7 @@ async fn gather(broker: &Broker, command: &Inspect) -> Result<Report> {
                 }),
             )
         }
-        Inspect::Actions(_) => {
+        Query::Actions => {
             let actions: Vec<_> = broker
                 .actions()
                 .into_iter()
@@ -146,7 +189,7 @@ async fn gather(broker: &Broker, command: &Inspect) -> Result<Report> {
                 }),
             )
         }
-        Inspect::Events(_) => {
+        Query::Events => {
             let events: Vec<_> = broker
                 .events()
                 .into_iter()
@@ -160,7 +203,7 @@ async fn gather(broker: &Broker, command: &Inspect) -> Result<Report> {
                     .map(|e| vec![e.name.clone(), e.group.clone(), e.nodes.join(", ")]),
             )
         }
-        Inspect::Info { node, .. } => {
+        Query::Info(node) => {
             let info = broker
                 .nodes()
                 .into_iter()
@@ -192,7 +235,7 @@ async fn gather(broker: &Broker, command: &Inspect) -> Result<Report> {
                 lines.into_iter().map(|(k, v)| vec![k.to_owned(), v]),
             )
         }
-        Inspect::Ping { node, count, .. } => {
+        Query::Ping(node, count) => {
             let targets: Vec<_> = broker
                 .nodes()
                 .into_iter()
@@ -235,7 +278,7 @@ async fn gather(broker: &Broker, command: &Inspect) -> Result<Report> {
                 }),
             )
         }
-        Inspect::Metrics { node, .. } => {
+        Query::Metrics(node) => {
             let targets: Vec<String> = match node {
                 Some(node) => vec![node.clone()],
                 None => super::available_peers(broker),

@@ -5,10 +5,10 @@ mod demo;
 #[cfg(feature = "gateway")]
 mod gateway;
 mod inspect;
+mod repl;
 mod top;
 
 use clap::{Args, Parser, Subcommand};
-use phalanx::cluster::NodeInfo;
 use phalanx::identity::{ClusterCa, read_secret_file};
 use phalanx::transport::QuicTransport;
 use phalanx::{Broker, CallOptions, Error, Result};
@@ -94,6 +94,9 @@ enum Command {
     /// A live view of the whole cluster: nodes, actions (calls/s, errors, p50, p99, open
     /// circuits, the last minute) and events, refreshed every second.
     Top(top::TopArgs),
+    /// An interactive shell joined to the cluster, with history and tab completion of commands,
+    /// actions, events and nodes.
+    Repl(repl::ReplArgs),
     /// Serve the cluster's actions and events over HTTP (an API gateway that joins the mesh).
     #[cfg(feature = "gateway")]
     Gateway(gateway::GatewayArgs),
@@ -256,7 +259,7 @@ pub(crate) fn init_logging(cli: &Cli) {
         #[cfg(feature = "gateway")]
         Command::Gateway(_) => "info",
         // Log lines would tear through the dashboard (RUST_LOG still turns them on).
-        Command::Top(_) => "off",
+        Command::Top(_) | Command::Repl(_) => "off",
         _ => "warn",
     };
     phalanx::logging::init(default, cli.log_format);
@@ -301,25 +304,10 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Nodes { json, mesh } => {
             let joined = mesh.join(Broker::builder()).await?;
-            let broker = &joined.broker;
             settle(&joined, mesh.wait()).await;
-            let nodes: Vec<NodeInfo> = broker.nodes().into_iter().filter(|n| !n.local).collect();
-            broker.stop().await;
-            if json {
-                print_json(&nodes);
-            } else {
-                inspect::table(
-                    &["NODE", "AVAILABLE", "LINK", "SERVICES"],
-                    nodes.into_iter().map(|n| {
-                        vec![
-                            n.id,
-                            n.available.to_string(),
-                            n.link.to_string(),
-                            n.services.join(", "),
-                        ]
-                    }),
-                );
-            }
+            let report = inspect::gather(&joined.broker, &inspect::Query::Nodes).await;
+            joined.broker.stop().await;
+            report?.print(json);
             Ok(ExitCode::SUCCESS)
         }
         Command::Emit { event, data, mesh } => publish(&event, &data, &mesh, false).await,
@@ -327,6 +315,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Bench(args) => bench::run(args).await,
         Command::Inspect(command) => inspect::run(command).await,
         Command::Top(args) => top::run(args).await,
+        Command::Repl(args) => repl::run(args).await,
     }
 }
 

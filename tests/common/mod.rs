@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod cluster;
+pub(crate) mod demo;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -66,6 +66,16 @@ async fn plain(broker: &Broker, interval: Duration, frames: Option<u32>) {
     }
 }
 
+/// One plain frame of the cluster, over the next second (the REPL's `top`).
+pub(super) async fn one_frame(broker: &Broker) {
+    let interval = Duration::from_secs(1);
+    let mut cluster = Cluster::default();
+    cluster.refresh(broker, interval).await;
+    tokio::time::sleep(interval).await;
+    cluster.refresh(broker, interval).await;
+    render::plain(&cluster, &Controls::default());
+}
+
 /// The terminal dashboard, until `q`, Ctrl-C or SIGTERM.
 async fn dashboard(broker: &Broker, interval: Duration) -> Result<()> {
     let mut terminal = ratatui::init();
