@@ -14,6 +14,7 @@ pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod middleware;
+pub mod monitor;
 mod payload;
 #[doc(hidden)]
 pub mod protocol;

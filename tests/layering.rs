@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 /// Modules that sit on top of everything else: the broker, and what drives one (the CLI, the
-/// HTTP gateway).
-const TOP: [&str; 3] = ["broker", "cli", "gateway"];
+/// HTTP gateway, the cluster monitor).
+const TOP: [&str; 4] = ["broker", "cli", "gateway", "monitor"];
 
 /// Top-level module → the top-level modules its files name through `crate::`.
 fn import_graph() -> BTreeMap<String, BTreeSet<String>> {

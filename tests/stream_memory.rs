@@ -168,12 +168,17 @@ async fn run_role(role: &str, transport: &str, seed: Option<String>) {
         gateway.shutdown().await;
     }
     broker.stop().await;
+    let _ = std::fs::remove_file(store_path());
+}
+
+/// Where the store keeps the file (removed when the node stops: it is a gigabyte).
+fn store_path() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("phalanx-store-{}.bin", std::process::id()))
 }
 
 /// `store.put` (a stream in: stored in a file) and `store.get` (the file as a stream).
 async fn serve_store(broker: &Broker) {
-    let path = std::env::temp_dir().join(format!("phalanx-store-{}.bin", std::process::id()));
-    let (put_path, get_path) = (path.clone(), path);
+    let (put_path, get_path) = (store_path(), store_path());
     broker
         .service("store")
         .action("put", move |ctx: Context, _: Value| {

@@ -7,7 +7,7 @@ mod render;
 
 use super::{MeshArgs, settle};
 use clap::Args;
-use model::Cluster;
+use phalanx::monitor::Cluster;
 use phalanx::{Broker, Error, Result};
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind};
 use render::Controls;

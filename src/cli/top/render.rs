@@ -1,11 +1,13 @@
 //! Drawing `phalanx top`: in a terminal with ratatui, or as plain text when stdout is not one.
 
-use super::model::{Cluster, NodeRow, SortBy, short_duration, sparkline};
+use super::model::{SortBy, short_duration, sparkline};
+use phalanx::monitor::{Cluster, NodeRow};
 use ratatui::Frame;
 use ratatui::layout::{Constraint, Layout};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::Line;
 use ratatui::widgets::{Block, Cell, Paragraph, Row, Table};
+use std::time::Duration;
 
 /// What the screen shows besides the cluster: the order and the filter of the actions.
 #[derive(Debug, Default)]
@@ -22,7 +24,10 @@ fn node_cells(n: &NodeRow) -> [String; 7] {
         n.host.clone(),
         n.link.clone(),
         n.cpu.map_or_else(|| "-".into(), |c| format!("{c:.0}%")),
-        n.uptime.map_or_else(|| "-".into(), short_duration),
+        n.uptime_ms.map_or_else(
+            || "-".into(),
+            |ms| short_duration(Duration::from_millis(ms)),
+        ),
         n.in_flight.map_or_else(|| "-".into(), |i| i.to_string()),
         if n.available { "up" } else { "DOWN" }.to_owned(),
     ]
