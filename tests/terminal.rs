@@ -27,24 +27,9 @@ fn demo(id: &str, secret: &str, seed: Option<&str>) -> (Demo, String) {
     (node, addr)
 }
 
-/// `tmux`, installed with apt-get when it is missing and this runs as root (a fresh CI machine).
+/// `tmux`, installed when missing.
 fn tmux() -> Command {
-    let present = || {
-        Command::new("tmux")
-            .arg("-V")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !present() {
-        let installed = Command::new("apt-get")
-            .args(["install", "-y", "-q", "tmux"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        assert!(
-            installed.is_ok_and(|s| s.success()) && present(),
-            "these tests drive the CLI in tmux: install tmux (apt-get install tmux)"
-        );
-    }
+    common::tools::ensure("tmux", "-V", "tmux");
     Command::new("tmux")
 }
 

@@ -3,7 +3,7 @@
 
 use super::JoinArgs;
 use clap::Args;
-use phalanx::gateway::{Cors, EventRoute, Gateway, RateLimit, Route};
+use phalanx::gateway::{Cors, EventRoute, Gateway, GatewayBuilder, RateLimit, Route};
 use phalanx::{Broker, Error, Result};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -49,6 +49,9 @@ pub(crate) struct GatewayArgs {
     /// Stream the cluster events matching this pattern at `GET /events` (Server-Sent Events).
     #[arg(long, value_name = "PATTERN")]
     events: Option<String>,
+    /// Serve the web dashboard at `/dashboard`.
+    #[arg(long)]
+    dashboard: bool,
     #[command(flatten)]
     join: JoinArgs,
 }
@@ -68,8 +71,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<ExitCode> {
         route = route.alias(path, action);
     }
     let joined = args.join.join(args.mesh_listen, Broker::builder()).await?;
-    let broker = joined.broker.clone();
-    let mut gateway = Gateway::builder(&broker)
+    let mut gateway = Gateway::builder(&joined.broker)
         .route(route)
         .body_limit(args.body_limit)
         .timeout(Duration::from_millis(args.timeout));
@@ -86,7 +88,40 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<ExitCode> {
     if let Some(pattern) = &args.events {
         gateway = gateway.events(EventRoute::new("/events", pattern));
     }
-    let served = match gateway.serve(args.listen).await {
+    if args.dashboard {
+        gateway = gateway.dashboard("/dashboard");
+    }
+    serve_until_stopped(gateway, args.listen, &joined, "gateway").await
+}
+
+/// `phalanx dashboard`: the web dashboard on its own, at `/`.
+#[derive(Debug, Args)]
+pub(crate) struct DashboardArgs {
+    /// HTTP address to serve on.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Address to listen on for the mesh.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    mesh_listen: SocketAddr,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+pub(crate) async fn dashboard(args: DashboardArgs) -> Result<ExitCode> {
+    let joined = args.join.join(args.mesh_listen, Broker::builder()).await?;
+    let gateway = Gateway::builder(&joined.broker).dashboard("/");
+    serve_until_stopped(gateway, args.listen, &joined, "dashboard").await
+}
+
+/// Serves `gateway` on `listen` until Ctrl-C or SIGTERM, then stops it and the node.
+async fn serve_until_stopped(
+    gateway: GatewayBuilder,
+    listen: SocketAddr,
+    joined: &super::Joined,
+    what: &str,
+) -> Result<ExitCode> {
+    let broker = &joined.broker;
+    let served = match gateway.serve(listen).await {
         Ok(served) => served,
         Err(err) => {
             broker.stop().await;
@@ -94,7 +129,7 @@ pub(crate) async fn run(args: GatewayArgs) -> Result<ExitCode> {
         }
     };
     println!(
-        "gateway {} on http://{} (mesh on {})",
+        "{what} {} on http://{} (mesh on {})",
         broker.node_id(),
         served.local_addr(),
         joined.addresses().join(", ")

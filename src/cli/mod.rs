@@ -100,6 +100,9 @@ enum Command {
     /// Serve the cluster's actions and events over HTTP (an API gateway that joins the mesh).
     #[cfg(feature = "gateway")]
     Gateway(gateway::GatewayArgs),
+    /// Serve the web dashboard of the cluster (live topology, action charts, circuits, events).
+    #[cfg(feature = "gateway")]
+    Dashboard(gateway::DashboardArgs),
 }
 
 /// How a command joins the mesh, and where it listens for it.
@@ -257,7 +260,7 @@ pub(crate) fn init_logging(cli: &Cli) {
     let default = match cli.command {
         Command::Demo(_) => "info",
         #[cfg(feature = "gateway")]
-        Command::Gateway(_) => "info",
+        Command::Gateway(_) | Command::Dashboard(_) => "info",
         // Log lines would tear through the dashboard (RUST_LOG still turns them on).
         Command::Top(_) | Command::Repl(_) => "off",
         _ => "warn",
@@ -270,6 +273,8 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         #[cfg(feature = "gateway")]
         Command::Gateway(args) => gateway::run(args).await,
+        #[cfg(feature = "gateway")]
+        Command::Dashboard(args) => gateway::dashboard(args).await,
         Command::Call {
             action,
             params,

@@ -53,6 +53,7 @@
 mod auth;
 mod body;
 mod cors;
+mod dashboard;
 mod events;
 mod openapi;
 mod params;
@@ -106,6 +107,7 @@ pub struct GatewayBuilder {
     compression: bool,
     max_event_clients: usize,
     shutdown_grace: Duration,
+    dashboard: Option<String>,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -182,6 +184,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// Serves the web dashboard at `path` (`/dashboard`, or `/`): the nodes as a live topology,
+    /// per-action rate, latency and error charts, open circuits and a tail of cluster events,
+    /// updated by Server-Sent Events. When the gateway has an authenticator, only its users see
+    /// it. Subscribing to every event, it brings a copy of each to this node.
+    pub fn dashboard(mut self, path: &str) -> Self {
+        self.dashboard = Some(format!("/{}", path.trim_matches('/')));
+        self
+    }
+
     /// How long [`RunningGateway::shutdown`] waits for requests in progress; default 10 s.
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.shutdown_grace = grace;
@@ -202,15 +213,21 @@ impl GatewayBuilder {
                 )));
             }
         }
-        let hubs: Vec<Arc<Hub>> = self
-            .events
-            .into_iter()
-            .map(|r| Arc::new(Hub::new(r)))
-            .collect();
+        let mut events = self.events;
+        if let Some(path) = &self.dashboard {
+            let base = path.trim_end_matches('/');
+            events.push(dashboard::events_route(base, self.authenticator.is_some()));
+        }
+        let hubs: Vec<Arc<Hub>> = events.into_iter().map(|r| Arc::new(Hub::new(r))).collect();
         if !hubs.is_empty() {
             subscribe(&self.broker, &hubs).await?;
         }
         let (shutdown, _) = watch::channel(false);
+        let views = self.dashboard.as_ref().map(|_| {
+            let (views, watching) = watch::channel(Arc::<str>::from(""));
+            dashboard::publish_views(self.broker.clone(), views, shutdown.subscribe());
+            watching
+        });
         let shared = Arc::new(Shared {
             broker: self.broker,
             routes: self.routes,
@@ -224,6 +241,7 @@ impl GatewayBuilder {
             stats: GatewayStats::default(),
             table: TableCache::default(),
             shutdown,
+            dashboard: views,
         });
         let mut router = Router::new()
             .route("/health", get(health))
@@ -237,6 +255,12 @@ impl GatewayBuilder {
                     stream_events(state, index, request)
                 }),
             );
+        }
+        if let Some(path) = &self.dashboard {
+            let base = path.trim_end_matches('/');
+            router = router
+                .route(path, get(dashboard::page))
+                .route(&format!("{base}/view"), get(dashboard::view));
         }
         let mut router = router.fallback(call_action).with_state(shared.clone());
         if self.compression {
@@ -297,6 +321,7 @@ impl Gateway {
             compression: true,
             max_event_clients: 1024,
             shutdown_grace: Duration::from_secs(10),
+            dashboard: None,
         }
     }
 
@@ -385,6 +410,8 @@ struct Shared {
     stats: GatewayStats,
     table: TableCache,
     shutdown: watch::Sender<bool>,
+    /// The dashboard's latest cluster view (JSON), when the dashboard is on.
+    dashboard: Option<watch::Receiver<Arc<str>>>,
 }
 
 impl fmt::Debug for Shared {

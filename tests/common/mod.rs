@@ -3,6 +3,7 @@
 
 pub(crate) mod cluster;
 pub(crate) mod demo;
+pub(crate) mod tools;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
