@@ -147,6 +147,7 @@ async fn main() -> phalanx::Result<()> {
                 .alias("POST /orders", "orders.place"),
         )
         .events(EventRoute::new("/events", "order.**"))
+        .dashboard("/dashboard")
         .cors(Cors::any())
         .serve(serve_on.unwrap_or("127.0.0.1:0".parse().expect("address")))
         .await?;
@@ -154,7 +155,7 @@ async fn main() -> phalanx::Result<()> {
     println!("gateway on {base}");
 
     if serve_on.is_some() {
-        println!("try: curl {base}/api/stock/list");
+        println!("try: curl {base}/api/stock/list — or open {base}/dashboard");
         tokio::signal::ctrl_c().await.ok();
     } else {
         tour(&base).await;

@@ -40,5 +40,8 @@ pub(crate) fn ensure(program: &str, version_flag: &str, package: &str) {
         }
         install() || (updated() && install())
     });
-    assert!(installed, "this test needs {program}: apt-get install {package}");
+    assert!(
+        installed,
+        "this test needs {program}: apt-get install {package}"
+    );
 }
