@@ -182,6 +182,7 @@ impl Credentials {
 
     /// A key every member derives alike for `purpose` (from the cluster secret); `None` with CA
     /// files, where members share no secret.
+    #[cfg(feature = "nats")]
     pub(crate) fn shared_key(&self, purpose: &str) -> Option<[u8; 32]> {
         let base = self.announce_key.as_ref()?;
         let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"phalanx/shared/v1");

@@ -76,8 +76,9 @@ impl Net {
             hosts: Vec::new(),
             dir,
             bin,
-            // Strong enough to be accepted (at least 32 bytes of 10 different characters).
-            secret: format!("netsim-{run}-{scenario}-0123456789abcdef"),
+            // Strong enough to be accepted (at least 32 bytes of 10 different characters) however
+            // short the run's id (a process id).
+            secret: format!("netsim-{run}-{scenario}-0123456789abcdef-fedcba9876543210"),
         };
         sh(&["ip", "netns", "add", &switch])?;
         sh(&["ip", "-n", &switch, "link", "add", "br0", "type", "bridge"])?;
