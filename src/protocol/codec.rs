@@ -141,7 +141,9 @@ impl Codec {
                 compact::write_response(buf, sender, b).map_err(FrameError::Encode)
             }
             PacketBody::Event(b) => write_body(buf, sender, b),
-            PacketBody::StreamChunk(b) => write_body(buf, sender, b),
+            PacketBody::StreamChunk(b) => {
+                compact::write_chunk(buf, sender, b).map_err(FrameError::Encode)
+            }
             PacketBody::StreamEnd(b) => write_body(buf, sender, b),
             PacketBody::StreamError(b) => write_body(buf, sender, b),
             PacketBody::StreamCredit(b) => write_body(buf, sender, b),
@@ -227,7 +229,9 @@ impl Codec {
                 compact::read_response(b).map(|(s, r)| (s, PacketBody::Response(r)))
             }),
             PacketKind::Event => read_body(kind, body, PacketBody::Event),
-            PacketKind::StreamChunk => read_body(kind, body, PacketBody::StreamChunk),
+            PacketKind::StreamChunk => read_compact(kind, payload.slice(2..), |b| {
+                compact::read_chunk(b).map(|(s, c)| (s, PacketBody::StreamChunk(c)))
+            }),
             PacketKind::StreamEnd => read_body(kind, body, PacketBody::StreamEnd),
             PacketKind::StreamError => read_body(kind, body, PacketBody::StreamError),
             PacketKind::StreamCredit => read_body(kind, body, PacketBody::StreamCredit),

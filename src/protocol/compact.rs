@@ -1,6 +1,7 @@
-//! The compact body of the hot packets, REQUEST and RESPONSE: a fixed binary layout instead of
-//! named-field MessagePack, so a call costs no field-name strings to write, read or compare, and
-//! its params or result pass through as a slice of the received frame, never copied.
+//! The compact body of the hot packets, REQUEST, RESPONSE and STREAM_CHUNK: a fixed binary layout
+//! instead of named-field MessagePack, so a call costs no field-name strings to write, read or
+//! compare, and its params, result or chunk pass through as a slice of the received frame, never
+//! copied.
 //!
 //! ```text
 //! REQUEST:  sender:str16 id:u64 flags:u8 content:u8 level:u32 request_id:u64
@@ -8,6 +9,7 @@
 //!           [meta:blob32] [headers:blob32] [stream:blob32] params:rest
 //! RESPONSE: sender:str16 id:u64 flags:u8 content:u8 [error:blob32] [meta:blob32]
 //!           [headers:blob32] [data:rest]
+//! CHUNK:    sender:str16 id:u64 flags:u8 seq:u64 data:rest
 //! ```
 //!
 //! Integers are big-endian; `str16` is a u16 length and UTF-8, `blob32` a u32 length and named-field
@@ -18,7 +20,7 @@
 use crate::error::ErrorBody;
 #[cfg(test)]
 use crate::protocol::packet::StreamInfo;
-use crate::protocol::packet::{ContentType, Headers, Meta, Request, Response};
+use crate::protocol::packet::{ContentType, Headers, Meta, Request, Response, StreamChunk};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -98,6 +100,35 @@ pub(crate) fn read_request(body: Bytes) -> Result<(Arc<str>, Request), String> {
         stream,
     };
     Ok((sender, request))
+}
+
+/// A chunk of a call's params stream (else of its result's).
+const PARAMS_STREAM: u8 = 1;
+
+/// Appends a STREAM_CHUNK body.
+pub(crate) fn write_chunk(buf: &mut BytesMut, sender: &str, c: &StreamChunk) -> Result<(), String> {
+    put_str16(buf, sender)?;
+    buf.put_u64(c.id);
+    buf.put_u8(flag(c.params, PARAMS_STREAM));
+    buf.put_u64(c.seq);
+    buf.put_slice(&c.data);
+    Ok(())
+}
+
+/// Reads a STREAM_CHUNK body; `data` is a slice of `body`.
+pub(crate) fn read_chunk(body: Bytes) -> Result<(Arc<str>, StreamChunk), String> {
+    let mut r = Reader(body);
+    let sender = r.str16()?;
+    let id = r.u64()?;
+    let flags = r.u8()?;
+    let seq = r.u64()?;
+    let chunk = StreamChunk {
+        id,
+        params: flags & PARAMS_STREAM != 0,
+        seq,
+        data: r.0,
+    };
+    Ok((sender, chunk))
 }
 
 /// Appends a RESPONSE body.
@@ -282,6 +313,28 @@ mod tests {
         let mut buf = BytesMut::new();
         write_response(&mut buf, "node-b", &response).unwrap();
         assert_eq!(read_response(buf.freeze()).unwrap().1, response);
+    }
+
+    #[test]
+    fn a_chunk_round_trips_and_its_data_is_not_copied() {
+        let chunk = StreamChunk {
+            id: 9,
+            params: true,
+            seq: 3,
+            data: Bytes::from_static(b"bytes of a file"),
+        };
+        let mut buf = BytesMut::new();
+        write_chunk(&mut buf, "node-a", &chunk).unwrap();
+        let body = buf.freeze();
+        let (sender, got) = read_chunk(body.clone()).unwrap();
+        assert_eq!((&*sender, &got), ("node-a", &chunk));
+        assert_eq!(
+            got.data.as_ptr() as usize - body.as_ptr() as usize,
+            body.len() - 15
+        );
+        for len in 0..body.len() - 15 {
+            assert!(read_chunk(body.slice(..len)).is_err(), "cut at {len}");
+        }
     }
 
     #[test]
