@@ -58,16 +58,7 @@ fn main() {
         return;
     }
     let options = Options::from_args();
-    let wanted: Vec<&str> = ROWS
-        .iter()
-        .copied()
-        .filter(|row| args.iter().any(|a| a == row))
-        .collect();
-    let rows = if wanted.is_empty() {
-        ROWS.to_vec()
-    } else {
-        wanted
-    };
+    let rows = support::chosen_rows(&ROWS);
     let nats = nats_server::NatsServer::start();
     let mut results = Vec::new();
     for row in rows {

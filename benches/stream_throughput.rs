@@ -40,16 +40,7 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|m| m.parse().ok())
         .unwrap_or(256);
-    let wanted: Vec<&str> = ROWS
-        .iter()
-        .copied()
-        .filter(|row| args.iter().any(|a| a == row))
-        .collect();
-    let rows = if wanted.is_empty() {
-        ROWS.to_vec()
-    } else {
-        wanted
-    };
+    let rows = support::chosen_rows(&ROWS);
     let mut lines = Vec::new();
     let mut rates: Vec<(&str, f64)> = Vec::new();
     for row in rows {

@@ -265,14 +265,9 @@ async fn a_slow_reader_holds_back_the_producer_and_a_dropped_stream_stops_it() {
     );
     assert!(!dropped.load(Ordering::SeqCst));
     drop(stream);
-    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
-        while !dropped.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let stopped = common::becomes_true(&dropped, Duration::from_secs(5)).await;
     assert!(
-        stopped.is_ok(),
+        stopped,
         "the producer was not dropped when the reader went away"
     );
     cluster.stop().await;
@@ -328,16 +323,8 @@ async fn a_failing_producer_or_handler_reaches_the_other_side_at_once() {
         "took {:?}",
         started.elapsed()
     );
-    let stopped = tokio::time::timeout(Duration::from_secs(5), async {
-        while !uploads_dropped.load(Ordering::SeqCst) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(
-        stopped.is_ok(),
-        "the upload went on after the handler failed"
-    );
+    let stopped = common::becomes_true(&uploads_dropped, Duration::from_secs(5)).await;
+    assert!(stopped, "the upload went on after the handler failed");
     cluster.stop().await;
 }
 

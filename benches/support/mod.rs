@@ -40,6 +40,21 @@ impl Options {
     }
 }
 
+/// The rows named on the command line, in `all`'s order; all of them when none is named.
+pub(crate) fn chosen_rows(all: &[&'static str]) -> Vec<&'static str> {
+    let args: Vec<String> = std::env::args().collect();
+    let wanted: Vec<&'static str> = all
+        .iter()
+        .copied()
+        .filter(|row| args.iter().any(|a| a == row))
+        .collect();
+    if wanted.is_empty() {
+        all.to_vec()
+    } else {
+        wanted
+    }
+}
+
 /// A QUIC transport on a free loopback port with the benches' secret, mDNS off, dialing `seed`.
 pub(crate) fn quic_loopback(seed: Option<String>) -> QuicTransport {
     QuicTransport::builder()

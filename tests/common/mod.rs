@@ -46,3 +46,14 @@ pub(crate) fn strong_secret(label: &str) -> String {
     }
     format!("{label}-test-secret-0123456789abcdefghij")
 }
+
+/// Whether `flag` is set within `within` (checked every 10 ms).
+pub(crate) async fn becomes_true(flag: &std::sync::atomic::AtomicBool, within: Duration) -> bool {
+    tokio::time::timeout(within, async {
+        while !flag.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
