@@ -192,7 +192,7 @@ async fn serve(row: &str, seed: Option<String>) {
 }
 
 /// A node serving `math.add`, published on gateways.
-async fn math_node(id: &str, quic: phalanx::transport::QuicTransport) -> Broker {
+async fn math_node(id: &str, quic: phalanx::transport::MeshTransport) -> Broker {
     let broker = Broker::builder()
         .node_id(id)
         .namespace("bench")

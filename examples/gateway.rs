@@ -10,7 +10,7 @@
 
 use phalanx::gateway::{Authenticator, Cors, EventRoute, Gateway, Route, unauthorized};
 use phalanx::identity::ClusterCa;
-use phalanx::transport::QuicTransport;
+use phalanx::transport::MeshTransport;
 use phalanx::{Broker, Context, Error};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -30,12 +30,12 @@ struct Item {
 }
 
 /// A node on the QUIC mesh, listening on a free loopback port, dialing `seed` if given.
-async fn node(id: &str, seed: Option<&QuicTransport>) -> phalanx::Result<(Broker, QuicTransport)> {
-    let mut quic = QuicTransport::builder()
+async fn node(id: &str, seed: Option<&MeshTransport>) -> phalanx::Result<(Broker, MeshTransport)> {
+    let mut quic = MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("address"))
         .cluster_ca(ClusterCa::local()?)
         .mdns(false);
-    if let Some(addr) = seed.and_then(QuicTransport::local_addr) {
+    if let Some(addr) = seed.and_then(MeshTransport::local_addr) {
         quic = quic.seed(addr.to_string());
     }
     let quic = quic.build();

@@ -6,7 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 use phalanx::identity::ClusterCa;
-use phalanx::transport::QuicTransport;
+use phalanx::transport::MeshTransport;
 use phalanx::{Broker, Context, Error};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -27,14 +27,14 @@ struct Placed {
 }
 
 /// A node on the QUIC mesh, listening on a free loopback port, dialing `seed` if given.
-async fn node(id: &str, seed: Option<&QuicTransport>) -> phalanx::Result<(Broker, QuicTransport)> {
-    let mut quic = QuicTransport::builder()
+async fn node(id: &str, seed: Option<&MeshTransport>) -> phalanx::Result<(Broker, MeshTransport)> {
+    let mut quic = MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("address"))
         // Zero config: the user's cluster secret file, created on first run.
         .cluster_ca(ClusterCa::local()?)
         // Seeds keep this demo deterministic; on a LAN, mDNS (on by default) finds nodes too.
         .mdns(false);
-    if let Some(addr) = seed.and_then(QuicTransport::local_addr) {
+    if let Some(addr) = seed.and_then(MeshTransport::local_addr) {
         quic = quic.seed(addr.to_string());
     }
     let quic = quic.build();

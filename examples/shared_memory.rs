@@ -6,12 +6,12 @@
 #![allow(clippy::print_stdout)]
 
 use phalanx::identity::ClusterCa;
-use phalanx::transport::{LinkKind, QuicTransport, ShmTransport};
+use phalanx::transport::{LinkKind, MeshTransport, ShmTransport};
 use phalanx::{Broker, Context};
 use std::time::{Duration, Instant};
 
-async fn node(id: &str, seed: Option<String>) -> phalanx::Result<(Broker, QuicTransport)> {
-    let quic = QuicTransport::builder()
+async fn node(id: &str, seed: Option<String>) -> phalanx::Result<(Broker, MeshTransport)> {
+    let quic = MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("address"))
         .seeds(seed)
         .cluster_ca(ClusterCa::local()?)

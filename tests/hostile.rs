@@ -10,7 +10,7 @@ use phalanx::protocol::packet::{
     ActionInfo, Event, EventInfo, Info, PROTOCOL_VERSION, Packet, PacketBody, ServiceInfo,
 };
 use phalanx::transport::{
-    LinkKind, QuicTransport, TransportContext, TransportHandler, Transporter,
+    LinkKind, MeshTransport, TransportContext, TransportHandler, Transporter,
 };
 use phalanx::{Broker, CallOptions};
 use std::sync::Arc;
@@ -72,7 +72,7 @@ fn service(name: &str, actions: usize, patterns: &[String]) -> ServiceInfo {
 }
 
 /// Starts the attacker as `id` with `info`, linked to the node listening at `seed`.
-async fn rogue(id: &str, info: Info, seed: String) -> QuicTransport {
+async fn rogue(id: &str, info: Info, seed: String) -> MeshTransport {
     let quic = quic_loopback(SECRET, [seed]);
     let handler = Arc::new(Rogue {
         id: id.into(),

@@ -3,14 +3,14 @@
 mod common;
 
 use common::cluster::quic_loopback;
-use phalanx::transport::{LinkKind, QuicTransport};
+use phalanx::transport::{LinkKind, MeshTransport};
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, QuicTransport) {
+async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, MeshTransport) {
     // `RUST_LOG=phalanx=debug cargo test --test quic_mesh` shows what the mesh does.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -29,7 +29,7 @@ async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, QuicTranspor
     (broker, quic)
 }
 
-fn addr(quic: &QuicTransport) -> String {
+fn addr(quic: &MeshTransport) -> String {
     quic.local_addr().unwrap().to_string()
 }
 

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use phalanx::Broker;
 use phalanx::identity::ClusterCa;
-use phalanx::transport::QuicTransport;
+use phalanx::transport::MeshTransport;
 use serde_bytes::ByteBuf;
 use std::future::Future;
 use std::time::Duration;
@@ -56,8 +56,8 @@ pub(crate) fn chosen_rows(all: &[&'static str]) -> Vec<&'static str> {
 }
 
 /// A QUIC transport on a free loopback port with the benches' secret, mDNS off, dialing `seed`.
-pub(crate) fn quic_loopback(seed: Option<String>) -> QuicTransport {
-    QuicTransport::builder()
+pub(crate) fn quic_loopback(seed: Option<String>) -> MeshTransport {
+    MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("loopback address"))
         .cluster_ca(ClusterCa::secret("phalanx-bench-secret-0123456789abcdef"))
         .mdns(false)

@@ -78,7 +78,7 @@ pub fn run_member(args: &[String]) -> Result<(), String> {
     use phalanx::identity::ClusterCa;
     use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
     use phalanx::transport::{
-        LinkKind, QuicTransport, TransportContext, TransportHandler, Transporter,
+        LinkKind, MeshTransport, TransportContext, TransportHandler, Transporter,
     };
     use std::sync::Arc;
 
@@ -118,7 +118,7 @@ pub fn run_member(args: &[String]) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     runtime.block_on(async move {
-        let quic = QuicTransport::builder()
+        let quic = MeshTransport::builder()
             .listen("0.0.0.0:7000".parse().expect("an address"))
             .seed(seed.clone())
             .cluster_ca(ClusterCa::secret(secret))

@@ -101,7 +101,7 @@ impl Broker {
             PacketBody::Discover(Discover {}),
         );
         for transport in &self.inner.transports {
-            if link.is_none_or(|l| l == transport.kind()) {
+            if link.is_none_or(|l| transport.carries(l)) {
                 let (transport, node_id, discover) =
                     (transport.clone(), node_id.clone(), discover.clone());
                 tokio::spawn(async move {

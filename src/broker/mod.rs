@@ -434,7 +434,7 @@ impl Broker {
         self.inner
             .transports
             .iter()
-            .find(|t| t.kind() == link)
+            .find(|t| t.carries(link))
             .cloned()
     }
 }

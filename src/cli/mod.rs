@@ -10,7 +10,7 @@ mod top;
 
 use clap::{Args, Parser, Subcommand};
 use phalanx::identity::{ClusterCa, read_secret_file};
-use phalanx::transport::QuicTransport;
+use phalanx::transport::MeshTransport;
 use phalanx::{Broker, CallOptions, Error, Result};
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -176,7 +176,7 @@ pub(crate) struct JoinArgs {
 /// A broker that joined the mesh, and the QUIC transport it joined with (none on NATS).
 pub(crate) struct Joined {
     pub(crate) broker: Broker,
-    quic: Option<QuicTransport>,
+    quic: Option<MeshTransport>,
 }
 
 impl Joined {
@@ -184,7 +184,7 @@ impl Joined {
     pub(crate) fn authentication_error(&self) -> Option<Error> {
         self.quic
             .as_ref()
-            .and_then(QuicTransport::authentication_error)
+            .and_then(MeshTransport::authentication_error)
     }
 
     /// Where peers can reach this node.
@@ -238,7 +238,7 @@ impl JoinArgs {
             let broker = builder.transport(nats.build()).start().await?;
             return Ok(Joined { broker, quic: None });
         }
-        let quic = QuicTransport::builder()
+        let quic = MeshTransport::builder()
             .listen(listen)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
             .cluster_ca(cluster_ca)

@@ -30,17 +30,17 @@
 
 mod inproc;
 mod link_table;
+mod mesh;
 #[cfg(feature = "nats")]
 mod nats;
-mod quic;
 mod reply;
 mod shm;
 
 pub use inproc::{InProcBus, InProcTransport};
 pub(crate) use link_table::LinkTable;
+pub use mesh::{MeshConfig, MeshLinks, MeshTransport, MeshTransportBuilder};
 #[cfg(feature = "nats")]
 pub use nats::{NatsTransport, NatsTransportBuilder};
-pub use quic::{QuicConfig, QuicTransport, QuicTransportBuilder};
 pub use reply::PendingReply;
 pub(crate) use reply::ReplySender;
 pub use shm::{ShmTransport, ShmTransportBuilder};
@@ -68,6 +68,8 @@ pub enum LinkKind {
     Shm,
     /// QUIC.
     Quic,
+    /// TCP with TLS, where UDP does not pass.
+    Tcp,
     /// A NATS bus.
     Nats,
 }
@@ -80,6 +82,7 @@ impl LinkKind {
             Self::InProc => "inproc",
             Self::Shm => "shm",
             Self::Quic => "quic",
+            Self::Tcp => "tcp",
             Self::Nats => "nats",
         }
     }
@@ -207,6 +210,12 @@ impl fmt::Debug for TransportContext {
 pub trait Transporter: Send + Sync + 'static {
     /// The kind of link this transport provides.
     fn kind(&self) -> LinkKind;
+
+    /// Whether this transport carries links of kind `link` (a mesh carries QUIC and TCP links;
+    /// every other transport just its [`kind`](Transporter::kind)).
+    fn carries(&self, link: LinkKind) -> bool {
+        self.kind() == link
+    }
 
     /// Starts listening / connecting; inbound traffic goes to `ctx.handler` from now on.
     fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>>;

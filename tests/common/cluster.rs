@@ -2,7 +2,7 @@
 //! sees all the others, and stopped together — explicitly with [`Cluster::stop`], or on drop.
 
 use phalanx::identity::ClusterCa;
-use phalanx::transport::{InProcBus, QuicTransport};
+use phalanx::transport::{InProcBus, MeshTransport};
 use phalanx::{Broker, BrokerBuilder};
 use std::time::Duration;
 
@@ -141,8 +141,8 @@ pub(crate) fn fast_stop(builder: BrokerBuilder) -> BrokerBuilder {
 pub(crate) fn quic_loopback(
     secret: &str,
     seeds: impl IntoIterator<Item = String>,
-) -> QuicTransport {
-    QuicTransport::builder()
+) -> MeshTransport {
+    MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("loopback address"))
         .seeds(seeds)
         .cluster_ca(ClusterCa::secret(super::strong_secret(secret)))

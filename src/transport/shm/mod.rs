@@ -100,10 +100,10 @@ impl ShmTransportBuilder {
 /// ```no_run
 /// # #[tokio::main]
 /// # async fn main() -> phalanx::Result<()> {
-/// use phalanx::transport::{QuicTransport, ShmTransport};
+/// use phalanx::transport::{MeshTransport, ShmTransport};
 ///
 /// let broker = phalanx::Broker::builder()
-///     .transport(QuicTransport::builder().build())
+///     .transport(MeshTransport::builder().build())
 ///     .transport(ShmTransport::builder().build())   // same-host peers switch to shared memory
 ///     .start()
 ///     .await?;

@@ -1,17 +1,27 @@
-//! The QUIC mesh: one mutually authenticated QUIC connection per pair of nodes (quinn + rustls).
+//! The peer mesh: one mutually authenticated link per pair of nodes, over QUIC (quinn + rustls)
+//! or, where UDP does not pass, over TCP with TLS 1.3 (tokio-rustls).
 //!
 //! # Links
-//! Each side of a connection opens one long-lived unidirectional *main* stream and writes frames
-//! to it straight from the calling task — no writer task in between (a cross-thread hop costs
-//! ~20 µs on small VMs, more than the rest of a call). Frames larger than
-//! [`QuicConfig::large_frame`] get a unidirectional stream of their own, so a big body never
-//! holds up small calls behind it. The first frame on a main stream is a `DISCOVER` that names
-//! the sender: that is how a link learns its peer's node id.
+//! Each side of a link writes frames straight from the calling task — no writer task in
+//! between (a cross-thread hop costs ~20 µs on small VMs, more than the rest of a call). On QUIC
+//! each side opens one long-lived unidirectional *main* stream, and frames larger than
+//! [`MeshConfig::large_frame`] get a unidirectional stream of their own, so a big body never
+//! holds up small calls behind it. On TCP every frame travels in order on the one TLS session.
+//! The first frame either way is the sender's `INFO`; the node id it names must be the one its
+//! certificate names.
 //!
-//! # One connection per pair
-//! When two nodes dial each other at once, both connections complete. The one dialed by the node
-//! with the smaller id survives; the other is closed with reason `duplicate`. Both sides apply the
-//! same rule, so exactly one remains.
+//! # QUIC first, TCP when UDP does not pass
+//! With [`MeshLinks::Both`] (the default) a node listens for QUIC (UDP) and TCP on the same port
+//! number, so one address — in seeds, mDNS and gossip — reaches both. A dial tries QUIC first
+//! and falls back to TCP, per peer, when no candidate address answers QUIC within
+//! [`MeshConfig::connect_timeout`]. A QUIC link that comes up while a TCP link to the same peer
+//! exists replaces it (the TCP link is let go once what was sent on it has arrived). mDNS itself
+//! travels over UDP: where UDP is dropped, nodes find each other through seeds.
+//!
+//! # One link per pair
+//! When two nodes dial each other at once, both links complete. QUIC beats TCP; between two
+//! links of one kind, the one dialed by the node with the smaller id survives and the other is
+//! closed (QUIC reason `duplicate`). Both sides apply the same rule, so exactly one remains.
 //!
 //! # Discovery
 //! Seeds (`host:port`) are dialed until they answer, then again whenever their link drops, with
@@ -22,24 +32,29 @@
 //! # Hostile input
 //! A frame that fails to decode, exceeds the size limit, or claims another sender closes the link
 //! with a logged reason; other links are unaffected. A peer that stops reading makes writes stall:
-//! after [`QuicConfig::write_timeout`] its link is closed. QUIC flow control bounds the bytes
-//! buffered per peer, and the number of extra streams a peer may open is capped.
+//! after [`MeshConfig::write_timeout`] its link is closed. QUIC flow control bounds the bytes
+//! buffered per peer and the number of extra streams a peer may open is capped; on TCP the
+//! frame decoder never holds more than one frame (at most the frame limit), and at most 64
+//! connections may sit between accept and hello at once, each for at most 5 s.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> phalanx::Result<()> {
-//! use phalanx::{Broker, identity::ClusterCa, transport::QuicTransport};
+//! use phalanx::{Broker, identity::ClusterCa, transport::MeshTransport};
 //!
-//! let quic = QuicTransport::builder()
+//! let mesh = MeshTransport::builder()
 //!     .listen("0.0.0.0:4000".parse().unwrap())
 //!     .seed("10.0.0.2:4000")
 //!     .cluster_ca(ClusterCa::secret("9f1c2b7e0d4a8c3f6e5b1a2d7c9e0f4b"))
 //!     .build();
-//! let broker = Broker::builder().transport(quic).start().await?;
+//! let broker = Broker::builder().transport(mesh).start().await?;
 //! # Ok(()) }
 //! ```
 
 mod dial;
 mod link;
+mod quic;
+mod session;
+mod tcp;
 
 use super::{Direction, LinkKind, LinkTable, PeerSource, TransportContext, Transporter};
 use crate::discovery::DialPlan;
@@ -53,46 +68,98 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use link::Link;
+use quic::QuicSide;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tcp::TcpSide;
 use tokio::task::JoinHandle;
 
-/// Settings of a [`QuicTransport`].
+/// Which kinds of link a mesh node listens for and dials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MeshLinks {
+    /// QUIC only (UDP).
+    Quic,
+    /// TCP with TLS 1.3 only, for networks that drop UDP.
+    Tcp,
+    /// Both on the same port number: QUIC preferred, TCP when QUIC does not answer.
+    #[default]
+    Both,
+}
+
+impl MeshLinks {
+    fn quic(self) -> bool {
+        matches!(self, Self::Quic | Self::Both)
+    }
+
+    fn tcp(self) -> bool {
+        matches!(self, Self::Tcp | Self::Both)
+    }
+}
+
+impl std::str::FromStr for MeshLinks {
+    type Err = Error;
+
+    /// `quic`, `tcp` or `both`.
+    ///
+    /// ```
+    /// use phalanx::transport::MeshLinks;
+    /// assert_eq!("tcp".parse::<MeshLinks>().unwrap(), MeshLinks::Tcp);
+    /// assert!("udp".parse::<MeshLinks>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "quic" => Ok(Self::Quic),
+            "tcp" => Ok(Self::Tcp),
+            "both" => Ok(Self::Both),
+            other => Err(Error::validation(format!(
+                "unknown mesh transport '{other}': expected quic, tcp or both"
+            ))),
+        }
+    }
+}
+
+/// Settings of a [`MeshTransport`].
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub struct QuicConfig {
+pub struct MeshConfig {
     /// Address to listen on. Default `0.0.0.0:0` (any interface, a free port).
     pub listen: SocketAddr,
+    /// Which kinds of link to listen for and dial. Default [`MeshLinks::Both`].
+    pub links: MeshLinks,
     /// Seeds to dial, as `host:port`.
     pub seeds: Vec<String>,
     /// How membership is proven. `None`: [`ClusterCa::local`] at start.
     pub cluster_ca: Option<ClusterCa>,
-    /// Give up a dial after this long. Default 2 s.
+    /// Give up a dial after this long (per kind of link: a QUIC dial that gets no answer
+    /// within it falls back to TCP). Default 2 s.
     pub connect_timeout: Duration,
     /// Close a link whose writes stall this long (peer not reading). Default 5 s.
     pub write_timeout: Duration,
-    /// Close a connection silent for this long (QUIC idle timeout). Default 10 s.
+    /// Close a QUIC connection silent for this long (QUIC idle timeout). Default 10 s.
     pub idle_timeout: Duration,
-    /// Frames at least this large travel on a stream of their own. Default 64 KiB.
+    /// Frames at least this large travel on a QUIC stream of their own. Default 64 KiB.
     pub large_frame: usize,
-    /// Most streams a peer may have open towards us at once (each carries one large frame).
-    /// Default 16.
+    /// Most QUIC streams a peer may have open towards us at once (each carries one large
+    /// frame). Default 16.
     pub max_peer_streams: u32,
-    /// Most large frames read from one peer at once; the rest wait in QUIC flow control. With
-    /// the 16 MiB frame limit, what one peer can make us hold is this many frames. Default 2.
+    /// Most large frames read from one QUIC peer at once; the rest wait in QUIC flow control.
+    /// With the 16 MiB frame limit, what one peer can make us hold is this many frames.
+    /// Default 2.
     pub max_large_frames_in_flight: usize,
-    /// Longest a large frame may take to arrive once its stream opened. Default 30 s.
+    /// Longest a large frame may take to arrive, or to be written. Default 30 s.
     pub large_frame_timeout: Duration,
     /// Announce and browse by mDNS on the interfaces we listen on. Default on.
     pub mdns: bool,
 }
 
-impl Default for QuicConfig {
+impl Default for MeshConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            links: MeshLinks::default(),
             seeds: Vec::new(),
             cluster_ca: None,
             connect_timeout: Duration::from_secs(2),
@@ -107,16 +174,28 @@ impl Default for QuicConfig {
     }
 }
 
-/// Builds a [`QuicTransport`].
+/// Builds a [`MeshTransport`].
 #[derive(Debug, Default)]
-pub struct QuicTransportBuilder {
-    config: QuicConfig,
+pub struct MeshTransportBuilder {
+    config: MeshConfig,
 }
 
-impl QuicTransportBuilder {
+impl MeshTransportBuilder {
     /// Address to listen on.
     pub fn listen(mut self, addr: SocketAddr) -> Self {
         self.config.listen = addr;
+        self
+    }
+
+    /// Which kinds of link to use (default [`MeshLinks::Both`]).
+    ///
+    /// ```
+    /// use phalanx::transport::{MeshLinks, MeshTransport};
+    /// let tcp_only = MeshTransport::builder().links(MeshLinks::Tcp).build();
+    /// # let _ = tcp_only;
+    /// ```
+    pub fn links(mut self, links: MeshLinks) -> Self {
+        self.config.links = links;
         self
     }
 
@@ -145,38 +224,39 @@ impl QuicTransportBuilder {
     }
 
     /// Replaces the whole configuration.
-    pub fn config(mut self, config: QuicConfig) -> Self {
+    pub fn config(mut self, config: MeshConfig) -> Self {
         self.config = config;
         self
     }
 
     /// The transport, ready to hand to [`BrokerBuilder::transport`](crate::BrokerBuilder::transport).
-    pub fn build(self) -> QuicTransport {
-        QuicTransport {
+    pub fn build(self) -> MeshTransport {
+        MeshTransport {
             config: Arc::new(self.config),
             mesh: Arc::default(),
         }
     }
 }
 
-/// The QUIC transport (see the module docs). Clones share one mesh, so a clone kept after
+/// The mesh transport (see the module docs). Clones share one mesh, so a clone kept after
 /// handing the transport to a broker can still report links and authentication failures.
 #[derive(Debug, Clone)]
-pub struct QuicTransport {
-    config: Arc<QuicConfig>,
+pub struct MeshTransport {
+    config: Arc<MeshConfig>,
     mesh: Arc<OnceLock<Arc<Mesh>>>,
 }
 
-/// State shared by the accept loop, the dialer and every link.
+/// State shared by the accept loops, the dialer and every link.
 pub(crate) struct Mesh {
     ctx: TransportContext,
-    config: QuicConfig,
-    endpoint: quinn::Endpoint,
-    client_config: quinn::ClientConfig,
+    config: MeshConfig,
+    quic: Option<QuicSide>,
+    tcp: Option<TcpSide>,
     links: LinkTable<Link>,
     dialer: DialPlan,
     auth_failures: AtomicU64,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    local: SocketAddr,
     addresses: Vec<String>,
     /// Our addresses signed with our certificate key, for others to gossip.
     record: Bytes,
@@ -189,20 +269,48 @@ impl std::fmt::Debug for Mesh {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Mesh")
             .field("node_id", &self.ctx.node_id)
+            .field("links", &self.config.links)
             .field("addresses", &self.addresses)
             .finish_non_exhaustive()
     }
 }
 
-impl QuicTransport {
+/// Why a dial made no link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum DialFailure {
+    /// Nothing answered (timeout, unreachable, refused port): worth trying another kind of link.
+    Silent,
+    /// Something answered and refused us (or we it): another kind of link would fare no better.
+    Refused,
+}
+
+/// The first of `attempts` to connect; if none does, the most telling failure.
+async fn first_connected<T>(
+    attempts: impl IntoIterator<
+        Item = impl std::future::Future<Output = std::result::Result<T, DialFailure>>,
+    >,
+) -> std::result::Result<T, DialFailure> {
+    use futures_util::StreamExt;
+    let mut pending: futures_util::stream::FuturesUnordered<_> = attempts.into_iter().collect();
+    let mut failure = DialFailure::Silent;
+    while let Some(attempt) = pending.next().await {
+        match attempt {
+            Ok(connected) => return Ok(connected),
+            Err(why) => failure = failure.max(why),
+        }
+    }
+    Err(failure)
+}
+
+impl MeshTransport {
     /// A builder with default settings.
-    pub fn builder() -> QuicTransportBuilder {
-        QuicTransportBuilder::default()
+    pub fn builder() -> MeshTransportBuilder {
+        MeshTransportBuilder::default()
     }
 
-    /// The bound socket address, once started.
+    /// The bound socket address (UDP and TCP share its port), once started.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.mesh.get().and_then(|m| m.endpoint.local_addr().ok())
+        self.mesh.get().map(|m| m.local)
     }
 
     /// Handshakes that failed because a peer could not prove membership (or we could not).
@@ -219,6 +327,11 @@ impl QuicTransport {
             .map_or_else(Vec::new, |m| m.links.node_ids())
     }
 
+    /// The kind of the open link to `node_id` (QUIC or TCP), if any.
+    pub fn link_kind(&self, node_id: &str) -> Option<LinkKind> {
+        self.mesh.get()?.links.get(node_id).map(|link| link.kind)
+    }
+
     /// An authentication error if handshakes failed and no peer is linked: this node's
     /// membership does not match the cluster's.
     pub fn authentication_error(&self) -> Option<Error> {
@@ -229,13 +342,25 @@ impl QuicTransport {
     fn mesh(&self) -> Result<&Arc<Mesh>> {
         self.mesh
             .get()
-            .ok_or_else(|| Error::transport("QUIC transport is not started"))
+            .ok_or_else(|| Error::transport("mesh transport is not started"))
     }
 }
 
-impl Transporter for QuicTransport {
+impl Transporter for MeshTransport {
     fn kind(&self) -> LinkKind {
-        LinkKind::Quic
+        if self.config.links.quic() {
+            LinkKind::Quic
+        } else {
+            LinkKind::Tcp
+        }
+    }
+
+    fn carries(&self, link: LinkKind) -> bool {
+        match link {
+            LinkKind::Quic => self.config.links.quic(),
+            LinkKind::Tcp => self.config.links.tcp(),
+            _ => false,
+        }
     }
 
     fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>> {
@@ -248,12 +373,12 @@ impl Transporter for QuicTransport {
             let mesh = Mesh::start(ctx, (*self.config).clone(), &credentials)?;
             self.mesh
                 .set(mesh.clone())
-                .map_err(|_| Error::transport("QUIC transport started twice"))?;
+                .map_err(|_| Error::transport("mesh transport started twice"))?;
             mesh.spawn_background();
             if self.config.mdns {
                 mesh.start_mdns(credentials.clone())?;
             }
-            tracing::info!(addresses = ?mesh.addresses, fingerprint = %credentials.fingerprint(), "QUIC mesh listening");
+            tracing::info!(addresses = ?mesh.addresses, links = ?self.config.links, fingerprint = %credentials.fingerprint(), "mesh listening");
             Ok(())
         }
         .boxed()
@@ -266,7 +391,7 @@ impl Transporter for QuicTransport {
             let frame = mesh.ctx.codec.encode(packet)?;
             mesh.ctx
                 .traffic
-                .record(node_id, LinkKind::Quic, Direction::Sent, frame.len());
+                .record(node_id, link.kind, Direction::Sent, frame.len());
             link.send(frame, &mesh.config).await
         }
         .boxed()
@@ -278,12 +403,9 @@ impl Transporter for QuicTransport {
             let frame = mesh.ctx.codec.encode(packet)?;
             let links = mesh.links.all();
             for link in &links {
-                mesh.ctx.traffic.record(
-                    &link.node_id,
-                    LinkKind::Quic,
-                    Direction::Sent,
-                    frame.len(),
-                );
+                mesh.ctx
+                    .traffic
+                    .record(&link.node_id, link.kind, Direction::Sent, frame.len());
             }
             // Concurrently: one stalled peer must not hold up the others.
             let sends = links
@@ -389,50 +511,45 @@ impl Transporter for QuicTransport {
                     .map(|link| link.close_gracefully(Duration::from_secs(1))),
             )
             .await;
-            mesh.endpoint
-                .close(link::CLOSE_BYE.into(), b"node stopping");
-            let _ =
-                tokio::time::timeout(Duration::from_millis(500), mesh.endpoint.wait_idle()).await;
+            if let Some(quic) = &mesh.quic {
+                quic.endpoint
+                    .close(link::CLOSE_BYE.into(), b"node stopping");
+                let _ = tokio::time::timeout(Duration::from_millis(500), quic.endpoint.wait_idle())
+                    .await;
+            }
         }
         .boxed()
     }
 }
 
+/// Attempts at finding a port free for both UDP and TCP when the listen port is 0.
+const PORT_ATTEMPTS: usize = 16;
+
 impl Mesh {
     fn start(
         ctx: TransportContext,
-        config: QuicConfig,
+        config: MeshConfig,
         credentials: &Credentials,
     ) -> Result<Arc<Self>> {
-        let quic_error =
-            |e: &dyn std::fmt::Display| Error::transport(format!("QUIC setup failed: {e}"));
-        let server_crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(credentials.server_config()?)
-                .map_err(|e| quic_error(&e))?;
-        let client_crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(credentials.client_config()?)
-                .map_err(|e| quic_error(&e))?;
-        let transport = Arc::new(transport_config(&config)?);
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
-        server_config.transport_config(transport.clone());
-        let mut client_config = quinn::ClientConfig::new(Arc::new(client_crypto));
-        client_config.transport_config(transport);
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| {
-            Error::transport(format!("cannot listen on {}: {e}", config.listen)).with_source(e)
-        })?;
-        let local = endpoint.local_addr().map_err(|e| quic_error(&e))?;
+        let (quic, tcp) = bind(&config, credentials)?;
+        let local = match (&quic, &tcp) {
+            (Some(quic), _) => quic.local_addr()?,
+            (None, Some(tcp)) => tcp.local_addr(),
+            (None, None) => unreachable!("a mesh listens on QUIC, TCP or both"),
+        };
         let addresses = announce_addresses(local);
         let record = address_record::sign(credentials, &ctx.node_id, &ctx.namespace, &addresses)?;
         let dialer = DialPlan::new(&config.seeds);
         Ok(Arc::new(Self {
             ctx,
             config,
-            endpoint,
-            client_config,
+            quic,
+            tcp,
             links: LinkTable::default(),
             dialer,
             auth_failures: AtomicU64::new(0),
             tasks: Mutex::default(),
+            local,
             addresses,
             record,
             credentials: credentials.clone(),
@@ -463,30 +580,19 @@ impl Mesh {
     }
 
     fn spawn_background(self: &Arc<Self>) {
-        let accept = tokio::spawn(self.clone().accept_loop());
-        let dial = tokio::spawn(dial::run(self.clone()));
-        self.tasks
-            .lock()
-            .expect("tasks lock")
-            .extend([accept, dial]);
-    }
-
-    async fn accept_loop(self: Arc<Self>) {
-        while let Some(incoming) = self.endpoint.accept().await {
-            let mesh = self.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                match incoming.await {
-                    Ok(conn) => mesh.run_connection(conn, false, None).await,
-                    Err(err) => mesh.handshake_failed(&remote.to_string(), &err),
-                }
-            });
+        let mut tasks = vec![tokio::spawn(dial::run(self.clone()))];
+        if self.quic.is_some() {
+            tasks.push(tokio::spawn(self.clone().accept_quic()));
         }
+        if self.tcp.is_some() {
+            tasks.push(tokio::spawn(self.clone().accept_tcp()));
+        }
+        self.tasks.lock().expect("tasks lock").extend(tasks);
     }
 
     /// Records a failed handshake; TLS failures count as authentication failures.
-    fn handshake_failed(&self, peer: &str, err: &quinn::ConnectionError) {
-        if is_auth_failure(err) {
+    fn handshake_failed(&self, peer: &str, auth: bool, err: &dyn std::fmt::Display) {
+        if auth {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
             // Counted and logged at a bounded rate: a stranger's attempts must not flood the log.
             self.ctx.traffic.limit_hit(
@@ -502,60 +608,38 @@ impl Mesh {
     fn link(&self, node_id: &str) -> Result<Arc<Link>> {
         self.links
             .get(node_id)
-            .ok_or_else(|| Error::transport(format!("no QUIC link to node '{node_id}'")))
+            .ok_or_else(|| Error::transport(format!("no mesh link to node '{node_id}'")))
     }
 
     pub(crate) fn is_linked(&self, node_id: &str) -> bool {
         self.links.contains(node_id)
     }
-
-    /// Adds a link unless a better one to the same peer exists (see "One connection per pair").
-    /// Returns whether the link was kept and whether it is the first to that peer.
-    fn register(&self, link: &Arc<Link>) -> (bool, bool) {
-        let preferred_outbound = *self.ctx.node_id < *link.node_id;
-        let (kept, replaced) = self.links.insert_if(
-            link.node_id.clone(),
-            link.clone(),
-            |existing| match existing {
-                None => true,
-                Some(existing) if existing.is_closed() => true,
-                Some(existing) => {
-                    link.outbound == preferred_outbound && existing.outbound != preferred_outbound
-                }
-            },
-        );
-        match replaced {
-            Some(existing) if !existing.is_closed() => {
-                existing.close(link::CLOSE_DUPLICATE, "duplicate");
-                (kept, false)
-            }
-            _ => (kept, kept),
-        }
-    }
-
-    /// Removes `link` if it is still the registered one; returns whether it was.
-    fn unregister(&self, link: &Link) -> bool {
-        self.links
-            .remove_if(&link.node_id, |current| current.id() == link.id())
-            .is_some()
-    }
 }
 
-/// Bytes a peer may send ahead of what we have read, over all streams of its connection.
-const CONNECTION_RECEIVE_WINDOW: u32 = 8 * 1024 * 1024;
-
-fn transport_config(config: &QuicConfig) -> Result<quinn::TransportConfig> {
-    let mut transport = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|e| Error::transport(format!("invalid idle timeout: {e}")).with_source(e))?;
-    transport
-        .max_idle_timeout(Some(idle))
-        .keep_alive_interval(Some(config.idle_timeout / 4))
-        .max_concurrent_bidi_streams(0u32.into())
-        .max_concurrent_uni_streams(config.max_peer_streams.into())
-        // Unread bytes one peer may have buffered here across all its streams.
-        .receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
-    Ok(transport)
+/// Binds what `config.links` asks for. With both, TCP takes the port QUIC got, so one address
+/// reaches either; when the port was left to the system and TCP finds it taken, both try again.
+fn bind(
+    config: &MeshConfig,
+    credentials: &Credentials,
+) -> Result<(Option<QuicSide>, Option<TcpSide>)> {
+    let listen = config.listen;
+    match config.links {
+        MeshLinks::Quic => Ok((Some(QuicSide::bind(config, credentials, listen)?), None)),
+        MeshLinks::Tcp => Ok((None, Some(TcpSide::bind(credentials, listen)?))),
+        MeshLinks::Both => {
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                let quic = QuicSide::bind(config, credentials, listen)?;
+                let same_port = SocketAddr::new(listen.ip(), quic.local_addr()?.port());
+                match TcpSide::bind(credentials, same_port) {
+                    Ok(tcp) => return Ok((Some(quic), Some(tcp))),
+                    Err(_) if listen.port() == 0 && attempt < PORT_ATTEMPTS => continue,
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+    }
 }
 
 /// Addresses peers can dial: the bound one, or every non-loopback interface address when bound
@@ -576,21 +660,6 @@ fn announce_addresses(local: SocketAddr) -> Vec<String> {
         external.push(format!("{loopback}:{port}"));
     }
     external
-}
-
-fn is_auth_failure(err: &quinn::ConnectionError) -> bool {
-    match err {
-        quinn::ConnectionError::TransportError(e) => {
-            // TLS alerts are carried as CRYPTO_ERROR codes 0x100..=0x1ff.
-            let code = u64::from(e.code);
-            (0x100..=0x1ff).contains(&code)
-        }
-        quinn::ConnectionError::ConnectionClosed(close) => {
-            let code = u64::from(close.error_code);
-            (0x100..=0x1ff).contains(&code)
-        }
-        _ => false,
-    }
 }
 
 /// An authentication error for a node that never joined because handshakes failed.

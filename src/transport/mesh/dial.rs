@@ -1,14 +1,10 @@
-//! The QUIC dial loop: dials what the [`DialPlan`](crate::discovery::DialPlan) says is due,
-//! every candidate address in parallel.
+//! The mesh's dial loop: dials what the [`DialPlan`](crate::discovery::DialPlan) says is due,
+//! every candidate address in parallel, QUIC first and TCP when QUIC gets no answer.
 
-use super::Mesh;
-use crate::identity::CLUSTER_SERVER_NAME;
+use super::{DialFailure, Mesh};
 use crate::limits::Limit;
-use futures_util::FutureExt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::oneshot;
 
 /// How often the dial loop looks for due targets.
 const TICK: Duration = Duration::from_millis(100);
@@ -57,7 +53,8 @@ fn report_refusals(mesh: &Mesh) {
     }
 }
 
-/// Dials every candidate address in parallel; the first handshake wins. Returns the peer's id.
+/// Resolves the candidates and dials them: QUIC first, TCP if no candidate answered QUIC.
+/// Returns the peer's id.
 async fn dial(mesh: &Arc<Mesh>, addresses: &[String]) -> Option<Arc<str>> {
     let own = mesh.dialer.own_addresses();
     let mut candidates = Vec::new();
@@ -72,30 +69,18 @@ async fn dial(mesh: &Arc<Mesh>, addresses: &[String]) -> Option<Arc<str>> {
     if candidates.is_empty() {
         return None;
     }
-    let attempts = candidates
-        .into_iter()
-        .map(|addr| connect(mesh, addr).boxed());
-    let conn = futures_util::future::select_ok(attempts).await.ok()?.0;
-    let (named, name) = oneshot::channel();
-    let driver = mesh.clone();
-    tokio::spawn(async move { driver.run_connection(conn, true, Some(named)).await });
-    name.await.ok().flatten()
-}
-
-async fn connect(mesh: &Arc<Mesh>, addr: SocketAddr) -> Result<quinn::Connection, ()> {
-    let connecting = mesh
-        .endpoint
-        .connect_with(mesh.client_config.clone(), addr, CLUSTER_SERVER_NAME)
-        .map_err(|err| tracing::debug!(%addr, %err, "cannot dial"))?;
-    match tokio::time::timeout(mesh.config.connect_timeout, connecting).await {
-        Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(err)) => {
-            mesh.handshake_failed(&addr.to_string(), &err);
-            Err(())
-        }
-        Err(_) => {
-            tracing::debug!(%addr, "dial timed out");
-            Err(())
+    if mesh.quic.is_some() {
+        match mesh.dial_quic(&candidates).await {
+            Ok(peer) => return peer,
+            Err(DialFailure::Refused) => return None,
+            Err(DialFailure::Silent) => {}
         }
     }
+    if mesh.tcp.is_some() {
+        if mesh.quic.is_some() {
+            tracing::debug!(?candidates, "no QUIC answer: dialing TCP");
+        }
+        return mesh.dial_tcp(&candidates).await.ok().flatten();
+    }
+    None
 }

@@ -1,0 +1,342 @@
+//! One authenticated link to a peer, over QUIC or TCP: the send path (with corking), closing,
+//! and the byte source its reader drains.
+
+use super::MeshConfig;
+use crate::error::{Error, Result};
+use crate::transport::LinkKind;
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::sync::watch;
+
+/// Application close codes (QUIC carries them to the peer; TCP only logs them).
+pub(super) const CLOSE_BYE: u32 = 0;
+pub(super) const CLOSE_DUPLICATE: u32 = 1;
+pub(super) const CLOSE_PROTOCOL: u32 = 2;
+const CLOSE_STALLED: u32 = 3;
+pub(super) const CLOSE_SELF: u32 = 4;
+
+/// First byte of every unidirectional QUIC stream.
+pub(super) const STREAM_MAIN: u8 = 0;
+pub(super) const STREAM_FRAME: u8 = 1;
+
+/// Bytes asked of the stack per read.
+pub(super) const READ_CHUNK: usize = 64 * 1024;
+
+/// A TLS session over TCP, either side of the handshake.
+pub(super) type TlsTcp = tokio_rustls::TlsStream<tokio::net::TcpStream>;
+
+/// Why a TCP link closed; `None` while it is open.
+pub(super) type CloseState = Option<Arc<str>>;
+
+/// An authenticated connection to one peer.
+pub(crate) struct Link {
+    pub(super) node_id: Arc<str>,
+    pub(super) outbound: bool,
+    pub(super) kind: LinkKind,
+    id: usize,
+    pub(super) wire: Wire,
+    outbox: std::sync::Mutex<Outbox>,
+}
+
+/// What a link writes to.
+pub(super) enum Wire {
+    /// One QUIC connection: a long-lived main stream, plus a stream per large frame.
+    Quic {
+        conn: quinn::Connection,
+        main: tokio::sync::Mutex<quinn::SendStream>,
+        /// Large frames being read from this peer at once (at most
+        /// `max_large_frames_in_flight`).
+        large_frames: tokio::sync::Semaphore,
+    },
+    /// One TLS 1.3 session over TCP: every frame, small or large, in order.
+    Tcp {
+        writer: tokio::sync::Mutex<WriteHalf<TlsTcp>>,
+        closed: watch::Sender<CloseState>,
+    },
+}
+
+/// Small frames held back while the link's reader hands a batch of received frames to the
+/// broker: the answers that batch produces at once leave in one write (one wake of the QUIC
+/// driver or one TLS record, few packets) instead of one write each.
+///
+/// The outbox is only *uncorked* while the main stream is locked, taking every held frame with
+/// it, so a frame sent after the uncork can never overtake one held before it.
+#[derive(Default)]
+struct Outbox {
+    corked: bool,
+    frames: BytesMut,
+}
+
+impl Link {
+    /// A QUIC link whose main stream is `main`.
+    pub(super) fn quic(
+        node_id: Arc<str>,
+        outbound: bool,
+        conn: quinn::Connection,
+        main: quinn::SendStream,
+        config: &MeshConfig,
+    ) -> Self {
+        let wire = Wire::Quic {
+            conn,
+            main: tokio::sync::Mutex::new(main),
+            large_frames: tokio::sync::Semaphore::new(config.max_large_frames_in_flight.max(1)),
+        };
+        Self::new(node_id, outbound, LinkKind::Quic, wire)
+    }
+
+    /// A TCP link writing to `writer`; `closed` tells its reader (see [`MainReader::tcp`]) when
+    /// the link closes.
+    pub(super) fn tcp(
+        node_id: Arc<str>,
+        outbound: bool,
+        writer: WriteHalf<TlsTcp>,
+        closed: watch::Sender<CloseState>,
+    ) -> Self {
+        let wire = Wire::Tcp {
+            writer: tokio::sync::Mutex::new(writer),
+            closed,
+        };
+        Self::new(node_id, outbound, LinkKind::Tcp, wire)
+    }
+
+    fn new(node_id: Arc<str>, outbound: bool, kind: LinkKind, wire: Wire) -> Self {
+        /// Link ids, unique in this process whatever the link's kind.
+        static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
+        Self {
+            node_id,
+            outbound,
+            kind,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            wire,
+            outbox: Default::default(),
+        }
+    }
+
+    pub(super) fn id(&self) -> usize {
+        self.id
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        match &self.wire {
+            Wire::Quic { conn, .. } => conn.close_reason().is_some(),
+            Wire::Tcp { closed, .. } => closed.borrow().is_some(),
+        }
+    }
+
+    /// Closes the link now; its reader stops and the broker hears the link went down.
+    pub(super) fn close(&self, code: u32, reason: &str) {
+        match &self.wire {
+            Wire::Quic { conn, .. } => conn.close(code.into(), reason.as_bytes()),
+            Wire::Tcp { closed, .. } => {
+                closed.send_if_modified(|state| {
+                    let open = state.is_none();
+                    if open {
+                        tracing::trace!(peer = %self.node_id, code, reason, "closing TCP link");
+                        *state = Some(reason.into());
+                    }
+                    open
+                });
+            }
+        }
+    }
+
+    /// Ends our side and waits (bounded) until the peer has *handled* everything written so
+    /// far, then closes. Data acknowledged by the peer's stack is not enough: a close makes the
+    /// peer drop what its reader has not taken yet. So the peer closes the link itself once its
+    /// reader reaches the end of what we sent (see `read_main`), and we wait for that.
+    pub(super) async fn close_gracefully(&self, within: Duration) {
+        let handled = async {
+            match &self.wire {
+                Wire::Quic { conn, main, .. } => {
+                    if main.lock().await.finish().is_ok() {
+                        conn.closed().await;
+                    }
+                }
+                Wire::Tcp { writer, closed } => {
+                    if writer.lock().await.shutdown().await.is_ok() {
+                        let _ = closed.subscribe().wait_for(Option::is_some).await;
+                    }
+                }
+            }
+        };
+        let _ = tokio::time::timeout(within, handled).await;
+        self.close(CLOSE_BYE, "node stopping");
+    }
+
+    /// Writes one frame from the calling task. On QUIC small frames go on the main stream and
+    /// large ones on a stream of their own; on TCP everything goes in order on the one session.
+    /// A write that stalls past the timeout closes the link.
+    pub(super) async fn send(&self, frame: Bytes, config: &MeshConfig) -> Result<()> {
+        let large = frame.len() >= config.large_frame;
+        if !large {
+            let mut outbox = self.outbox.lock().expect("outbox lock");
+            if outbox.corked {
+                outbox.frames.extend_from_slice(&frame);
+                return Ok(());
+            }
+        }
+        let write = async {
+            match &self.wire {
+                Wire::Quic { conn, .. } if large => {
+                    let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+                    stream
+                        .write_all(&[STREAM_FRAME])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    stream.write_all(&frame).await.map_err(|e| e.to_string())?;
+                    stream.finish().map_err(|e| e.to_string())
+                }
+                _ => self.write_main(&frame).await,
+            }
+        };
+        let within = if large {
+            config.large_frame_timeout
+        } else {
+            config.write_timeout
+        };
+        self.bounded(write, within).await
+    }
+
+    /// Writes `bytes` on the main stream (QUIC) or the session (TCP).
+    async fn write_main(&self, bytes: &[u8]) -> std::result::Result<(), String> {
+        self.lock_main().await?.write(bytes).await
+    }
+
+    /// Takes the link's write order: while held, no other frame reaches the main stream.
+    async fn lock_main(&self) -> std::result::Result<MainWriter<'_>, String> {
+        match &self.wire {
+            Wire::Quic { main, .. } => Ok(MainWriter::Quic(main.lock().await)),
+            Wire::Tcp { writer, closed } => {
+                if let Some(reason) = &*closed.borrow() {
+                    return Err(format!("closed: {reason}"));
+                }
+                Ok(MainWriter::Tcp(writer.lock().await))
+            }
+        }
+    }
+
+    /// Holds back small frames until [`Link::flush`]: the reader corks before it delivers a batch.
+    pub(super) fn cork(&self) {
+        self.outbox.lock().expect("outbox lock").corked = true;
+    }
+
+    /// Lets sends through again without writing what was held: the reader is gone, the link is
+    /// closing, and whoever sends next must learn it rather than fill a buffer nobody writes.
+    pub(super) fn uncork_discarding(&self) {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        outbox.corked = false;
+        outbox.frames = BytesMut::new();
+    }
+
+    /// Writes every frame held since [`Link::cork`] in one write and lets sends through again.
+    pub(super) async fn flush(&self, config: &MeshConfig) -> Result<()> {
+        let write = async {
+            // The main stream is taken before the uncork: a frame sent after it queues behind
+            // this write and cannot overtake the frames held before it.
+            let mut main = self.lock_main().await?;
+            let frames = {
+                let mut outbox = self.outbox.lock().expect("outbox lock");
+                outbox.corked = false;
+                outbox.frames.split()
+            };
+            if frames.is_empty() {
+                return Ok(());
+            }
+            main.write(&frames).await
+        };
+        self.bounded(write, config.write_timeout).await
+    }
+
+    /// Runs a write under a timeout; a write that stalls past it closes the link.
+    async fn bounded(
+        &self,
+        write: impl std::future::Future<Output = std::result::Result<(), String>>,
+        within: Duration,
+    ) -> Result<()> {
+        // The timer is only registered if the write has to wait; nothing is allocated.
+        match tokio::time::timeout(within, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(Error::transport(format!(
+                "{} link to '{}' failed: {err}",
+                self.kind, self.node_id
+            ))),
+            Err(_) => {
+                tracing::warn!(peer = %self.node_id, link = %self.kind, "closing link: peer stopped reading");
+                self.close(CLOSE_STALLED, "peer stopped reading");
+                Err(Error::transport(format!(
+                    "{} link to '{}' stalled",
+                    self.kind, self.node_id
+                )))
+            }
+        }
+    }
+}
+
+/// The main stream of a link, locked for one write.
+enum MainWriter<'a> {
+    Quic(tokio::sync::MutexGuard<'a, quinn::SendStream>),
+    Tcp(tokio::sync::MutexGuard<'a, WriteHalf<TlsTcp>>),
+}
+
+impl MainWriter<'_> {
+    async fn write(&mut self, bytes: &[u8]) -> std::result::Result<(), String> {
+        match self {
+            Self::Quic(main) => main.write_all(bytes).await.map_err(|e| e.to_string()),
+            Self::Tcp(writer) => {
+                writer.write_all(bytes).await.map_err(|e| e.to_string())?;
+                // TLS may hold back what the socket did not take at once.
+                writer.flush().await.map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
+/// Where a link's reader takes bytes from.
+pub(super) enum MainReader {
+    /// The peer's QUIC main stream.
+    Quic(quinn::RecvStream),
+    /// The read half of the TLS session, and the link's close signal.
+    Tcp(ReadHalf<TlsTcp>, watch::Receiver<CloseState>),
+}
+
+impl MainReader {
+    /// The reader of a TCP session, and the signal that stops it (handed to [`Link::tcp`]).
+    pub(super) fn tcp(read: ReadHalf<TlsTcp>) -> (Self, watch::Sender<CloseState>) {
+        let (closed, watch) = watch::channel(None);
+        (Self::Tcp(read, watch), closed)
+    }
+
+    /// Appends what arrived to `buf`: `Ok(true)` if something did, `Ok(false)` at the end of
+    /// the peer's stream, an error if the link broke or was closed here.
+    pub(super) async fn read_into(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> std::result::Result<bool, String> {
+        match self {
+            Self::Quic(recv) => match recv.read_chunk(READ_CHUNK, true).await {
+                Ok(Some(chunk)) => {
+                    buf.extend_from_slice(&chunk.bytes);
+                    Ok(true)
+                }
+                Ok(None) => Ok(false),
+                Err(err) => Err(err.to_string()),
+            },
+            Self::Tcp(half, closed) => {
+                if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+                    buf.reserve(READ_CHUNK);
+                }
+                tokio::select! {
+                    read = half.read_buf(buf) => match read {
+                        Ok(0) => Ok(false),
+                        Ok(_) => Ok(true),
+                        Err(err) => Err(err.to_string()),
+                    },
+                    _ = closed.wait_for(Option::is_some) => Err("closed".into()),
+                }
+            }
+        }
+    }
+}
