@@ -155,6 +155,10 @@ pub(crate) struct JoinArgs {
     /// Do not announce or browse by mDNS.
     #[arg(long)]
     no_mdns: bool,
+    /// Links of the mesh: `quic`, `tcp` (for networks that drop UDP) or `both` (QUIC preferred,
+    /// TCP when QUIC gets no answer; both listen on the one port). Also `PHALANX_TRANSPORT`.
+    #[arg(long = "transport", env = "PHALANX_TRANSPORT", default_value = "both")]
+    links: phalanx::transport::MeshLinks,
     /// Do not use shared memory with nodes on this host (they then talk over the network).
     #[arg(long, env = "PHALANX_NO_SHM")]
     no_shm: bool,
@@ -173,16 +177,16 @@ pub(crate) struct JoinArgs {
     metrics_addr: Option<SocketAddr>,
 }
 
-/// A broker that joined the mesh, and the QUIC transport it joined with (none on NATS).
+/// A broker that joined the mesh, and the mesh transport it joined with (none on NATS).
 pub(crate) struct Joined {
     pub(crate) broker: Broker,
-    quic: Option<MeshTransport>,
+    mesh: Option<MeshTransport>,
 }
 
 impl Joined {
     /// An authentication error when this node's membership does not match the mesh.
     pub(crate) fn authentication_error(&self) -> Option<Error> {
-        self.quic
+        self.mesh
             .as_ref()
             .and_then(MeshTransport::authentication_error)
     }
@@ -190,7 +194,7 @@ impl Joined {
     /// Where peers can reach this node.
     pub(crate) fn addresses(&self) -> Vec<String> {
         use phalanx::transport::Transporter;
-        self.quic
+        self.mesh
             .as_ref()
             .map(|q| q.addresses())
             .unwrap_or_default()
@@ -236,18 +240,19 @@ impl JoinArgs {
                 nats = nats.credentials_file(creds.clone());
             }
             let broker = builder.transport(nats.build()).start().await?;
-            return Ok(Joined { broker, quic: None });
+            return Ok(Joined { broker, mesh: None });
         }
-        let quic = MeshTransport::builder()
+        let mesh = MeshTransport::builder()
             .listen(listen)
+            .links(self.links)
             .seeds(self.seeds.iter().filter(|s| !s.is_empty()).cloned())
             .cluster_ca(cluster_ca)
             .mdns(!self.no_mdns)
             .build();
-        let broker = builder.transport(quic.clone()).start().await?;
+        let broker = builder.transport(mesh.clone()).start().await?;
         Ok(Joined {
             broker,
-            quic: Some(quic),
+            mesh: Some(mesh),
         })
     }
 

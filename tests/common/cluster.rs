@@ -2,8 +2,11 @@
 //! sees all the others, and stopped together — explicitly with [`Cluster::stop`], or on drop.
 
 use phalanx::identity::ClusterCa;
-use phalanx::transport::{InProcBus, MeshTransport};
+use phalanx::transport::{
+    InProcBus, LinkKind, MeshLinks, MeshTransport, ShmTransport, Transporter,
+};
 use phalanx::{Broker, BrokerBuilder};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a cluster may take to form.
@@ -14,6 +17,38 @@ pub(crate) struct Cluster {
     nodes: Vec<Broker>,
     /// The in-process bus, for clusters made with [`Cluster::inproc`].
     pub(crate) bus: InProcBus,
+    /// Each node's transports, by node id, for [`Cluster::sever`].
+    transports: Vec<(String, Vec<Arc<dyn Transporter>>)>,
+}
+
+/// What a cluster's nodes talk over.
+#[derive(Debug, Clone)]
+pub(crate) enum Over {
+    /// One in-process bus.
+    InProc,
+    /// The mesh over QUIC only.
+    Quic,
+    /// The mesh over TCP only.
+    Tcp,
+    /// Shared memory (found through the QUIC mesh).
+    Shm,
+    /// A NATS server at this URL.
+    #[cfg(feature = "nats")]
+    Nats(String),
+}
+
+impl Over {
+    /// The link every pair of nodes must be on before the cluster counts as formed.
+    fn link(&self) -> LinkKind {
+        match self {
+            Self::InProc => LinkKind::InProc,
+            Self::Quic => LinkKind::Quic,
+            Self::Tcp => LinkKind::Tcp,
+            Self::Shm => LinkKind::Shm,
+            #[cfg(feature = "nats")]
+            Self::Nats(_) => LinkKind::Nats,
+        }
+    }
 }
 
 impl Cluster {
@@ -52,9 +87,78 @@ impl Cluster {
         let cluster = Self {
             nodes,
             bus: InProcBus::new(),
+            transports: Vec::new(),
         };
         cluster.wait_formed().await;
         cluster
+    }
+
+    /// Brokers in namespace `suite` over `over`, each seeded with the first one's address where
+    /// that applies; formed once every pair is linked by `over`'s kind of link.
+    pub(crate) async fn over(over: &Over, ids: &[&str]) -> Self {
+        let bus = InProcBus::new();
+        let mut nodes = Vec::new();
+        let mut transports = Vec::new();
+        let mut seed: Option<String> = None;
+        for id in ids {
+            let mut builder = fast_stop(Broker::builder().node_id(*id).namespace("suite"))
+                .heartbeat(Duration::from_millis(200), Duration::from_millis(2000));
+            // Clones share their transport's state: the fixture keeps one to stop it.
+            let mut own: Vec<Arc<dyn Transporter>> = Vec::new();
+            let mut mesh = None;
+            match over {
+                Over::InProc => builder = builder.transport(bus.transport()),
+                Over::Quic | Over::Shm | Over::Tcp => {
+                    let links = match over {
+                        Over::Tcp => MeshLinks::Tcp,
+                        _ => MeshLinks::Quic,
+                    };
+                    let transport = mesh_loopback("suite", links, seed.iter().cloned());
+                    mesh = Some(transport.clone());
+                    own.push(Arc::new(transport.clone()));
+                    builder = builder.transport(transport);
+                    if matches!(over, Over::Shm) {
+                        let shm = ShmTransport::builder().build();
+                        own.push(Arc::new(shm.clone()));
+                        builder = builder.transport(shm);
+                    }
+                }
+                #[cfg(feature = "nats")]
+                Over::Nats(url) => {
+                    let nats = phalanx::transport::NatsTransport::builder(url.clone())
+                        .cluster_ca(ClusterCa::secret(super::strong_secret("suite")))
+                        .build();
+                    own.push(Arc::new(nats.clone()));
+                    builder = builder.transport(nats);
+                }
+            }
+            nodes.push(builder.start().await.expect("broker starts"));
+            if let Some(mesh) = mesh {
+                seed.get_or_insert_with(|| mesh.local_addr().expect("listening").to_string());
+            }
+            transports.push((id.to_string(), own));
+        }
+        let cluster = Self {
+            nodes,
+            bus,
+            transports,
+        };
+        cluster.wait_linked(Some(over.link())).await;
+        cluster
+    }
+
+    /// Cuts node `id` off without a goodbye: its transports stop (its broker does not say
+    /// DISCONNECT), as when its process dies.
+    pub(crate) async fn sever(&self, id: &str) {
+        let own = self.transports.iter().find(|(node, _)| node == id);
+        match own {
+            Some((_, own)) if !own.is_empty() => {
+                for transport in own {
+                    transport.stop().await;
+                }
+            }
+            _ => self.bus.sever(id),
+        }
     }
 
     async fn start_with_bus(
@@ -70,21 +174,39 @@ impl Cluster {
                 .expect("broker starts");
             nodes.push(broker);
         }
-        let cluster = Self { nodes, bus };
+        let cluster = Self {
+            nodes,
+            bus,
+            transports: Vec::new(),
+        };
         cluster.wait_formed().await;
         cluster
     }
 
     /// Waits until every node sees all the others as available.
     pub(crate) async fn wait_formed(&self) {
+        self.wait_linked(None).await;
+    }
+
+    /// Waits until every node sees all the others as available, over `link` if given.
+    async fn wait_linked(&self, link: Option<LinkKind>) {
         let want = self.nodes.len() - 1;
+        let linked = |node: &Broker| {
+            node.nodes()
+                .iter()
+                .filter(|n| n.available && !n.local && link.is_none_or(|l| n.link == l))
+                .count()
+        };
         let formed = tokio::time::timeout(FORM, async {
-            while !self.nodes.iter().all(|n| available_peers(n) == want) {
+            while !self.nodes.iter().all(|n| linked(n) == want) {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
         })
         .await;
-        assert!(formed.is_ok(), "the cluster did not form within {FORM:?}");
+        assert!(
+            formed.is_ok(),
+            "the cluster did not form over {link:?} within {FORM:?}"
+        );
     }
 
     /// The broker with `id`.
@@ -137,39 +259,27 @@ pub(crate) fn fast_stop(builder: BrokerBuilder) -> BrokerBuilder {
         .drain_timeout(Duration::from_secs(1))
 }
 
-/// A QUIC transport on a free loopback port, proving membership with `secret`, mDNS off.
+/// A QUIC-only mesh transport on a free loopback port, proving membership with `secret`, mDNS
+/// off.
 pub(crate) fn quic_loopback(
     secret: &str,
     seeds: impl IntoIterator<Item = String>,
 ) -> MeshTransport {
+    mesh_loopback(secret, MeshLinks::Quic, seeds)
+}
+
+/// A mesh transport over `links` on a free loopback port, proving membership with `secret`,
+/// mDNS off.
+pub(crate) fn mesh_loopback(
+    secret: &str,
+    links: MeshLinks,
+    seeds: impl IntoIterator<Item = String>,
+) -> MeshTransport {
     MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("loopback address"))
+        .links(links)
         .seeds(seeds)
         .cluster_ca(ClusterCa::secret(super::strong_secret(secret)))
         .mdns(false)
         .build()
-}
-
-/// A bare QUIC connection to `addr` as member `node_id` of the cluster of `secret`: it passes
-/// mutual TLS, and then says whatever the test writes.
-pub(crate) async fn member_connection(
-    secret: &str,
-    node_id: &str,
-    addr: std::net::SocketAddr,
-) -> quinn::Connection {
-    let creds = ClusterCa::secret(super::strong_secret(secret))
-        .credentials(node_id)
-        .expect("member credentials");
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
-        creds.client_config().expect("client config"),
-    )
-    .expect("QUIC client config");
-    let mut endpoint =
-        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
-    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
-    endpoint
-        .connect(addr, phalanx::identity::CLUSTER_SERVER_NAME)
-        .expect("connect")
-        .await
-        .expect("a member passes mutual TLS")
 }

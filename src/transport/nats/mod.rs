@@ -342,6 +342,11 @@ impl Transporter for NatsTransport {
                 for reader in std::mem::take(&mut *bus.readers.lock().expect("readers lock")) {
                     reader.abort();
                 }
+                // Close the connection: nothing more goes out in this node's name (its
+                // heartbeats stop, so peers see it leave even if its broker lives on).
+                if let Err(err) = bus.client.drain().await {
+                    tracing::debug!(%err, "NATS connection not drained");
+                }
             }
         }
         .boxed()
