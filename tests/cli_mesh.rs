@@ -929,3 +929,43 @@ fn top_prints_plain_frames_when_stdout_is_not_a_terminal() {
     );
     assert!(out.contains("ACTION") && out.contains("EVENT"), "{out}");
 }
+
+/// `--transport tcp` builds the mesh over TCP, and `phalanx nodes` shows each node's link kind.
+#[test]
+fn demo_nodes_on_tcp_form_a_mesh_that_nodes_shows_as_tcp() {
+    let s = secret();
+    let tcp = ["--transport", "tcp", "--no-shm"];
+    let t1 = demo_with("t1", &s, &[], &tcp);
+    let t2 = demo_with("t2", &s, &[&t1.addr], &tcp);
+    let (ok, out) = cli(
+        &["nodes", "--json", "--transport", "tcp", "--no-shm"],
+        &s,
+        &t2.addr,
+    );
+    assert!(ok, "{out}");
+    let nodes: Vec<NodeInfo> = serde_json::from_str(&out).unwrap();
+    let mut remote: Vec<(&str, LinkKind)> = nodes
+        .iter()
+        .filter(|n| n.id.starts_with('t'))
+        .map(|n| (n.id.as_str(), n.link))
+        .collect();
+    remote.sort();
+    assert_eq!(remote, [("t1", LinkKind::Tcp), ("t2", LinkKind::Tcp)]);
+    let (ok, table) = cli(&["nodes", "--transport", "tcp", "--no-shm"], &s, &t1.addr);
+    assert!(ok && table.contains("tcp"), "{table}");
+    let (ok, out) = cli(
+        &[
+            "call",
+            "demo.add",
+            r#"{"a":20,"b":22}"#,
+            "--transport",
+            "tcp",
+            "--no-shm",
+        ],
+        &s,
+        &t1.addr,
+    );
+    assert!(ok, "{out}");
+    assert_eq!(out.trim(), "42");
+    drop((t1, t2));
+}

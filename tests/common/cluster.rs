@@ -283,3 +283,27 @@ pub(crate) fn mesh_loopback(
         .mdns(false)
         .build()
 }
+
+/// A bare QUIC connection to `addr` as member `node_id` of the cluster of `secret`: it passes
+/// mutual TLS, and then says whatever the test writes.
+pub(crate) async fn member_connection(
+    secret: &str,
+    node_id: &str,
+    addr: std::net::SocketAddr,
+) -> quinn::Connection {
+    let creds = ClusterCa::secret(super::strong_secret(secret))
+        .credentials(node_id)
+        .expect("member credentials");
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+        creds.client_config().expect("client config"),
+    )
+    .expect("QUIC client config");
+    let mut endpoint =
+        quinn::Endpoint::client("127.0.0.1:0".parse().expect("address")).expect("endpoint");
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    endpoint
+        .connect(addr, phalanx::identity::CLUSTER_SERVER_NAME)
+        .expect("connect")
+        .await
+        .expect("a member passes mutual TLS")
+}

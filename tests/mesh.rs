@@ -1,9 +1,11 @@
-//! Brokers linked by the real QUIC transport on loopback: mutual TLS, seeds, gossip, liveness.
+//! Brokers linked by the real mesh transport on loopback, over QUIC and over TCP: mutual TLS,
+//! seeds, gossip, liveness, QUIC preferred and TCP when QUIC gets no answer.
 
 mod common;
 
-use common::cluster::quic_loopback;
-use phalanx::transport::{LinkKind, MeshTransport};
+use common::cluster::{mesh_loopback, quic_loopback};
+use phalanx::identity::ClusterCa;
+use phalanx::transport::{LinkKind, MeshConfig, MeshLinks, MeshTransport};
 use phalanx::{Broker, CallOptions, Context, ErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,12 +13,16 @@ use std::time::Duration;
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn node(id: &str, secret: &str, seeds: &[String]) -> (Broker, MeshTransport) {
-    // `RUST_LOG=phalanx=debug cargo test --test quic_mesh` shows what the mesh does.
+    on(quic_loopback(secret, seeds.iter().cloned()), id).await
+}
+
+/// A broker with id `id` on `quic` (any mesh transport).
+async fn on(quic: MeshTransport, id: &str) -> (Broker, MeshTransport) {
+    // `RUST_LOG=phalanx=debug cargo test --test mesh` shows what the mesh does.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_test_writer()
         .try_init();
-    let quic = quic_loopback(secret, seeds.iter().cloned());
     let broker = Broker::builder()
         .node_id(id)
         .namespace("quic-test")
@@ -203,5 +209,157 @@ async fn a_member_cannot_pose_as_another_node() {
     assert_eq!(qa.auth_failures(), 1);
     let nodes = a.nodes();
     assert!(nodes.iter().all(|n| n.id != "b"), "{nodes:?}");
+    a.stop().await;
+}
+
+fn limit_hits(broker: &Broker, limit: &str) -> u64 {
+    broker.metrics().limit_hits.get(limit).copied().unwrap_or(0)
+}
+
+/// A mesh on TCP alone forms like one on QUIC: seeds, then gossip for the peers nobody seeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_mesh_forms_through_seeds_and_gossip() {
+    let tcp = |seeds: Vec<String>| mesh_loopback("tcp", MeshLinks::Tcp, seeds);
+    let (a, qa) = on(tcp(vec![]), "a").await;
+    let (b, qb) = on(tcp(vec![addr(&qa)]), "b").await;
+    let (c, qc) = on(tcp(vec![addr(&qb)]), "c").await;
+    let formed = wait_until(|| [&qa, &qb, &qc].iter().all(|q| q.linked_nodes().len() == 2)).await;
+    assert!(formed, "c learned of a by gossip and linked over TCP");
+    assert_eq!(qc.link_kind("a"), Some(LinkKind::Tcp));
+    let seen = wait_until(|| {
+        a.nodes()
+            .iter()
+            .filter(|n| !n.local)
+            .all(|n| n.available && n.link == LinkKind::Tcp)
+            && a.nodes().len() == 3
+    })
+    .await;
+    assert!(seen, "{:?}", a.nodes());
+    c.service("math")
+        .action("double", |_ctx: Context, n: u64| async move { Ok(n * 2) })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["math"], WAIT).await.unwrap();
+    assert_eq!(a.call::<u64>("math.double", 21u64).await.unwrap(), 42);
+    for broker in [c, b, a] {
+        broker.stop().await;
+    }
+}
+
+/// A node on both prefers QUIC, and falls back to TCP, per peer, when QUIC gets no answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dialer_prefers_quic_and_falls_back_to_tcp_per_peer() {
+    let both = |seeds: Vec<String>| {
+        let mut config = MeshConfig::default();
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.links = MeshLinks::Both;
+        config.seeds = seeds;
+        config.cluster_ca = Some(ClusterCa::secret(common::strong_secret("both")));
+        config.mdns = false;
+        config.connect_timeout = Duration::from_millis(500);
+        MeshTransport::builder().config(config).build()
+    };
+    // b listens on TCP only: nothing answers QUIC at its address.
+    let (b, qb) = on(mesh_loopback("both", MeshLinks::Tcp, vec![]), "b").await;
+    let (a, qa) = on(both(vec![addr(&qb)]), "a").await;
+    let (c, qc) = on(both(vec![addr(&qa)]), "c").await;
+    let linked = wait_until(|| {
+        qa.link_kind("b") == Some(LinkKind::Tcp) && qa.link_kind("c") == Some(LinkKind::Quic)
+    })
+    .await;
+    assert!(
+        linked,
+        "a-b over TCP, a-c over QUIC: b {:?}, c {:?}",
+        qa.link_kind("b"),
+        qa.link_kind("c")
+    );
+    assert!(wait_until(|| qc.link_kind("b") == Some(LinkKind::Tcp)).await);
+    b.service("echo")
+        .action("say", |_ctx: Context, s: String| async move { Ok(s) })
+        .start()
+        .await
+        .unwrap();
+    c.wait_for_services(&["echo"], WAIT).await.unwrap();
+    let said = c.call::<String>("echo.say", "over tcp").await.unwrap();
+    assert_eq!(said, "over tcp");
+    assert_eq!(
+        qa.auth_failures() + qb.auth_failures() + qc.auth_failures(),
+        0
+    );
+    for broker in [c, a, b] {
+        broker.stop().await;
+    }
+}
+
+/// Over TCP as over QUIC: a node of another cluster never links, a member cannot speak as
+/// another node, and sockets that never finish a handshake are bounded and time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_refuses_strangers_impostors_and_silent_sockets() {
+    use phalanx::protocol::codec::Codec;
+    use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (a, qa) = on(mesh_loopback("s3cret", MeshLinks::Tcp, vec![]), "a").await;
+    let a_addr = qa.local_addr().unwrap();
+
+    // A node with another secret.
+    let (x, qx) = on(mesh_loopback("other", MeshLinks::Tcp, vec![addr(&qa)]), "x").await;
+    assert!(wait_until(|| qx.auth_failures() > 0 && qa.auth_failures() > 0).await);
+    assert!(qa.linked_nodes().is_empty() && qx.linked_nodes().is_empty());
+    x.stop().await;
+
+    // A member certified as "mallory" saying hello as "b".
+    let creds = ClusterCa::secret(common::strong_secret("s3cret"))
+        .credentials("mallory")
+        .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(creds.client_config().unwrap()));
+    let socket = tokio::net::TcpStream::connect(a_addr).await.unwrap();
+    let name =
+        rustls::pki_types::ServerName::try_from(phalanx::identity::CLUSTER_SERVER_NAME).unwrap();
+    let mut tls = connector
+        .connect(name, socket)
+        .await
+        .expect("a member passes TLS");
+    let hello = Info {
+        namespace: "quic-test".into(),
+        protocol_version: PROTOCOL_VERSION,
+        seq: 1,
+        ..Default::default()
+    };
+    let frame = Codec::new(1 << 20)
+        .encode(&Packet::new("b", PacketBody::Info(hello)))
+        .unwrap();
+    let before = qa.auth_failures();
+    tls.write_all(&frame).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(WAIT, tls.read_to_end(&mut rest)).await;
+    assert!(ended.is_ok(), "the node hung up on the impostor");
+    assert_eq!(qa.auth_failures(), before + 1);
+    assert!(a.nodes().iter().all(|n| n.id != "b"));
+
+    // Sockets that connect and say nothing: beyond 64 at once they are refused and counted;
+    // each is dropped after the 5 s hello timeout, and members link again.
+    let refused = limit_hits(&a, "link_refused");
+    let mut silent = Vec::new();
+    for _ in 0..80 {
+        silent.push(tokio::net::TcpStream::connect(a_addr).await.unwrap());
+    }
+    assert!(
+        wait_until(|| limit_hits(&a, "link_refused") >= refused + 16).await,
+        "the sockets beyond the handshake limit are refused and counted"
+    );
+    let (b, qb) = on(
+        mesh_loopback("s3cret", MeshLinks::Tcp, vec![addr(&qa)]),
+        "b",
+    )
+    .await;
+    assert!(
+        wait_until(|| qb.link_kind("a") == Some(LinkKind::Tcp)).await,
+        "once the silent sockets time out, a member links"
+    );
+    drop(silent);
+    b.stop().await;
     a.stop().await;
 }
