@@ -38,6 +38,7 @@ pub const ALL: &[(&str, Scenario)] = &[
     ("intruder", wrong_secret),
     ("rolling", rolling_restart),
     ("rogue", rogue_host),
+    ("udp-dropped", udp_dropped),
 ];
 
 fn all(n: usize) -> Vec<usize> {
@@ -488,4 +489,122 @@ fn rogue_host(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
         "mesh kept, members only, 0 packets to the third party, handshakes within the budget",
         formed.is_some() && still_formed && members_only && reached == Some(0) && within_budget,
     )])
+}
+
+/// Drops every UDP datagram in or out of a host's LAN interface (multicast included), and
+/// counts them.
+const NO_UDP: &str = "table inet netsim {
+    counter udp_dropped {}
+    chain in { type filter hook input priority 0; iifname != \"lo\" meta l4proto udp counter name udp_dropped drop; }
+    chain out { type filter hook output priority 0; oifname != \"lo\" meta l4proto udp counter name udp_dropped drop; }
+}";
+
+/// The kind of link host `i`'s node has to each other node (from its `$node.list`, asked
+/// through host `via`'s node).
+fn links_of(net: &Net, via: usize, i: usize) -> Result<Vec<(String, String)>, String> {
+    let host = format!("h{}", i + 1);
+    let out = net.cli(via, &["call", "$node.list", "{}", "--node", &host], None);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let list: serde_json::Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("$node.list of {host}: {text:?}: {e}"))?;
+    let mut links: Vec<(String, String)> = list
+        .as_array()
+        .ok_or("$node.list is not a list")?
+        .iter()
+        .filter(|n| n["available"] == true && n["local"] == false)
+        .filter_map(|n| Some((n["id"].as_str()?.to_owned(), n["link"].as_str()?.to_owned())))
+        .filter(|(id, _)| id.starts_with('h') && id[1..].parse::<u32>().is_ok())
+        .collect();
+    links.sort();
+    Ok(links)
+}
+
+/// 10. UDP dropped on every host (so no QUIC and no mDNS), one seed each: the mesh forms over
+///     TCP and calls across hosts succeed; once UDP passes again, a node that joins links to
+///     every other over QUIC.
+fn udp_dropped(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
+    let mut net = Net::new(run, 10, 5, bin.to_owned())?;
+    for i in 0..4 {
+        net.nft(i, NO_UDP)?;
+    }
+    let started = unix_ms();
+    for i in 0..4 {
+        match i {
+            0 => net.start(i, &[])?,
+            _ => net.start(i, &["--seed", &net.addr(i - 1)])?,
+        }
+    }
+    let done = net.converge(&all(4), Duration::from_secs(30));
+    let formed = done.map(|t| t.saturating_sub(started));
+    let tcp_links = (0..4)
+        .map(|i| links_of(&net, i, i))
+        .collect::<Result<Vec<_>, _>>()?;
+    let all_tcp = tcp_links
+        .iter()
+        .all(|links| links.len() == 3 && links.iter().all(|(_, kind)| kind == "tcp"));
+    let dropped = (0..4)
+        .map(|i| net.nft_counter(i, "udp_dropped").unwrap_or(0))
+        .sum::<u64>();
+    // The caller on h1 has no node of its own there (callers prefer their own host), so every
+    // call crosses the LAN over TCP.
+    net.stop(0);
+    let bench = [
+        "bench",
+        "demo.echo",
+        "{}",
+        "--calls",
+        "2000",
+        "--concurrency",
+        "16",
+        "--json",
+    ];
+    let report = bench_json(&net.cli_via(0, &net.addr(1), &bench, None))?;
+    let (calls, errors) = (
+        report["calls"].as_u64().unwrap_or(0),
+        report["errors"].as_u64().unwrap_or(u64::MAX),
+    );
+    let mut rows = vec![row(
+        "10a. UDP dropped, 4 hosts, seeds: mesh over TCP",
+        format!(
+            "full mesh in {}, links {}, {dropped} UDP datagrams dropped; {calls} calls, {errors} failed, p50 {} µs",
+            formed.map_or("no convergence in 30 s".into(), |ms| format!("{ms} ms")),
+            if all_tcp {
+                "all tcp".to_owned()
+            } else {
+                format!("{tcp_links:?}")
+            },
+            report["p50_us"],
+        ),
+        "formed, every link tcp, 0 of 2000 failed",
+        formed.is_some() && all_tcp && dropped > 0 && errors == 0 && calls == 2000,
+    )];
+
+    for i in 0..4 {
+        net.nft_clear(i);
+    }
+    net.start(4, &["--seed", &net.addr(1)])?;
+    let joined = net
+        .converge(&[1, 2, 3, 4], Duration::from_secs(15))
+        .is_some();
+    let newcomer = links_of(&net, 4, 4)?;
+    let all_quic = newcomer.len() == 3 && newcomer.iter().all(|(_, kind)| kind == "quic");
+    rows.push(row(
+        "10b. UDP back: a joining node's links",
+        format!(
+            "{}; h5's links: {}",
+            if joined {
+                "joined"
+            } else {
+                "did not join in 15 s"
+            },
+            if all_quic {
+                "all quic".to_owned()
+            } else {
+                format!("{newcomer:?}")
+            }
+        ),
+        "joined, every link quic",
+        joined && all_quic,
+    ));
+    Ok(rows)
 }
