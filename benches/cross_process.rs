@@ -2,7 +2,8 @@
 //! serving process (itself, re-run with `--serve ROW`) and calls it from this one, in the same
 //! run as the raw baselines between two processes — quinn with one long-lived stream and a
 //! request-id mux, the same mux over a Unix socket and over TCP, async-nats request-reply — and
-//! tarpc over TCP, the RPC framework a Rust team would otherwise pick.
+//! tarpc over TCP, the RPC framework a Rust team would otherwise pick. Phalanx rows: the mesh
+//! over QUIC and over TCP (TLS 1.3), shared memory, NATS.
 //!
 //! Run: `cargo bench --bench cross_process` (options: `-- --seconds 3 --payload 64 [ROW…]`).
 //!
@@ -26,25 +27,26 @@ mod tarpc_echo;
 
 use bytes::Bytes;
 use mux::{MuxClient, echo};
-use phalanx::transport::{LinkKind, NatsTransport, ShmTransport};
+use phalanx::transport::{LinkKind, MeshLinks, NatsTransport, ShmTransport};
 use phalanx::{Broker, BrokerBuilder};
 use process::{ALLOCATIONS, Server, process_cpu_us, serve_until_stdin_closes};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::{
-    IN_FLIGHT, Options, closed_loop, echo_call, nats_request_call, quic_loopback, runtime,
+    IN_FLIGHT, Options, closed_loop, echo_call, mesh_loopback, nats_request_call, runtime,
     sequential, serve_echo,
 };
 
 /// The rows, in the order they run: raw baselines first.
-const ROWS: [&str; 8] = [
+const ROWS: [&str; 9] = [
     "raw-quinn",
     "raw-unix",
     "raw-tcp",
     "raw-nats",
     "tarpc",
     "phalanx-quic",
+    "phalanx-tcp",
     "phalanx-shm",
     "phalanx-nats",
 ];
@@ -142,6 +144,7 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
             let want = match row {
                 "phalanx-shm" => LinkKind::Shm,
                 "phalanx-nats" => LinkKind::Nats,
+                "phalanx-tcp" => LinkKind::Tcp,
                 _ => LinkKind::Quic,
             };
             wait_for_echo(&caller, want).await;
@@ -186,14 +189,20 @@ where
     }
 }
 
-/// A Phalanx node of `row`: QUIC (plus shared memory for `phalanx-shm`), or NATS.
+/// A Phalanx node of `row`: the mesh over QUIC (plus shared memory for `phalanx-shm`) or TCP,
+/// or NATS.
 fn phalanx_node(row: &str, id: &str, seed: Option<&str>, nats: &str) -> BrokerBuilder {
     let builder = Broker::builder().node_id(id).namespace("bench");
     if row == "phalanx-nats" {
         return builder.transport(NatsTransport::builder(nats).build());
     }
-    let quic = quic_loopback(seed.filter(|s| !s.is_empty()).map(str::to_owned));
-    let builder = builder.transport(quic);
+    let links = if row == "phalanx-tcp" {
+        MeshLinks::Tcp
+    } else {
+        MeshLinks::Quic
+    };
+    let mesh = mesh_loopback(links, seed.filter(|s| !s.is_empty()).map(str::to_owned));
+    let builder = builder.transport(mesh);
     if row == "phalanx-shm" {
         builder.transport(ShmTransport::builder().build())
     } else {
@@ -315,6 +324,7 @@ fn report(results: &[RowFigures], options: &Options) {
     table.push('\n');
     table.push_str(&ratio("phalanx-quic", "raw-quinn"));
     table.push_str(&ratio("phalanx-quic", "tarpc"));
+    table.push_str(&ratio("phalanx-tcp", "raw-tcp"));
     table.push_str(&ratio("phalanx-shm", "raw-unix"));
     table.push_str(&ratio("phalanx-nats", "raw-nats"));
     println!("\n{table}");

@@ -5,7 +5,7 @@
 use bytes::Bytes;
 use phalanx::Broker;
 use phalanx::identity::ClusterCa;
-use phalanx::transport::MeshTransport;
+use phalanx::transport::{MeshLinks, MeshTransport};
 use serde_bytes::ByteBuf;
 use std::future::Future;
 use std::time::Duration;
@@ -55,10 +55,18 @@ pub(crate) fn chosen_rows(all: &[&'static str]) -> Vec<&'static str> {
     }
 }
 
-/// A QUIC transport on a free loopback port with the benches' secret, mDNS off, dialing `seed`.
+/// A QUIC-only mesh transport on a free loopback port with the benches' secret, mDNS off,
+/// dialing `seed`.
 pub(crate) fn quic_loopback(seed: Option<String>) -> MeshTransport {
+    mesh_loopback(MeshLinks::Quic, seed)
+}
+
+/// A mesh transport over `links` on a free loopback port with the benches' secret, mDNS off,
+/// dialing `seed`.
+pub(crate) fn mesh_loopback(links: MeshLinks, seed: Option<String>) -> MeshTransport {
     MeshTransport::builder()
         .listen("127.0.0.1:0".parse().expect("loopback address"))
+        .links(links)
         .cluster_ca(ClusterCa::secret("phalanx-bench-secret-0123456789abcdef"))
         .mdns(false)
         .seeds(seed)
