@@ -81,6 +81,9 @@ pub struct ActionInfo {
     /// Whether every node serving it declares it safe to run twice.
     #[serde(default)]
     pub idempotent: bool,
+    /// The Protobuf messages it takes and answers, for a Protobuf action.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<crate::protocol::packet::ProtoTypes>,
 }
 
 /// An event subscription as `$node.events` shows it.

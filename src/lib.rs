@@ -16,6 +16,8 @@ pub mod metrics;
 pub mod middleware;
 pub mod monitor;
 mod payload;
+#[cfg(feature = "protobuf")]
+mod protobuf;
 #[doc(hidden)]
 pub mod protocol;
 pub mod registry;
@@ -25,7 +27,9 @@ pub mod transport;
 pub use broker::{Broker, BrokerBuilder, ServiceBuilder};
 pub use context::{CallOptions, Context, Headers, Meta};
 pub use error::{Error, ErrorBody, ErrorKind, Result};
-pub use payload::{ContentType, Payload};
+#[cfg(feature = "protobuf")]
+pub use payload::Proto;
+pub use payload::{ContentType, Json, Payload};
 pub use stream::ByteStream;
 
 /// The README's examples, compiled as doctests so they cannot rot.

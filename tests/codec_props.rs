@@ -51,6 +51,11 @@ fn body() -> impl Strategy<Value = PacketBody> {
                                 "type": "object",
                                 "properties": { "a": { "type": "integer" } }
                             })),
+                            proto: Some(ProtoTypes {
+                                params: "math.Pair".into(),
+                                answer: "math.Sum".into(),
+                                json: true,
+                            }),
                         }],
                         events: vec![EventInfo {
                             name: "a.*".into(),

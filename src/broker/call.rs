@@ -269,6 +269,7 @@ impl Broker {
             Lineage::new(parent, id).with(options.meta.as_ref(), options.headers.as_ref());
         let mut ctx = Context::new(self.dispatch(), id, lineage, deadline, started);
         ctx.stream = options.stream.clone();
+        ctx.format = options.format;
         ctx
     }
 
@@ -368,7 +369,7 @@ impl Broker {
             ctx,
             params,
         } = call;
-        let (params, content_type) = params.encode()?;
+        let (params, content_type) = params.encode_as(ctx.format)?;
         let id = ctx.id;
         let outgoing = ctx.stream.take();
         let (reply, pending) = PendingReply::channel();
@@ -444,6 +445,9 @@ impl Broker {
         // Counted until the response is handed to the transport, so a graceful stop waits for it.
         let _running = InFlight::enter(self);
         let id = request.id;
+        // The answer comes in the format the question came in (JSON for JSON, else
+        // MessagePack), unless the handler's value has a format of its own.
+        let answer_format = request.content_type;
         let result = self.run_request(&sender, request, link).await;
         let mut response = Response {
             id,
@@ -457,7 +461,7 @@ impl Broker {
                 answer_stream = Some(stream);
                 Ok((header, ContentType::MsgPack))
             }
-            Err(payload) => payload.encode(),
+            Err(payload) => payload.encode_as(answer_format),
         });
         match encoded {
             Ok((data, content_type)) => {

@@ -6,7 +6,7 @@ use crate::context::{Context, Lineage};
 use crate::error::Result;
 use crate::middleware::Stack;
 use crate::middleware::{EmitKind, HookKind, LocalEvent, OutgoingEvent, hooks};
-use crate::payload::{Payload, encode_msgpack};
+use crate::payload::{Payload, encode_value};
 use crate::protocol::packet::{ContentType, Event, Packet, PacketBody};
 use crate::registry::LocalListeners;
 use bytes::Bytes;
@@ -68,7 +68,8 @@ impl Broker {
         data: &T,
         kind: EmitKind,
     ) -> Result<()> {
-        self.emit_encoded(event, encode_msgpack(data)?, kind, None)
+        let (data, content_type) = encode_value(data, ContentType::MsgPack)?;
+        self.emit_encoded(event, data, content_type, kind, None)
             .await
     }
 
@@ -77,6 +78,7 @@ impl Broker {
         &self,
         event: &str,
         data: Bytes,
+        content_type: ContentType,
         kind: EmitKind,
         parent: Option<&Context>,
     ) -> Result<()> {
@@ -84,6 +86,7 @@ impl Broker {
             event,
             kind,
             data,
+            content_type,
             parent,
         };
         let stack = &self.inner.middleware;
@@ -103,6 +106,7 @@ impl Broker {
             event,
             kind,
             data,
+            content_type,
             parent,
         } = emit;
         let (local, remote) = {
@@ -123,20 +127,13 @@ impl Broker {
         };
         let lineage = Lineage::new(parent, self.next_id());
         let local_data = data.clone();
-        self.dispatch_local(
-            local,
-            event,
-            local_data,
-            ContentType::MsgPack,
-            &lineage,
-            None,
-        );
+        self.dispatch_local(local, event, local_data, content_type, &lineage, None);
         for (node_id, groups) in remote {
             let mut sent = Event {
                 id: self.next_id(),
                 event: event.to_owned(),
                 data: data.clone(),
-                content_type: ContentType::MsgPack,
+                content_type,
                 groups,
                 broadcast: kind == EmitKind::Broadcast,
                 ..Event::default()

@@ -27,7 +27,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{ActionFn, EventFn};
 use crate::metrics::{BrokerMetrics, MetricsSnapshot, NodeState, RegistryMetrics};
 use crate::middleware::{NodeHandle, Stack};
-use crate::payload::Payload;
+use crate::payload::{ContentType, Payload};
 use crate::protocol::codec::Codec;
 use crate::protocol::packet::ServiceInfo;
 use crate::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody, PeerInfo};
@@ -463,12 +463,13 @@ impl Dispatch for BrokerInner {
         self: Arc<Self>,
         event: &'a str,
         data: Bytes,
+        content_type: ContentType,
         kind: EmitKind,
         parent: &'a Context,
     ) -> BoxFuture<'a, Result<()>> {
         async move {
             Broker { inner: self }
-                .emit_encoded(event, data, kind, Some(parent))
+                .emit_encoded(event, data, content_type, kind, Some(parent))
                 .await
         }
         .boxed()

@@ -52,6 +52,10 @@ pub struct ServiceBuilder {
     actions: Vec<(String, ActionFn)>,
     idempotent: Vec<String>,
     schemas: Vec<(String, serde_json::Value)>,
+    #[cfg(feature = "protobuf")]
+    protos: Vec<crate::protobuf::ProtoAction>,
+    #[cfg(feature = "protobuf")]
+    descriptors: Option<prost_reflect::DescriptorPool>,
     events: Vec<(String, Option<String>, EventFn)>,
     started: Vec<LifecycleFn>,
     stopped: Vec<LifecycleFn>,
@@ -85,6 +89,10 @@ impl ServiceBuilder {
             actions: Vec::new(),
             idempotent: Vec::new(),
             schemas: Vec::new(),
+            #[cfg(feature = "protobuf")]
+            protos: Vec::new(),
+            #[cfg(feature = "protobuf")]
+            descriptors: None,
             events: Vec::new(),
             started: Vec::new(),
             stopped: Vec::new(),
@@ -111,6 +119,66 @@ impl ServiceBuilder {
         R: Serialize + Send + 'static,
     {
         self.actions.push((name.to_owned(), action_fn(handler)));
+        self
+    }
+
+    /// Adds an action over Protocol Buffers messages (prost types with `prost::Name`, as
+    /// `prost-build` generates with `enable_type_names`). Protobuf callers (a
+    /// [`Proto`](crate::Proto) value) get Protobuf back; with the service's descriptors
+    /// published ([`ServiceBuilder::proto_descriptors`]), JSON callers — the CLI, the gateway,
+    /// a `serde_json::Value` — can call it too, in the proto3 JSON mapping. See
+    /// [`protobuf`](crate::ContentType::Protobuf) payloads.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> phalanx::Result<()> {
+    /// use phalanx::Proto;
+    ///
+    /// #[derive(Clone, PartialEq, prost::Message)]
+    /// struct Order {
+    ///     #[prost(uint32, tag = "1")]
+    ///     items: u32,
+    /// }
+    /// impl prost::Name for Order {
+    ///     const NAME: &'static str = "Order";
+    ///     const PACKAGE: &'static str = "shop";
+    /// }
+    ///
+    /// let broker = phalanx::Broker::builder().start().await?;
+    /// broker
+    ///     .service("shop")
+    ///     .proto_action("double", |_ctx, order: Order| async move {
+    ///         Ok(Order { items: order.items * 2 })
+    ///     })
+    ///     .start()
+    ///     .await?;
+    /// let twice: Proto<Order> = broker.call("shop.double", Proto(Order { items: 4 })).await?;
+    /// assert_eq!(twice.0.items, 8);
+    /// # broker.stop().await;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "protobuf")]
+    pub fn proto_action<P, R, F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Context, P) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R>> + Send + 'static,
+        P: prost::Message + prost::Name + Default + 'static,
+        R: prost::Message + prost::Name + 'static,
+    {
+        let (handler, declared) = crate::protobuf::proto_action_fn(name, handler);
+        self.actions.push((name.to_owned(), handler));
+        self.protos.push(declared);
+        self
+    }
+
+    /// Publishes the descriptors of this service's Protobuf messages (a `FileDescriptorSet`,
+    /// e.g. from `prost-build`'s `file_descriptor_set_path`, decoded with
+    /// `DescriptorPool::decode`), so JSON callers can call its
+    /// [`proto_action`](ServiceBuilder::proto_action)s: the node converts their JSON to the
+    /// message and the answer back. Starting fails if an action's message is not in the pool.
+    #[cfg(feature = "protobuf")]
+    pub fn proto_descriptors(mut self, pool: prost_reflect::DescriptorPool) -> Self {
+        self.descriptors = Some(pool);
         self
     }
 
@@ -290,6 +358,16 @@ impl ServiceBuilder {
                 (name, group.unwrap_or_else(|| full_name.clone()), handler)
             })
             .collect();
+        #[cfg(feature = "protobuf")]
+        let protos = self
+            .protos
+            .iter()
+            .map(|proto| {
+                let action = format!("{full_name}.{}", proto.name);
+                let types = proto.resolve(&action, self.descriptors.as_ref())?;
+                Ok((action, types))
+            })
+            .collect::<Result<Vec<_>>>()?;
         let info = ServiceInfo {
             full_name: full_name.clone(),
             name: self.name,
@@ -304,6 +382,13 @@ impl ServiceBuilder {
                         .iter()
                         .find(|(short, _)| format!("{full_name}.{short}") == *name)
                         .map(|(_, schema)| schema.clone()),
+                    #[cfg(feature = "protobuf")]
+                    proto: protos
+                        .iter()
+                        .find(|(action, _)| action == name)
+                        .map(|(_, types)| types.clone()),
+                    #[cfg(not(feature = "protobuf"))]
+                    proto: None,
                 })
                 .collect(),
             events: events

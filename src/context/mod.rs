@@ -35,7 +35,7 @@ pub(crate) use lineage::Lineage;
 pub use options::{CallOptions, FallbackFn};
 
 use crate::error::Result;
-use crate::payload::{Payload, encode_msgpack};
+use crate::payload::{ContentType, Payload, encode_value};
 pub use crate::protocol::packet::{Headers, Meta};
 use crate::stream::{ByteStream, StreamSlot};
 use bytes::Bytes;
@@ -64,11 +64,12 @@ pub(crate) trait Dispatch: Any + Send + Sync {
         parent: &'a Context,
     ) -> BoxFuture<'a, Result<Payload<'static>>>;
 
-    /// Emits `event` (MessagePack `data`) as a child of `parent`.
+    /// Emits `event` (`data` encoded as `content_type`) as a child of `parent`.
     fn emit<'a>(
         self: Arc<Self>,
         event: &'a str,
         data: Bytes,
+        content_type: ContentType,
         kind: EmitKind,
         parent: &'a Context,
     ) -> BoxFuture<'a, Result<()>>;
@@ -102,6 +103,8 @@ pub struct Context {
     /// The byte stream that came with the call, until the handler takes it.
     pub(crate) stream: StreamSlot,
     pub(crate) deadline: Option<Instant>,
+    /// How the params travel if the call crosses a link (and how the answer is asked for).
+    pub(crate) format: ContentType,
     /// When the call was made (or, serving a peer, when its request arrived).
     pub(crate) started: Instant,
 }
@@ -135,6 +138,7 @@ impl Context {
             event: None,
             stream: StreamSlot::default(),
             deadline,
+            format: ContentType::MsgPack,
             started,
         }
     }
@@ -279,19 +283,19 @@ impl Context {
 
     /// Emits an event as part of this chain (balanced across groups).
     pub async fn emit<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        let data = encode_msgpack(data)?;
+        let (data, content_type) = encode_value(data, ContentType::MsgPack)?;
         self.dispatch
             .clone()
-            .emit(event, data, EmitKind::Emit, self)
+            .emit(event, data, content_type, EmitKind::Emit, self)
             .await
     }
 
     /// Broadcasts an event as part of this chain.
     pub async fn broadcast<T: Serialize + ?Sized>(&self, event: &str, data: &T) -> Result<()> {
-        let data = encode_msgpack(data)?;
+        let (data, content_type) = encode_value(data, ContentType::MsgPack)?;
         self.dispatch
             .clone()
-            .emit(event, data, EmitKind::Broadcast, self)
+            .emit(event, data, content_type, EmitKind::Broadcast, self)
             .await
     }
 }
@@ -324,6 +328,7 @@ pub(crate) mod testing {
             self: Arc<Self>,
             _: &'a str,
             _: Bytes,
+            _: ContentType,
             _: EmitKind,
             _: &'a Context,
         ) -> BoxFuture<'a, Result<()>> {

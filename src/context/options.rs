@@ -1,7 +1,7 @@
 //! The options of one call.
 
 use crate::error::{Error, Result};
-use crate::payload::Payload;
+use crate::payload::{ContentType, Payload};
 use crate::protocol::packet::{Headers, Meta};
 use crate::stream::{ByteStream, StreamSlot};
 use serde::Serialize;
@@ -31,6 +31,7 @@ pub struct CallOptions {
     pub(crate) idempotent: bool,
     pub(crate) fallback: Option<FallbackFn>,
     pub(crate) stream: StreamSlot,
+    pub(crate) format: ContentType,
 }
 
 impl CallOptions {
@@ -58,6 +59,20 @@ impl CallOptions {
     /// once the stream has started to flow (it cannot be sent twice).
     pub fn stream(mut self, stream: ByteStream) -> Self {
         self.stream = StreamSlot::new(stream);
+        self
+    }
+
+    /// Sends the params as `format` (MessagePack, the default, or JSON) when the call crosses a
+    /// link, and asks for the answer in the same format. A [`Json`](crate::Json) or
+    /// [`Proto`](crate::Proto) value keeps its own format whatever this says.
+    ///
+    /// ```
+    /// use phalanx::{CallOptions, ContentType};
+    /// let options = CallOptions::new().format(ContentType::Json);
+    /// # let _ = options;
+    /// ```
+    pub fn format(mut self, format: ContentType) -> Self {
+        self.format = format;
         self
     }
 

@@ -77,7 +77,7 @@ pub use tracing_layer::Tracing;
 
 use crate::context::{CallOptions, Context};
 use crate::error::Result;
-use crate::payload::Payload;
+use crate::payload::{ContentType, Payload};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::fmt;
@@ -390,8 +390,10 @@ pub struct OutgoingEvent<'a> {
     pub event: &'a str,
     /// How it is delivered.
     pub kind: EmitKind,
-    /// The event's data, MessagePack-encoded.
+    /// The event's data, encoded as `content_type`.
     pub data: Bytes,
+    /// How `data` is encoded (MessagePack unless the value chose its own format).
+    pub content_type: ContentType,
     /// The emitting handler's context, if emitted from one.
     pub parent: Option<&'a Context>,
 }

@@ -276,6 +276,21 @@ pub struct ActionInfo {
     /// The parameters as a JSON Schema, when the service declares them.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub params_schema: Option<serde_json::Value>,
+    /// The Protobuf messages the action takes and answers, for a Protobuf action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proto: Option<ProtoTypes>,
+}
+
+/// What a Protobuf action takes and answers, as announced in INFO.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProtoTypes {
+    /// Full name of the params message, e.g. `shop.Order`.
+    pub params: String,
+    /// Full name of the answer message.
+    pub answer: String,
+    /// Whether the service publishes its descriptors, so JSON callers can call it too.
+    pub json: bool,
 }
 
 /// An event subscription as announced in INFO.

@@ -594,10 +594,17 @@ impl<L: Clone> Registry<L> {
 
     /// Actions with the nodes serving them, for `$node.actions`.
     pub(crate) fn action_views(&self) -> Vec<ActionInfo> {
+        let proto = |name: &str| {
+            self.announced_services()
+                .flat_map(|s| s.actions.iter())
+                .find(|a| a.name == name)
+                .and_then(|a| a.proto.clone())
+        };
         let mut views: Vec<ActionInfo> = self
             .actions
             .iter()
             .map(|(name, set)| ActionInfo {
+                proto: proto(name),
                 name: name.clone(),
                 nodes: set
                     .endpoints

@@ -96,13 +96,25 @@ impl Cluster {
     /// Brokers in namespace `suite` over `over`, each seeded with the first one's address where
     /// that applies; formed once every pair is linked by `over`'s kind of link.
     pub(crate) async fn over(over: &Over, ids: &[&str]) -> Self {
+        Self::over_with(over, ids, |_, builder| builder).await
+    }
+
+    /// Like [`Cluster::over`], each node's builder (with its id) passed through `node` first.
+    pub(crate) async fn over_with(
+        over: &Over,
+        ids: &[&str],
+        node: impl Fn(&str, BrokerBuilder) -> BrokerBuilder,
+    ) -> Self {
         let bus = InProcBus::new();
         let mut nodes = Vec::new();
         let mut transports = Vec::new();
         let mut seed: Option<String> = None;
         for id in ids {
-            let mut builder = fast_stop(Broker::builder().node_id(*id).namespace("suite"))
-                .heartbeat(Duration::from_millis(200), Duration::from_millis(2000));
+            let mut builder = node(
+                id,
+                fast_stop(Broker::builder().node_id(*id).namespace("suite"))
+                    .heartbeat(Duration::from_millis(200), Duration::from_millis(2000)),
+            );
             // Clones share their transport's state: the fixture keeps one to stop it.
             let mut own: Vec<Arc<dyn Transporter>> = Vec::new();
             let mut mesh = None;

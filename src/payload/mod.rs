@@ -18,6 +18,8 @@
 //! assert_eq!(json.decode::<A>().unwrap().a, 1);
 //! ```
 
+mod wrapped;
+
 use crate::error::{Error, Result};
 pub use crate::protocol::packet::ContentType;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -25,11 +27,15 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::fmt;
+pub use wrapped::Json;
+#[cfg(feature = "protobuf")]
+pub use wrapped::Proto;
 
 /// A caller's value lent to a handler: the handler takes it out when the types match.
 trait LocalSlot: Send {
     fn as_any_mut(&mut self) -> &mut dyn Any;
     fn to_msgpack(&self) -> Result<Bytes>;
+    fn encode_as(&self, format: ContentType) -> Result<(Bytes, ContentType)>;
 }
 
 impl<T: Serialize + Send + 'static> LocalSlot for Option<T> {
@@ -43,6 +49,13 @@ impl<T: Serialize + Send + 'static> LocalSlot for Option<T> {
             None => Err(Error::validation("payload was already taken")),
         }
     }
+
+    fn encode_as(&self, format: ContentType) -> Result<(Bytes, ContentType)> {
+        match self {
+            Some(value) => encode_value(value, format),
+            None => Err(Error::validation("payload was already taken")),
+        }
+    }
 }
 
 /// A serializable value that can also be handed over as-is.
@@ -50,6 +63,7 @@ trait LocalValue: Send {
     fn as_any(&self) -> &dyn Any;
     fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
     fn to_msgpack(&self) -> Result<Bytes>;
+    fn encode_as(&self, format: ContentType) -> Result<(Bytes, ContentType)>;
 }
 
 impl<T: Serialize + Send + 'static> LocalValue for T {
@@ -63,6 +77,27 @@ impl<T: Serialize + Send + 'static> LocalValue for T {
 
     fn to_msgpack(&self) -> Result<Bytes> {
         encode_msgpack(self)
+    }
+
+    fn encode_as(&self, format: ContentType) -> Result<(Bytes, ContentType)> {
+        encode_value(self, format)
+    }
+}
+
+/// Encodes `value` in its own format if it has one ([`Json`], [`Proto`]), else as `format`
+/// asks: JSON for [`ContentType::Json`], MessagePack otherwise.
+pub(crate) fn encode_value<T: Serialize + ?Sized>(
+    value: &T,
+    format: ContentType,
+) -> Result<(Bytes, ContentType)> {
+    if let Some(own) = wrapped::own_encoding(value) {
+        return own;
+    }
+    match format {
+        ContentType::Json => serde_json::to_vec(value)
+            .map(|json| (Bytes::from(json), ContentType::Json))
+            .map_err(|e| Error::validation(format!("cannot encode payload: {e}")).with_source(e)),
+        _ => encode_msgpack(value).map(|bytes| (bytes, ContentType::MsgPack)),
     }
 }
 
@@ -137,11 +172,21 @@ impl<'a> Payload<'a> {
                 .downcast::<T>()
                 .expect("type checked by the match guard")),
             Inner::Local(value) => decode_bytes(&value.to_msgpack()?, ContentType::MsgPack),
-            Inner::Encoded(bytes, ContentType::Raw | ContentType::Protobuf) => {
+            Inner::Encoded(bytes, ContentType::Raw) => {
                 let any: Box<dyn Any> = Box::new(bytes);
                 any.downcast::<T>().map(|b| *b).map_err(|_| {
                     Error::validation("raw payloads can only be received as `bytes::Bytes`")
                 })
+            }
+            Inner::Encoded(bytes, ContentType::Protobuf) => {
+                let any: Box<dyn Any> = Box::new(bytes);
+                match any.downcast::<T>() {
+                    Ok(bytes) => Ok(*bytes),
+                    Err(any) => {
+                        let bytes = any.downcast::<Bytes>().expect("boxed as Bytes");
+                        decode_protobuf(&bytes)
+                    }
+                }
             }
             Inner::Encoded(bytes, content_type) => decode_bytes(&bytes, content_type),
         }
@@ -173,14 +218,53 @@ impl<'a> Payload<'a> {
         }
     }
 
-    /// The payload as bytes for a link, with their content type.
+    /// The payload as bytes for a link, with their content type: MessagePack, unless the value
+    /// has a format of its own ([`Json`], [`Proto`]).
     pub fn encode(&self) -> Result<(Bytes, ContentType)> {
+        self.encode_as(ContentType::MsgPack)
+    }
+
+    /// The payload as bytes for a link in `format` (JSON or MessagePack), unless the value has
+    /// a format of its own ([`Json`], [`Proto`]); bytes that arrived encoded stay as they are.
+    ///
+    /// ```
+    /// use phalanx::{ContentType, Payload};
+    /// let (bytes, format) = Payload::local(vec![1, 2]).encode_as(ContentType::Json).unwrap();
+    /// assert_eq!((format, &bytes[..]), (ContentType::Json, &b"[1,2]"[..]));
+    /// ```
+    pub fn encode_as(&self, format: ContentType) -> Result<(Bytes, ContentType)> {
         match &self.0 {
-            Inner::Lent(slot) => Ok((slot.to_msgpack()?, ContentType::MsgPack)),
-            Inner::Local(value) => Ok((value.to_msgpack()?, ContentType::MsgPack)),
+            Inner::Lent(slot) => slot.encode_as(format),
+            Inner::Local(value) => value.encode_as(format),
             Inner::Encoded(bytes, ct) => Ok((bytes.clone(), *ct)),
         }
     }
+
+    /// How the payload is encoded; `None` for a live value.
+    ///
+    /// ```
+    /// use phalanx::{ContentType, Payload};
+    /// assert_eq!(Payload::local(1).content_type(), None);
+    /// let json = Payload::encoded(bytes::Bytes::from_static(b"1"), ContentType::Json);
+    /// assert_eq!(json.content_type(), Some(ContentType::Json));
+    /// ```
+    pub fn content_type(&self) -> Option<ContentType> {
+        match &self.0 {
+            Inner::Encoded(_, ct) => Some(*ct),
+            _ => None,
+        }
+    }
+}
+
+/// Decodes a Protobuf payload into `T`: a [`Proto`] (or anything that takes bytes).
+fn decode_protobuf<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let deserializer = serde::de::value::BytesDeserializer::<serde::de::value::Error>::new(bytes);
+    T::deserialize(deserializer).map_err(|e| {
+        Error::validation(format!(
+            "the payload is Protobuf: receive it as `phalanx::Proto<M>` or `bytes::Bytes` ({e})"
+        ))
+        .with_type("UNSUPPORTED_FORMAT")
+    })
 }
 
 fn decode_bytes<T: DeserializeOwned>(bytes: &[u8], content_type: ContentType) -> Result<T> {
