@@ -5,7 +5,8 @@
 //! answers a caller in the caller's terms: a message sent as Protobuf (a
 //! [`Proto`](crate::Proto) value) is answered with Protobuf; params sent as JSON or MessagePack —
 //! the CLI, the HTTP gateway, any `serde_json::Value` — are turned into the message through the
-//! service's descriptors (the proto3 JSON mapping), and the answer comes back the same way. A
+//! service's descriptors (the proto3 JSON mapping), and the answer comes back the same way
+//! (every field, defaults included; 64-bit integers as strings, as the mapping says). A
 //! service that publishes no descriptors
 //! ([`ServiceBuilder::proto_descriptors`](crate::ServiceBuilder::proto_descriptors)) serves
 //! Protobuf callers only, and tells a JSON caller so with an `UNSUPPORTED_FORMAT` error.
@@ -21,7 +22,7 @@ use crate::payload::{ContentType, Payload, Proto};
 use crate::protocol::packet::ProtoTypes;
 use bytes::Bytes;
 use futures_util::FutureExt;
-use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor};
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, SerializeOptions};
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
@@ -169,12 +170,16 @@ fn to_serde<R: prost::Message>(answer: &R, desc: MessageDescriptor) -> Result<Pa
             format!("answer does not match its descriptor: {e}"),
         )
     })?;
-    let value = serde_json::to_value(&dynamic).map_err(|e| {
-        Error::new(
-            ErrorKind::Internal,
-            format!("answer cannot be mapped to JSON: {e}"),
-        )
-    })?;
+    // Every field, defaults included: a JSON caller should not have to know proto3 omits them.
+    let options = SerializeOptions::new().skip_default_fields(false);
+    let value = dynamic
+        .serialize_with_options(serde_json::value::Serializer, &options)
+        .map_err(|e| {
+            Error::new(
+                ErrorKind::Internal,
+                format!("answer cannot be mapped to JSON: {e}"),
+            )
+        })?;
     Ok(Payload::local(value))
 }
 

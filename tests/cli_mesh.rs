@@ -773,6 +773,14 @@ async fn the_gateway_command_serves_demo_nodes_over_http() {
         echo.json::<serde_json::Value>().await.unwrap()["hello"][1],
         2
     );
+    // demo.area takes Protobuf: the gateway's JSON reaches it through its descriptors.
+    let area: serde_json::Value = get("/api/demo/area?width=3&height=3")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(area, serde_json::json!({"area": "9", "square": true}));
     // Streams: a body in (`curl -T file`), a body out (`curl …/bytes?n=N | wc -c`).
     let digest: serde_json::Value = http
         .put(format!("http://{http_addr}/api/demo/digest"))
@@ -967,5 +975,21 @@ fn demo_nodes_on_tcp_form_a_mesh_that_nodes_shows_as_tcp() {
     );
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "42");
+    // A Protobuf action, called with JSON from the CLI.
+    let (ok, out) = cli(
+        &[
+            "call",
+            "demo.area",
+            r#"{"width":3,"height":4}"#,
+            "--transport",
+            "tcp",
+            "--no-shm",
+        ],
+        &s,
+        &t2.addr,
+    );
+    assert!(ok, "{out}");
+    let area: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(area, serde_json::json!({"area": "12", "square": false}));
     drop((t1, t2));
 }

@@ -105,7 +105,7 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
     let broker = joined.broker.clone();
     let events = Arc::new(AtomicU64::new(0));
     let counted = events.clone();
-    broker
+    let service = broker
         .service("demo")
         .middleware(FailRate(args.fail_rate))
         .action(
@@ -147,9 +147,17 @@ pub(crate) async fn run(args: DemoArgs) -> Result<ExitCode> {
         .params_schema("add", number_fields(&["a", "b"]))
         .params_schema("sleep", number_fields(&["ms"]))
         .params_schema("bytes", number_fields(&["n"]))
-        .publish_http()
-        .start()
-        .await?;
+        .publish_http();
+    // `demo.area` takes and answers Protobuf messages; its descriptors let JSON callers in.
+    #[cfg(feature = "protobuf")]
+    let service = service
+        .proto_descriptors(super::shapes::descriptors()?)
+        .proto_action(
+            "area",
+            |_ctx: Context, rect: super::shapes::Rect| async move { Ok(rect.area()) },
+        )
+        .params_schema("area", number_fields(&["width", "height"]));
+    service.start().await?;
     println!(
         "node {} listening on {}",
         broker.node_id(),

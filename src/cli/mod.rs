@@ -6,6 +6,8 @@ mod demo;
 mod gateway;
 mod inspect;
 mod repl;
+#[cfg(feature = "protobuf")]
+mod shapes;
 mod top;
 
 use clap::{Args, Parser, Subcommand};

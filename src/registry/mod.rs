@@ -507,7 +507,6 @@ impl<L: Clone> Registry<L> {
     }
 
     /// The services of this node and of every available node, as they were announced.
-    #[cfg(feature = "gateway")]
     pub(crate) fn announced_services(&self) -> impl Iterator<Item = &ServiceInfo> {
         self.local_services.iter().chain(
             self.nodes
