@@ -164,6 +164,8 @@ pub enum Limit {
     DialMismatch,
     /// A NATS message dropped: malformed, not from a member, forged, replayed or unintroduced.
     NatsRejected,
+    /// A Kafka record dropped: malformed, not from a member, forged, replayed or unintroduced.
+    KafkaRejected,
     /// A link refused: failed mutual authentication, claimed another id than its certificate
     /// names, or broke the protocol.
     LinkRefused,
@@ -174,7 +176,7 @@ pub enum Limit {
 
 impl Limit {
     /// Every limit, in counter order.
-    pub const ALL: [Limit; 10] = [
+    pub const ALL: [Limit; 11] = [
         Limit::PeerInFlight,
         Limit::PeerEventsInFlight,
         Limit::InfoRefused,
@@ -183,6 +185,7 @@ impl Limit {
         Limit::DialBudget,
         Limit::DialMismatch,
         Limit::NatsRejected,
+        Limit::KafkaRejected,
         Limit::LinkRefused,
         Limit::PeerStreams,
     ];
@@ -198,6 +201,7 @@ impl Limit {
             Limit::DialBudget => "dial_budget",
             Limit::DialMismatch => "dial_mismatch",
             Limit::NatsRejected => "nats_rejected",
+            Limit::KafkaRejected => "kafka_rejected",
             Limit::LinkRefused => "link_refused",
             Limit::PeerStreams => "peer_streams",
         }

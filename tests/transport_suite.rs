@@ -1,8 +1,12 @@
 //! The cluster suite — calls, errors, large payloads, events (balanced per group and
 //! broadcast), deadlines and node loss — run over every transport: the in-process bus, the mesh
-//! over QUIC and over TCP, shared memory, and NATS.
+//! over QUIC and over TCP, shared memory, NATS and Kafka (a real `tansu` broker; feature
+//! `kafka`).
 
 mod common;
+#[cfg(feature = "kafka")]
+#[path = "common/kafka_server.rs"]
+mod kafka_server;
 #[cfg(feature = "nats")]
 #[path = "common/nats_server.rs"]
 mod nats_server;
@@ -27,6 +31,8 @@ struct Setup {
     cluster: Cluster,
     #[cfg(feature = "nats")]
     _nats: Option<nats_server::NatsServer>,
+    #[cfg(feature = "kafka")]
+    _kafka: Option<kafka_server::KafkaServer>,
 }
 
 impl Setup {
@@ -38,6 +44,8 @@ impl Setup {
 async fn setup(over: &str, ids: &[&str]) -> Setup {
     #[cfg(feature = "nats")]
     let mut nats = None;
+    #[cfg(feature = "kafka")]
+    let mut kafka = None;
     let over = match over {
         "inproc" => Over::InProc,
         "quic" => Over::Quic,
@@ -50,12 +58,21 @@ async fn setup(over: &str, ids: &[&str]) -> Setup {
             nats = Some(server);
             Over::Nats(url)
         }
+        #[cfg(feature = "kafka")]
+        "kafka" => {
+            let server = kafka_server::KafkaServer::start();
+            let brokers = server.brokers();
+            kafka = Some(server);
+            Over::Kafka(brokers)
+        }
         other => panic!("no transport '{other}'"),
     };
     Setup {
         cluster: Cluster::over(&over, ids).await,
         #[cfg(feature = "nats")]
         _nats: nats,
+        #[cfg(feature = "kafka")]
+        _kafka: kafka,
     }
 }
 
@@ -271,5 +288,7 @@ suite!(
     tcp,
     shm,
     #[cfg(feature = "nats")]
-    nats
+    nats,
+    #[cfg(feature = "kafka")]
+    kafka
 );

@@ -41,7 +41,7 @@ impl Broker {
         // Only a link that authenticates its peer makes the INFO the node's own word on where
         // it can be reached; what it says of others is always hearsay.
         let source = match link {
-            LinkKind::Nats => PeerSource::Hearsay,
+            LinkKind::Nats | LinkKind::Kafka => PeerSource::Hearsay,
             _ => PeerSource::Itself,
         };
         for transport in &self.inner.transports {

@@ -28,7 +28,13 @@
 //! assert_eq!(transport.kind(), LinkKind::InProc);
 //! ```
 
+#[cfg(any(feature = "nats", feature = "kafka"))]
+mod bus;
+#[cfg(any(feature = "nats", feature = "kafka"))]
+mod envelope;
 mod inproc;
+#[cfg(feature = "kafka")]
+mod kafka;
 mod link_table;
 mod mesh;
 #[cfg(feature = "nats")]
@@ -37,6 +43,8 @@ mod reply;
 mod shm;
 
 pub use inproc::{InProcBus, InProcTransport};
+#[cfg(feature = "kafka")]
+pub use kafka::{KafkaTransport, KafkaTransportBuilder};
 pub(crate) use link_table::LinkTable;
 pub use mesh::{MeshConfig, MeshLinks, MeshTransport, MeshTransportBuilder};
 #[cfg(feature = "nats")]
@@ -72,6 +80,8 @@ pub enum LinkKind {
     Tcp,
     /// A NATS bus.
     Nats,
+    /// A Kafka bus.
+    Kafka,
 }
 
 impl LinkKind {
@@ -84,6 +94,7 @@ impl LinkKind {
             Self::Quic => "quic",
             Self::Tcp => "tcp",
             Self::Nats => "nats",
+            Self::Kafka => "kafka",
         }
     }
 }

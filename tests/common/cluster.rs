@@ -35,6 +35,9 @@ pub(crate) enum Over {
     /// A NATS server at this URL.
     #[cfg(feature = "nats")]
     Nats(String),
+    /// A Kafka cluster at this bootstrap address.
+    #[cfg(feature = "kafka")]
+    Kafka(String),
 }
 
 impl Over {
@@ -47,6 +50,8 @@ impl Over {
             Self::Shm => LinkKind::Shm,
             #[cfg(feature = "nats")]
             Self::Nats(_) => LinkKind::Nats,
+            #[cfg(feature = "kafka")]
+            Self::Kafka(_) => LinkKind::Kafka,
         }
     }
 }
@@ -142,6 +147,14 @@ impl Cluster {
                         .build();
                     own.push(Arc::new(nats.clone()));
                     builder = builder.transport(nats);
+                }
+                #[cfg(feature = "kafka")]
+                Over::Kafka(brokers) => {
+                    let kafka = phalanx::transport::KafkaTransport::builder(brokers.clone())
+                        .cluster_ca(ClusterCa::secret(super::strong_secret("suite")))
+                        .build();
+                    own.push(Arc::new(kafka.clone()));
+                    builder = builder.transport(kafka);
                 }
             }
             nodes.push(builder.start().await.expect("broker starts"));

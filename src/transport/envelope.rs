@@ -1,5 +1,5 @@
-//! What a packet travels in on NATS: a NATS server relays for anyone with rights on the
-//! subjects, so every message carries proof of which member sent it.
+//! What a packet travels in on a bus (NATS, Kafka): the server relays for anyone with rights on
+//! the subjects (or topics), so every message carries proof of which member sent it.
 //!
 //! Each node starts a *session*: a random id and a fresh X25519 key pair. Its *introduction* —
 //! node id, session, X25519 public key and certificate chain — rides on its messages, and the
@@ -150,6 +150,11 @@ impl std::fmt::Debug for Envelopes {
 impl Envelopes {
     /// A new session for `me`, proven by `credentials`; broadcasts are encrypted when
     /// `encrypt_broadcasts` and the members share a secret.
+    /// This node's id.
+    pub(crate) fn me(&self) -> &str {
+        &self.me
+    }
+
     pub(crate) fn new(me: Arc<str>, credentials: Credentials, encrypt_broadcasts: bool) -> Self {
         let mut seed = [0u8; 32];
         let rng = ring::rand::SystemRandom::new();
@@ -233,7 +238,9 @@ impl Envelopes {
     pub(crate) fn seal(&self, to: &str, subject: &str, frame: &[u8]) -> crate::Result<Bytes> {
         let mut state = self.state.lock().expect("envelope lock");
         let peer = state.peers.get_mut(to).ok_or_else(|| {
-            crate::Error::transport(format!("node '{to}' has not introduced itself on NATS yet"))
+            crate::Error::transport(format!(
+                "node '{to}' has not introduced itself on the bus yet"
+            ))
         })?;
         peer.send_seq += 1;
         let seq = peer.send_seq;
