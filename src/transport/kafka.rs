@@ -21,11 +21,12 @@
 //! (`kafka_rejected`).
 //!
 //! # Failure
-//! A metadata probe every second tells whether the Kafka cluster answers: while it does not,
-//! sends fail at once ("Kafka transport unavailable") and calls waiting on Kafka-reached nodes
-//! fail; when it answers again the node re-announces itself. Records the client could not
-//! deliver within 5 s fail their send. Memory is bounded: records prefetched per node ≤ 16 MiB,
-//! records queued to send ≤ 10 000.
+//! The client reports the moment every broker is gone, and a probe every second tells whether
+//! the cluster answers again: meanwhile sends fail at once ("Kafka transport unavailable") and
+//! calls waiting on Kafka-reached nodes fail; once it answers, the node recreates its topics if
+//! the cluster lost them, reads them from their end and re-announces itself. A record is handed
+//! to the client, not waited for; one the cluster does not take within 5 s is dropped. Memory is
+//! bounded: records prefetched per node ≤ 16 MiB, records queued to send ≤ 10 000.
 //!
 //! ```no_run
 //! # #[tokio::main] async fn main() -> phalanx::Result<()> {
@@ -62,6 +63,8 @@ use tokio::task::JoinHandle;
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the cluster is probed.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// How long a cluster that answers again is left to settle before this node connects.
+const RESTART_GRACE: Duration = Duration::from_secs(1);
 
 /// Builds a [`KafkaTransport`].
 #[derive(Debug, Clone)]
@@ -132,25 +135,44 @@ pub struct KafkaTransport {
 }
 
 struct Bus {
-    producer: FutureProducer,
-    topics: Topics,
-    codec: crate::protocol::codec::Codec,
-    traffic: Arc<dyn super::TrafficMeter>,
-    envelopes: Arc<Envelopes>,
-    /// Held from sealing to enqueuing, so records reach their partition in sequence order.
-    in_order: tokio::sync::Mutex<()>,
-    /// Whether the cluster answered the last probe.
-    up: Arc<AtomicBool>,
-    stopped: AtomicBool,
-    tasks: Mutex<Vec<JoinHandle<()>>>,
+    shared: Arc<Shared>,
+    keeper: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl std::fmt::Debug for Bus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bus")
-            .field("topics", &self.topics.base)
+            .field("topics", &self.shared.topics.base)
             .finish_non_exhaustive()
     }
+}
+
+/// What the transport, its clients and its keeper share.
+struct Shared {
+    config: Arc<KafkaTransportBuilder>,
+    ctx: TransportContext,
+    topics: Topics,
+    /// The topics this node reads.
+    reads: Vec<String>,
+    envelopes: Arc<Envelopes>,
+    /// Held from sealing to enqueuing, so records reach their partition in sequence order.
+    in_order: tokio::sync::Mutex<()>,
+    /// Cleared the moment the client sees every broker gone; set once reconnected.
+    up: AtomicBool,
+    /// Wakes the keeper when the cluster is lost.
+    lost: tokio::sync::Notify,
+    /// The clients, while connected. Dropped when the cluster is lost and made anew when it
+    /// answers again: librdkafka has been seen to crash refreshing metadata from a broker that
+    /// restarted empty.
+    clients: Mutex<Option<Clients>>,
+    stopped: AtomicBool,
+}
+
+/// A producer, and the task reading this node's topics with its own consumer.
+struct Clients {
+    producer: FutureProducer<Watch>,
+    consumer: Arc<StreamConsumer>,
+    reader: JoinHandle<()>,
 }
 
 /// The topic names of one namespace.
@@ -205,103 +227,140 @@ impl KafkaTransport {
         }
     }
 
-    fn bus(&self) -> Result<&Bus> {
-        let bus = self
+    /// The producer to send with, if the transport runs and the cluster answers.
+    fn producer(&self) -> Result<(&Shared, FutureProducer<Watch>)> {
+        let shared = &self
             .bus
             .get()
-            .ok_or_else(|| Error::transport("Kafka transport is not started"))?;
-        if bus.stopped.load(Ordering::Relaxed) {
+            .ok_or_else(|| Error::transport("Kafka transport is not started"))?
+            .shared;
+        if shared.stopped.load(Ordering::Relaxed) {
             return Err(Error::transport("Kafka transport stopped"));
         }
-        if !bus.up.load(Ordering::Relaxed) {
-            return Err(Error::transport(
-                "Kafka transport unavailable: the Kafka cluster does not answer",
-            ));
-        }
-        Ok(bus)
+        let producer = shared
+            .clients
+            .lock()
+            .expect("clients lock")
+            .as_ref()
+            .filter(|_| shared.up.load(Ordering::Relaxed))
+            .map(|clients| clients.producer.clone())
+            .ok_or_else(|| {
+                Error::transport("Kafka transport unavailable: the Kafka cluster does not answer")
+            })?;
+        Ok((shared, producer))
     }
+}
 
-    /// A client configuration with the builder's properties on top of `base`.
-    fn client_config(&self, base: &[(&str, String)]) -> ClientConfig {
-        let mut config = ClientConfig::new();
-        config.set("bootstrap.servers", &self.config.brokers);
-        for (key, value) in base {
-            config.set(*key, value);
-        }
-        for (key, value) in &self.config.client {
-            config.set(key, value);
-        }
-        config
+/// A client configuration with the builder's properties on top of `base`.
+fn client_config(config: &KafkaTransportBuilder, base: &[(&str, String)]) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", &config.brokers);
+    // The Kafka 3.0 protocol, without asking the broker: newer Metadata versions name topics by
+    // id, and librdkafka crashes on a response whose names are left out (seen with tansu).
+    // `client_property` overrides it for clusters known to answer in full.
+    client.set("api.version.request", "false");
+    client.set("broker.version.fallback", "3.0.0");
+    for (key, value) in base {
+        client.set(*key, value);
     }
+    for (key, value) in &config.client {
+        client.set(key, value);
+    }
+    client
+}
 
-    /// Creates `topics` (one partition each) unless they exist.
-    async fn create_topics(&self, topics: &[String]) -> Result<()> {
-        let admin: AdminClient<DefaultClientContext> = self
-            .client_config(&[])
-            .create()
-            .map_err(|e| kafka_error("cannot create an admin client", e))?;
-        let new: Vec<NewTopic<'_>> = topics
-            .iter()
-            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(self.config.replication)))
-            .collect();
-        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
-        let results = admin
-            .create_topics(&new, &options)
-            .await
-            .map_err(|e| kafka_error("cannot create topics", e))?;
-        for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
-                    return Err(kafka_error(&format!("cannot create topic {topic}"), code));
-                }
+/// Creates `topics` (one partition each) unless they exist.
+async fn create_topics(config: &KafkaTransportBuilder, topics: &[String]) -> Result<()> {
+    let admin: AdminClient<DefaultClientContext> = client_config(config, &[])
+        .create()
+        .map_err(|e| kafka_error("cannot create an admin client", e))?;
+    let new: Vec<NewTopic<'_>> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(config.replication)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+    let results = admin
+        .create_topics(&new, &options)
+        .await
+        .map_err(|e| kafka_error("cannot create topics", e))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(kafka_error(&format!("cannot create topic {topic}"), code));
             }
         }
-        Ok(())
     }
+    Ok(())
+}
 
-    /// A consumer reading `topics` from their current end, without joining a group.
-    async fn reader(&self, node_id: &str, topics: &[String]) -> Result<StreamConsumer> {
-        let consumer: StreamConsumer = self
-            .client_config(&[
-                // Never used to commit or join: only required of a consumer.
-                (
-                    "group.id",
-                    format!("{}.reader.{}", self.config.prefix, token(node_id)),
-                ),
-                ("enable.auto.commit", "false".into()),
-                ("fetch.wait.max.ms", "10".into()),
-                ("fetch.error.backoff.ms", "50".into()),
-                ("queued.max.messages.kbytes", "16384".into()),
-            ])
-            .create()
-            .map_err(|e| kafka_error("cannot create a consumer", e))?;
-        let consumer = Arc::new(consumer);
-        let (watching, list) = (consumer.clone(), topics.to_vec());
-        // The end of each topic, now: what is sent to us from here on is read.
-        let ends = tokio::task::spawn_blocking(move || {
-            list.iter()
-                .map(|topic| {
-                    watching
-                        .fetch_watermarks(topic, 0, Duration::from_secs(5))
-                        .map(|(_, high)| (topic.clone(), high))
-                })
-                .collect::<std::result::Result<Vec<_>, _>>()
-        })
-        .await
-        .map_err(|e| kafka_error("offset lookup failed", e))?
-        .map_err(|e| kafka_error("cannot read the topics' ends", e))?;
-        let mut assignment = TopicPartitionList::new();
-        for (topic, end) in ends {
-            assignment
-                .add_partition_offset(&topic, 0, Offset::Offset(end))
-                .map_err(|e| kafka_error("bad assignment", e))?;
-        }
-        consumer
-            .assign(&assignment)
-            .map_err(|e| kafka_error("cannot assign the topics", e))?;
-        Arc::try_unwrap(consumer).map_err(|_| kafka_error("consumer", "still shared"))
+/// A consumer for `node_id` that joins no group (it is assigned its topics by [`attach`]).
+fn consumer(config: &KafkaTransportBuilder, node_id: &str) -> Result<Arc<StreamConsumer>> {
+    let consumer: StreamConsumer = client_config(
+        config,
+        &[
+            // Never used to commit or join: only required of a consumer.
+            (
+                "group.id",
+                format!("{}.reader.{}", config.prefix, token(node_id)),
+            ),
+            ("enable.auto.commit", "false".into()),
+            ("client.id", format!("phalanx-reader-{}", token(node_id))),
+            ("fetch.wait.max.ms", "10".into()),
+            ("fetch.error.backoff.ms", "50".into()),
+            ("queued.max.messages.kbytes", "16384".into()),
+        ],
+    )
+    .create()
+    .map_err(|e| kafka_error("cannot create a consumer", e))?;
+    Ok(Arc::new(consumer))
+}
+
+/// Creates `topics` if they are missing and has `consumer` read them from their end, now: what
+/// is sent from here on is read, nothing from before. Run at start and after the cluster came
+/// back (it may have come back empty).
+async fn attach(
+    config: &KafkaTransportBuilder,
+    consumer: &Arc<StreamConsumer>,
+    topics: &[String],
+) -> Result<()> {
+    create_topics(config, topics).await?;
+    // Looked up with a client of its own, dropped at once: the reading consumer only ever
+    // fetches its assigned topics.
+    let lookup: rdkafka::consumer::BaseConsumer = client_config(
+        config,
+        &[
+            ("group.id", format!("{}.lookup", config.prefix)),
+            ("client.id", "phalanx-lookup".into()),
+        ],
+    )
+    .create()
+    .map_err(|e| kafka_error("cannot create a consumer", e))?;
+    let list = topics.to_vec();
+    let ends = tokio::task::spawn_blocking(move || {
+        let ends = list
+            .iter()
+            .map(|topic| {
+                lookup
+                    .fetch_watermarks(topic, 0, Duration::from_secs(5))
+                    .map(|(_, high)| (topic.clone(), high))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>();
+        drop(lookup);
+        ends
+    })
+    .await
+    .map_err(|e| kafka_error("offset lookup failed", e))?
+    .map_err(|e| kafka_error("cannot read the topics' ends", e))?;
+    let mut assignment = TopicPartitionList::new();
+    for (topic, end) in ends {
+        assignment
+            .add_partition_offset(&topic, 0, Offset::Offset(end))
+            .map_err(|e| kafka_error("bad assignment", e))?;
     }
+    consumer
+        .assign(&assignment)
+        .map_err(|e| kafka_error("cannot assign the topics", e))
 }
 
 impl Transporter for KafkaTransport {
@@ -328,32 +387,25 @@ impl Transporter for KafkaTransport {
                 cluster_ca.credentials(&ctx.node_id)?,
                 self.config.encrypt_broadcasts,
             ));
-            let max_record = ctx.codec.max_frame_len() + 64 * 1024;
-            let producer: FutureProducer = self
-                .client_config(&[
-                    ("linger.ms", "0".into()),
-                    ("message.timeout.ms", DELIVERY_TIMEOUT.as_millis().to_string()),
-                    ("queue.buffering.max.messages", "10000".into()),
-                    ("message.max.bytes", max_record.to_string()),
-                ])
-                .create()
-                .map_err(|e| kafka_error("cannot create a producer", e))?;
-            let read = topics.read_by(&ctx.node_id);
-            self.create_topics(&read).await?;
-            let consumer = self.reader(&ctx.node_id, &read).await?;
-            let up = Arc::new(AtomicBool::new(true));
-            let reader = tokio::spawn(read_records(consumer, ctx.clone(), envelopes.clone()));
-            let probe = tokio::spawn(probe(producer.clone(), up.clone(), ctx.clone()));
-            let bus = Bus {
-                producer,
+            let shared = Arc::new(Shared {
+                config: self.config.clone(),
+                reads: topics.read_by(&ctx.node_id),
                 topics: topics.clone(),
-                codec: ctx.codec,
-                traffic: ctx.traffic.clone(),
+                ctx,
                 envelopes,
                 in_order: tokio::sync::Mutex::new(()),
-                up,
+                up: AtomicBool::new(false),
+                lost: tokio::sync::Notify::new(),
+                clients: Mutex::new(None),
                 stopped: AtomicBool::new(false),
-                tasks: Mutex::new(vec![reader, probe]),
+            });
+            let clients = connect(&shared).await?;
+            *shared.clients.lock().expect("clients lock") = Some(clients);
+            shared.up.store(true, Ordering::Relaxed);
+            let keeper = tokio::spawn(keep(shared.clone()));
+            let bus = Bus {
+                shared,
+                keeper: Mutex::new(Some(keeper)),
             };
             self.bus
                 .set(bus)
@@ -366,87 +418,79 @@ impl Transporter for KafkaTransport {
 
     fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
         async move {
-            let bus = self.bus()?;
-            let frame = bus.codec.encode(packet)?;
-            let topic = bus.topics.node(node_id);
-            let delivered = {
-                let _in_order = bus.in_order.lock().await;
-                let sealed = bus.envelopes.seal(node_id, &topic, &frame)?;
-                bus.traffic
-                    .record(node_id, LinkKind::Kafka, Direction::Sent, sealed.len());
-                bus.enqueue(&topic, &sealed)?
-            };
-            delivered.await
+            let (shared, producer) = self.producer()?;
+            let frame = shared.ctx.codec.encode(packet)?;
+            let topic = shared.topics.node(node_id);
+            let _in_order = shared.in_order.lock().await;
+            let sealed = shared.envelopes.seal(node_id, &topic, &frame)?;
+            shared
+                .ctx
+                .traffic
+                .record(node_id, LinkKind::Kafka, Direction::Sent, sealed.len());
+            shared.enqueue(&producer, &topic, &sealed)
         }
         .boxed()
     }
 
     fn broadcast<'a>(&'a self, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
         async move {
-            let bus = self.bus()?;
-            let frame = bus.codec.encode(packet)?;
-            let topic = bus.topics.broadcast(packet);
-            let delivered = {
-                let _in_order = bus.in_order.lock().await;
-                let signed = bus.envelopes.sign(&topic, &frame)?;
-                bus.traffic
-                    .record("*", LinkKind::Kafka, Direction::Sent, signed.len());
-                bus.enqueue(&topic, &signed)?
-            };
-            delivered.await
+            let (shared, producer) = self.producer()?;
+            let frame = shared.ctx.codec.encode(packet)?;
+            let topic = shared.topics.broadcast(packet);
+            let _in_order = shared.in_order.lock().await;
+            let signed = shared.envelopes.sign(&topic, &frame)?;
+            shared
+                .ctx
+                .traffic
+                .record("*", LinkKind::Kafka, Direction::Sent, signed.len());
+            shared.enqueue(&producer, &topic, &signed)
         }
         .boxed()
     }
 
     fn forget_peer(&self, node_id: &str) {
         if let Some(bus) = self.bus.get() {
-            bus.envelopes.forget(node_id);
+            bus.shared.envelopes.forget(node_id);
         }
     }
 
     fn stop(&self) -> BoxFuture<'_, ()> {
         async move {
             let Some(bus) = self.bus.get() else { return };
+            bus.shared.stopped.store(true, Ordering::Relaxed);
+            if let Some(keeper) = bus.keeper.lock().expect("keeper lock").take() {
+                keeper.abort();
+            }
             // Deliver what is queued (our DISCONNECT), then speak no more in this node's name.
-            let producer = bus.producer.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                rdkafka::producer::Producer::flush(&producer, Duration::from_secs(1))
-            })
-            .await;
-            bus.stopped.store(true, Ordering::Relaxed);
-            for task in std::mem::take(&mut *bus.tasks.lock().expect("tasks lock")) {
-                task.abort();
+            let clients = bus.shared.clients.lock().expect("clients lock").take();
+            if let Some(clients) = clients {
+                clients.close(Duration::from_secs(1)).await;
             }
         }
         .boxed()
     }
 }
 
-impl Bus {
-    /// Hands a record to the client (keyed by this node, so its records stay in order) and
-    /// returns what resolves once the Kafka cluster took it.
-    fn enqueue(
-        &self,
-        topic: &str,
-        record: &[u8],
-    ) -> Result<impl std::future::Future<Output = Result<()>> + use<>> {
+impl Shared {
+    /// Hands a record to the client, keyed by this node so its records stay in order. Not
+    /// waited for: the client delivers it within the delivery timeout or drops it, and a
+    /// cluster that stops answering is reported at once (see [`Watch`]), failing the calls
+    /// that wait on it.
+    fn enqueue(&self, producer: &FutureProducer<Watch>, topic: &str, record: &[u8]) -> Result<()> {
         let key: &[u8] = self.envelopes.me().as_bytes();
-        let queued = self
-            .producer
+        producer
             .send_result(FutureRecord::to(topic).payload(record).key(key))
-            .map_err(|(e, _)| kafka_error("cannot queue a record", e))?;
-        Ok(async move {
-            match queued.await {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err((e, _))) => Err(kafka_error("record not delivered", e)),
-                Err(_) => Err(Error::transport("Kafka: the producer went away")),
-            }
-        })
+            .map(drop)
+            .map_err(|(e, _)| kafka_error("cannot queue a record", e))
     }
 }
 
 /// Reads records until the transport stops, handing each verified packet to the broker.
-async fn read_records(consumer: StreamConsumer, ctx: TransportContext, envelopes: Arc<Envelopes>) {
+async fn read_records(
+    consumer: Arc<StreamConsumer>,
+    ctx: TransportContext,
+    envelopes: Arc<Envelopes>,
+) {
     loop {
         let record = match consumer.recv().await {
             Ok(record) => record,
@@ -482,23 +526,124 @@ async fn read_records(consumer: StreamConsumer, ctx: TransportContext, envelopes
     }
 }
 
-/// Probes the cluster every second; reports the bus down when it stops answering and up (the
-/// broker then re-announces) when it answers again.
-async fn probe(producer: FutureProducer, up: Arc<AtomicBool>, ctx: TransportContext) {
-    loop {
-        tokio::time::sleep(PROBE_EVERY).await;
-        let client = producer.clone();
-        let answered = tokio::task::spawn_blocking(move || {
-            rdkafka::producer::Producer::client(&client)
-                .fetch_metadata(None, Duration::from_millis(800))
-                .is_ok()
+impl Clients {
+    /// Flushes what is queued (at most `flush`), stops reading and drops the clients — off the
+    /// runtime's threads, as librdkafka's teardown blocks.
+    async fn close(self, flush: Duration) {
+        self.reader.abort();
+        let _ = self.reader.await;
+        let Self {
+            producer, consumer, ..
+        } = self;
+        let _ = tokio::task::spawn_blocking(move || {
+            let _ = rdkafka::producer::Producer::flush(&producer, flush);
+            drop((producer, consumer));
         })
-        .await
-        .unwrap_or(false);
-        if answered != up.swap(answered, Ordering::Relaxed) {
-            ctx.handler.on_bus(LinkKind::Kafka, answered);
+        .await;
+    }
+}
+
+/// Connects: a producer, a consumer reading this node's topics (created if missing) from their
+/// end, and the task that hands what it reads to the broker.
+async fn connect(shared: &Arc<Shared>) -> Result<Clients> {
+    let max_record = shared.ctx.codec.max_frame_len() + 64 * 1024;
+    let watch = Watch(Arc::downgrade(shared));
+    let producer: FutureProducer<Watch> = client_config(
+        &shared.config,
+        &[
+            ("linger.ms", "0".into()),
+            (
+                "message.timeout.ms",
+                DELIVERY_TIMEOUT.as_millis().to_string(),
+            ),
+            ("queue.buffering.max.messages", "10000".into()),
+            ("message.max.bytes", max_record.to_string()),
+        ],
+    )
+    .create_with_context(watch)
+    .map_err(|e| kafka_error("cannot create a producer", e))?;
+    let consumer = consumer(&shared.config, &shared.ctx.node_id)?;
+    attach(&shared.config, &consumer, &shared.reads).await?;
+    let reader = tokio::spawn(read_records(
+        consumer.clone(),
+        shared.ctx.clone(),
+        shared.envelopes.clone(),
+    ));
+    Ok(Clients {
+        producer,
+        consumer,
+        reader,
+    })
+}
+
+/// Hears from the producer's client the moment every broker of the cluster is gone.
+struct Watch(std::sync::Weak<Shared>);
+
+impl rdkafka::ClientContext for Watch {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let all_down = error.rdkafka_error_code() == Some(RDKafkaErrorCode::AllBrokersDown);
+        match self.0.upgrade() {
+            Some(shared) if all_down && shared.up.swap(false, Ordering::Relaxed) => {
+                tracing::warn!(reason, "Kafka cluster unreachable");
+                shared.lost.notify_one();
+            }
+            _ => tracing::debug!(%error, reason, "Kafka client error"),
         }
     }
+}
+
+/// Keeps the connection: when the cluster is lost, drops the clients and reports the bus down;
+/// then probes every second and, once a broker accepts connections, connects anew (the broker
+/// then re-announces).
+async fn keep(shared: Arc<Shared>) {
+    loop {
+        tokio::select! {
+            () = shared.lost.notified() => {}
+            () = tokio::time::sleep(PROBE_EVERY) => {}
+        }
+        if shared.stopped.load(Ordering::Relaxed) {
+            return;
+        }
+        if !shared.up.load(Ordering::Relaxed) {
+            let lost = shared.clients.lock().expect("clients lock").take();
+            if let Some(clients) = lost {
+                shared.ctx.handler.on_bus(LinkKind::Kafka, false);
+                clients.close(Duration::ZERO).await;
+            }
+        }
+        let connected = shared.clients.lock().expect("clients lock").is_some();
+        if connected || !reachable(&shared.config.brokers).await {
+            continue;
+        }
+        // A broker that has just started may accept connections before it knows itself: its
+        // first metadata answers can lack brokers and topic names, which librdkafka does not
+        // survive. Give it a moment.
+        tokio::time::sleep(RESTART_GRACE).await;
+        match connect(&shared).await {
+            Ok(clients) => {
+                *shared.clients.lock().expect("clients lock") = Some(clients);
+                shared.up.store(true, Ordering::Relaxed);
+                tracing::info!("Kafka cluster answers again");
+                shared.ctx.handler.on_bus(LinkKind::Kafka, true);
+            }
+            Err(err) => tracing::debug!(%err, "Kafka answers, but not yet to us"),
+        }
+    }
+}
+
+/// Whether any bootstrap broker accepts a TCP connection within half a second.
+async fn reachable(brokers: &str) -> bool {
+    let attempts = brokers.split(',').map(|broker| async move {
+        let connect = tokio::net::TcpStream::connect(broker.trim());
+        matches!(
+            tokio::time::timeout(Duration::from_millis(500), connect).await,
+            Ok(Ok(_))
+        )
+    });
+    futures_util::future::join_all(attempts)
+        .await
+        .into_iter()
+        .any(|ok| ok)
 }
 
 #[cfg(test)]

