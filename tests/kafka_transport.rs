@@ -163,3 +163,33 @@ async fn records_that_are_not_a_members_own_are_dropped_and_counted() {
     a.stop().await;
     b.stop().await;
 }
+
+/// `phalanx demo --kafka` and `phalanx call --kafka`: the CLI on a Kafka cluster, no mesh.
+#[test]
+fn the_cli_serves_and_calls_over_kafka() {
+    let server = KafkaServer::start();
+    let bin = env!("CARGO_BIN_EXE_phalanx");
+    let secret = common::strong_secret("kafka-cli");
+    let mut demo = std::process::Command::new(bin)
+        .args(["demo", "--node-id", "k1", "--kafka", &server.brokers(), "--no-shm"])
+        .args(["--heartbeat-ms", "300", "--lease-ms", "2500"])
+        .env("PHALANX_SECRET", &secret)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("phalanx demo");
+    let out = std::process::Command::new(bin)
+        .args(["call", "demo.add", r#"{"a":40,"b":2}"#, "--kafka", &server.brokers()])
+        .args(["--no-shm", "--wait", "15000"])
+        .env("PHALANX_SECRET", &secret)
+        .output()
+        .expect("phalanx call");
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}

@@ -173,6 +173,11 @@ pub(crate) struct JoinArgs {
     #[cfg(feature = "nats")]
     #[arg(long, env = "PHALANX_NATS_CREDS")]
     nats_creds: Option<std::path::PathBuf>,
+    /// Use a Kafka cluster instead of the mesh: its bootstrap brokers, `host:port[,host:port]`.
+    /// Also `PHALANX_KAFKA`.
+    #[cfg(feature = "kafka")]
+    #[arg(long, env = "PHALANX_KAFKA")]
+    kafka: Option<String>,
     /// Serve Prometheus metrics on this address at `/metrics`, e.g. `127.0.0.1:9464`.
     #[cfg(feature = "prometheus")]
     #[arg(long, env = "PHALANX_METRICS_ADDR")]
@@ -242,6 +247,13 @@ impl JoinArgs {
                 nats = nats.credentials_file(creds.clone());
             }
             let broker = builder.transport(nats.build()).start().await?;
+            return Ok(Joined { broker, mesh: None });
+        }
+        #[cfg(feature = "kafka")]
+        if let Some(brokers) = &self.kafka {
+            let kafka = phalanx::transport::KafkaTransport::builder(brokers.clone())
+                .cluster_ca(cluster_ca);
+            let broker = builder.transport(kafka.build()).start().await?;
             return Ok(Joined { broker, mesh: None });
         }
         let mesh = MeshTransport::builder()

@@ -151,6 +151,7 @@ impl Envelopes {
     /// A new session for `me`, proven by `credentials`; broadcasts are encrypted when
     /// `encrypt_broadcasts` and the members share a secret.
     /// This node's id.
+    #[cfg(feature = "kafka")]
     pub(crate) fn me(&self) -> &str {
         &self.me
     }
