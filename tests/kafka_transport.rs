@@ -171,7 +171,14 @@ fn the_cli_serves_and_calls_over_kafka() {
     let bin = env!("CARGO_BIN_EXE_phalanx");
     let secret = common::strong_secret("kafka-cli");
     let mut demo = std::process::Command::new(bin)
-        .args(["demo", "--node-id", "k1", "--kafka", &server.brokers(), "--no-shm"])
+        .args([
+            "demo",
+            "--node-id",
+            "k1",
+            "--kafka",
+            &server.brokers(),
+            "--no-shm",
+        ])
         .args(["--heartbeat-ms", "300", "--lease-ms", "2500"])
         .env("PHALANX_SECRET", &secret)
         .stdout(std::process::Stdio::null())
@@ -179,7 +186,13 @@ fn the_cli_serves_and_calls_over_kafka() {
         .spawn()
         .expect("phalanx demo");
     let out = std::process::Command::new(bin)
-        .args(["call", "demo.add", r#"{"a":40,"b":2}"#, "--kafka", &server.brokers()])
+        .args([
+            "call",
+            "demo.add",
+            r#"{"a":40,"b":2}"#,
+            "--kafka",
+            &server.brokers(),
+        ])
         .args(["--no-shm", "--wait", "15000"])
         .env("PHALANX_SECRET", &secret)
         .output()

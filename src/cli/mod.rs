@@ -251,8 +251,8 @@ impl JoinArgs {
         }
         #[cfg(feature = "kafka")]
         if let Some(brokers) = &self.kafka {
-            let kafka = phalanx::transport::KafkaTransport::builder(brokers.clone())
-                .cluster_ca(cluster_ca);
+            let kafka =
+                phalanx::transport::KafkaTransport::builder(brokers.clone()).cluster_ca(cluster_ca);
             let broker = builder.transport(kafka.build()).start().await?;
             return Ok(Joined { broker, mesh: None });
         }
