@@ -519,11 +519,11 @@ fn links_of(net: &Net, via: usize, i: usize) -> Result<Vec<(String, String)>, St
     Ok(links)
 }
 
-/// 10. UDP dropped on every host (so no QUIC and no mDNS), one seed each: the mesh forms over
+/// 9. UDP dropped on every host (so no QUIC and no mDNS), one seed each: the mesh forms over
 ///     TCP and calls across hosts succeed; once UDP passes again, a node that joins links to
 ///     every other over QUIC.
 fn udp_dropped(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
-    let mut net = Net::new(run, 10, 5, bin.to_owned())?;
+    let mut net = Net::new(run, 9, 5, bin.to_owned())?;
     for i in 0..4 {
         net.nft(i, NO_UDP)?;
     }
@@ -564,7 +564,7 @@ fn udp_dropped(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
         report["errors"].as_u64().unwrap_or(u64::MAX),
     );
     let mut rows = vec![row(
-        "10a. UDP dropped, 4 hosts, seeds: mesh over TCP",
+        "9a. UDP dropped, 4 hosts, seeds: mesh over TCP",
         format!(
             "full mesh in {}, links {}, {dropped} UDP datagrams dropped; {calls} calls, {errors} failed, p50 {} µs",
             formed.map_or("no convergence in 30 s".into(), |ms| format!("{ms} ms")),
@@ -589,7 +589,7 @@ fn udp_dropped(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let newcomer = links_of(&net, 4, 4)?;
     let all_quic = newcomer.len() == 3 && newcomer.iter().all(|(_, kind)| kind == "quic");
     rows.push(row(
-        "10b. UDP back: a joining node's links",
+        "9b. UDP back: a joining node's links",
         format!(
             "{}; h5's links: {}",
             if joined {
