@@ -520,8 +520,8 @@ fn links_of(net: &Net, via: usize, i: usize) -> Result<Vec<(String, String)>, St
 }
 
 /// 9. UDP dropped on every host (so no QUIC and no mDNS), one seed each: the mesh forms over
-///     TCP and calls across hosts succeed; once UDP passes again, a node that joins links to
-///     every other over QUIC.
+///    TCP and calls across hosts succeed; once UDP passes again, a node that joins links to
+///    every other over QUIC.
 fn udp_dropped(run: &str, bin: &Path) -> Result<Vec<Row>, String> {
     let mut net = Net::new(run, 9, 5, bin.to_owned())?;
     for i in 0..4 {
