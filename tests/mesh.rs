@@ -177,24 +177,13 @@ async fn a_vanished_peer_fails_calls_at_once_and_graceful_stop_loses_nothing() {
 /// another node's id in its hello is cut off and never enters the registry.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_cannot_pose_as_another_node() {
-    use phalanx::protocol::codec::Codec;
-    use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
-
     let (a, qa) = node("a", "s3cret", &[]).await;
     // A member of the cluster (same secret), certified as "mallory".
     let conn =
         common::cluster::member_connection("s3cret", "mallory", qa.local_addr().unwrap()).await;
 
     // It says hello as "b".
-    let hello = Info {
-        namespace: "quic-test".into(),
-        protocol_version: PROTOCOL_VERSION,
-        seq: 1,
-        ..Default::default()
-    };
-    let frame = Codec::new(1 << 20)
-        .encode(&Packet::new("b", PacketBody::Info(hello)))
-        .unwrap();
+    let frame = hello_frame_as("b");
     let mut main = conn.open_uni().await.unwrap();
     main.write_all(&[0]).await.unwrap(); // the main stream's type
     main.write_all(&frame).await.unwrap();
@@ -210,6 +199,21 @@ async fn a_member_cannot_pose_as_another_node() {
     let nodes = a.nodes();
     assert!(nodes.iter().all(|n| n.id != "b"), "{nodes:?}");
     a.stop().await;
+}
+
+/// A hello (this namespace's INFO) framed in the name of `sender`: what an impostor sends.
+fn hello_frame_as(sender: &str) -> bytes::Bytes {
+    use phalanx::protocol::codec::Codec;
+    use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
+    let hello = Info {
+        namespace: "quic-test".into(),
+        protocol_version: PROTOCOL_VERSION,
+        seq: 1,
+        ..Default::default()
+    };
+    Codec::new(1 << 20)
+        .encode(&Packet::new(sender, PacketBody::Info(hello)))
+        .unwrap()
 }
 
 fn limit_hits(broker: &Broker, limit: &str) -> u64 {
@@ -296,8 +300,6 @@ async fn a_dialer_prefers_quic_and_falls_back_to_tcp_per_peer() {
 /// another node, and sockets that never finish a handshake are bounded and time out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_refuses_strangers_impostors_and_silent_sockets() {
-    use phalanx::protocol::codec::Codec;
-    use phalanx::protocol::packet::{Info, PROTOCOL_VERSION, Packet, PacketBody};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let (a, qa) = on(mesh_loopback("s3cret", MeshLinks::Tcp, vec![]), "a").await;
@@ -321,15 +323,7 @@ async fn tcp_refuses_strangers_impostors_and_silent_sockets() {
         .connect(name, socket)
         .await
         .expect("a member passes TLS");
-    let hello = Info {
-        namespace: "quic-test".into(),
-        protocol_version: PROTOCOL_VERSION,
-        seq: 1,
-        ..Default::default()
-    };
-    let frame = Codec::new(1 << 20)
-        .encode(&Packet::new("b", PacketBody::Info(hello)))
-        .unwrap();
+    let frame = hello_frame_as("b");
     let before = qa.auth_failures();
     tls.write_all(&frame).await.unwrap();
     tls.flush().await.unwrap();

@@ -46,36 +46,46 @@ impl Rect {
 
 /// The descriptors of `demo.Rect` and `demo.Area` (what `protoc` would write for them).
 pub(crate) fn descriptors() -> phalanx::Result<DescriptorPool> {
-    let field = |name: &str, number: i32, kind: Type| FieldDescriptorProto {
-        name: Some(name.into()),
-        number: Some(number),
-        label: Some(Label::Optional.into()),
-        r#type: Some(kind.into()),
-        ..Default::default()
-    };
-    let rect = DescriptorProto {
-        name: Some("Rect".into()),
-        field: vec![
-            field("width", 1, Type::Uint32),
-            field("height", 2, Type::Uint32),
+    proto3_pool(
+        "demo",
+        &[
+            ("Rect", &[("width", Type::Uint32), ("height", Type::Uint32)]),
+            ("Area", &[("area", Type::Uint64), ("square", Type::Bool)]),
         ],
-        ..Default::default()
-    };
-    let area = DescriptorProto {
-        name: Some("Area".into()),
-        field: vec![
-            field("area", 1, Type::Uint64),
-            field("square", 2, Type::Bool),
-        ],
-        ..Default::default()
-    };
+    )
+    .map_err(|e| phalanx::Error::validation(format!("demo descriptors: {e}")))
+}
+
+/// The descriptors of one proto3 file of `package` holding `messages`, each with its scalar
+/// fields numbered from 1 in order — what `protoc` would write, without `protoc`.
+pub(crate) fn proto3_pool(
+    package: &str,
+    messages: &[(&str, &[(&str, Type)])],
+) -> Result<DescriptorPool, prost_reflect::DescriptorError> {
+    let message_type = messages
+        .iter()
+        .map(|(name, fields)| DescriptorProto {
+            name: Some((*name).into()),
+            field: fields
+                .iter()
+                .zip(1..)
+                .map(|((field, kind), number)| FieldDescriptorProto {
+                    name: Some((*field).into()),
+                    number: Some(number),
+                    label: Some(Label::Optional.into()),
+                    r#type: Some((*kind).into()),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
     let file = FileDescriptorProto {
-        name: Some("demo.proto".into()),
-        package: Some("demo".into()),
+        name: Some(format!("{package}.proto")),
+        package: Some(package.into()),
         syntax: Some("proto3".into()),
-        message_type: vec![rect, area],
+        message_type,
         ..Default::default()
     };
     DescriptorPool::from_file_descriptor_set(FileDescriptorSet { file: vec![file] })
-        .map_err(|e| phalanx::Error::validation(format!("demo descriptors: {e}")))
 }

@@ -3,8 +3,10 @@
 
 use super::TransportContext;
 use super::envelope::{Envelopes, Refused};
+use crate::identity::ClusterCa;
 use crate::protocol::packet::Packet;
 use bytes::Bytes;
+use std::sync::Arc;
 
 /// A subject or topic token for an id: the id itself when it is a plain token, hex otherwise
 /// (so no id can reach into another's subjects with `.`, `*` or `>`).
@@ -19,6 +21,33 @@ pub(crate) fn token(id: &str) -> String {
         let hex: String = id.bytes().map(|b| format!("{b:02x}")).collect();
         format!("x{hex}")
     }
+}
+
+/// A namespace's part of subject and topic names: its token, `_` when empty.
+pub(crate) fn namespace_token(namespace: &str) -> String {
+    if namespace.is_empty() {
+        "_".to_owned()
+    } else {
+        token(namespace)
+    }
+}
+
+/// This node's envelopes on a bus, proving membership with `cluster_ca` (default: the local
+/// one, as for the mesh).
+pub(crate) fn envelopes(
+    ctx: &TransportContext,
+    cluster_ca: Option<&ClusterCa>,
+    encrypt_broadcasts: bool,
+) -> crate::Result<Arc<Envelopes>> {
+    let cluster_ca = match cluster_ca {
+        Some(ca) => ca.clone(),
+        None => ClusterCa::local()?,
+    };
+    Ok(Arc::new(Envelopes::new(
+        ctx.node_id.clone(),
+        cluster_ca.credentials(&ctx.node_id)?,
+        encrypt_broadcasts,
+    )))
 }
 
 /// Opens a message received on `subject` and decodes its packet, which must be in its sender's

@@ -37,7 +37,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::bus::{open_packet, token};
+use super::bus::{envelopes, namespace_token, open_packet, token};
 use super::envelope::Envelopes;
 use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
@@ -370,23 +370,14 @@ impl Transporter for KafkaTransport {
 
     fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>> {
         async move {
-            let ns = if ctx.namespace.is_empty() {
-                "_".to_owned()
-            } else {
-                token(&ctx.namespace)
-            };
             let topics = Topics {
-                base: format!("{}.{ns}", self.config.prefix),
+                base: format!("{}.{}", self.config.prefix, namespace_token(&ctx.namespace)),
             };
-            let cluster_ca = match &self.config.cluster_ca {
-                Some(ca) => ca.clone(),
-                None => ClusterCa::local()?,
-            };
-            let envelopes = Arc::new(Envelopes::new(
-                ctx.node_id.clone(),
-                cluster_ca.credentials(&ctx.node_id)?,
+            let envelopes = envelopes(
+                &ctx,
+                self.config.cluster_ca.as_ref(),
                 self.config.encrypt_broadcasts,
-            ));
+            )?;
             let shared = Arc::new(Shared {
                 config: self.config.clone(),
                 reads: topics.read_by(&ctx.node_id),

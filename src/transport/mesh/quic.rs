@@ -88,7 +88,7 @@ impl Mesh {
                 match incoming.await {
                     Ok(conn) => mesh.run_quic(conn, false, None).await,
                     Err(err) => {
-                        mesh.handshake_failed(&remote.to_string(), is_auth_failure(&err), &err)
+                        mesh.handshake_failed(&remote.to_string(), is_auth_failure(&err), &err);
                     }
                 }
             });
@@ -123,13 +123,7 @@ impl Mesh {
         match tokio::time::timeout(self.config.connect_timeout, connecting).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(err)) => {
-                let auth = is_auth_failure(&err);
-                self.handshake_failed(&addr.to_string(), auth, &err);
-                Err(if auth {
-                    DialFailure::Refused
-                } else {
-                    DialFailure::Silent
-                })
+                Err(self.handshake_failed(&addr.to_string(), is_auth_failure(&err), &err))
             }
             Err(_) => {
                 tracing::debug!(%addr, "QUIC dial timed out");

@@ -94,9 +94,12 @@ impl Mesh {
                 let _ = socket.set_nodelay(true);
                 let accepting = mesh.tcp().acceptor.accept(socket);
                 match tokio::time::timeout(HELLO_TIMEOUT, accepting).await {
-                    Ok(Ok(tls)) => mesh.run_tcp(tls.into(), remote, false, None, permit).await,
+                    Ok(Ok(tls)) => {
+                        mesh.run_tcp(tls.into(), remote, false, None, Some(permit))
+                            .await
+                    }
                     Ok(Err(err)) => {
-                        mesh.handshake_failed(&remote.to_string(), is_auth_failure(&err), &err)
+                        mesh.handshake_failed(&remote.to_string(), is_auth_failure(&err), &err);
                     }
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
                 }
@@ -112,16 +115,11 @@ impl Mesh {
     ) -> std::result::Result<Option<Arc<str>>, DialFailure> {
         let (tls, remote) =
             first_connected(candidates.iter().map(|&addr| self.connect_tcp(addr))).await?;
-        let permit = self
-            .tcp()
-            .handshakes
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| DialFailure::Silent)?;
         let (named, name) = oneshot::channel();
         let driver = self.clone();
-        tokio::spawn(async move { driver.run_tcp(tls, remote, true, Some(named), permit).await });
+        // Our own dials take no slot of the inbound handshake limit: strangers filling it must
+        // not keep this node from dialing its peers.
+        tokio::spawn(async move { driver.run_tcp(tls, remote, true, Some(named), None).await });
         Ok(name.await.ok().flatten())
     }
 
@@ -140,13 +138,7 @@ impl Mesh {
             match self.tcp().connector.connect(name, socket).await {
                 Ok(tls) => Ok((tls.into(), addr)),
                 Err(err) => {
-                    let auth = is_auth_failure(&err);
-                    self.handshake_failed(&addr.to_string(), auth, &err);
-                    Err(if auth {
-                        DialFailure::Refused
-                    } else {
-                        DialFailure::Silent
-                    })
+                    Err(self.handshake_failed(&addr.to_string(), is_auth_failure(&err), &err))
                 }
             }
         };
@@ -159,14 +151,14 @@ impl Mesh {
     }
 
     /// Drives one TLS session from hello to close. `named` learns the peer's node id as soon as
-    /// its hello arrives; `handshake` is held until then.
+    /// its hello arrives; `handshake` (an inbound connection's slot) is held until then.
     async fn run_tcp(
         self: &Arc<Self>,
         tls: TlsTcp,
         remote: SocketAddr,
         outbound: bool,
         named: Option<oneshot::Sender<Option<Arc<str>>>>,
-        handshake: OwnedSemaphorePermit,
+        handshake: Option<OwnedSemaphorePermit>,
     ) {
         let certified = tls
             .get_ref()
