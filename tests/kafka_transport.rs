@@ -1,6 +1,7 @@
 //! The Kafka transport against a real Kafka-API broker (`tansu`): a cluster cut off fails calls
 //! fast and, once back, is rejoined by itself; records that are not a member's own — garbage, or a
-//! member's record replayed by any client of the broker — are dropped and counted.
+//! member's record replayed by any client of the broker — are dropped and counted; a group's
+//! events are balanced by its consumer group, and a crashed member's share reaches the others.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -15,6 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -205,4 +207,259 @@ fn the_cli_serves_and_calls_over_kafka() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
+}
+
+/// The offsets consumer group `group` has committed on `topic`, over all its partitions.
+async fn committed(server: &KafkaServer, group: &str, topic: &str) -> i64 {
+    // A consumer in the group that never subscribes: it reads the group's offsets, and does
+    // not join.
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", server.brokers())
+        .set("group.id", group)
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = reader
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .unwrap();
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        for p in 0..metadata.topics()[0].partitions().len() as i32 {
+            partitions.add_partition(&topic, p);
+        }
+        reader
+            .committed_offsets(partitions, Duration::from_secs(5))
+            .unwrap()
+            .elements()
+            .iter()
+            .map(|e| match e.offset() {
+                rdkafka::Offset::Offset(n) => n,
+                _ => 0,
+            })
+            .sum()
+    })
+    .await
+    .unwrap()
+}
+
+/// The records in `topic`, read from the start of each of its partitions (until none come for
+/// a second).
+async fn records_in(server: &KafkaServer, topic: &str) -> usize {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", server.brokers())
+        .set("group.id", "phalanx-test-reader")
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let metadata = reader
+            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+            .unwrap();
+        let partitions = metadata.topics()[0].partitions().len() as i32;
+        assert!(partitions > 1, "a group topic has partitions to share");
+        let mut all = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            all.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        reader.assign(&all).unwrap();
+        let mut read = 0;
+        let mut last = Instant::now();
+        while last.elapsed() < Duration::from_secs(1) {
+            if let Some(Ok(_)) = reader.poll(Duration::from_millis(100)) {
+                read += 1;
+                last = Instant::now();
+            }
+        }
+        read
+    })
+    .await
+    .unwrap()
+}
+
+/// A group's events go through its Kafka consumer group: every event is published once to
+/// the group's topic, handled once by one member or the other, and committed by the group; a
+/// member that stops leaves the group at once, and the other takes its share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_groups_events_are_balanced_by_its_consumer_group() {
+    const GROUP: &str = "phx.kafka-test.group.audit";
+    const TOPIC: &str = "phx.kafka-test.event.audit.x6f726465722e63726561746564";
+    let server = KafkaServer::start();
+    let a = node(&server, "a").await;
+    let (on_b, on_c) = (common::counter(), common::counter());
+    let mut members = Vec::new();
+    for (id, count) in [("b", &on_b), ("c", &on_c)] {
+        let member = Broker::builder()
+            .node_id(id)
+            .namespace("kafka-test")
+            .heartbeat(Duration::from_millis(200), Duration::from_millis(2000))
+            .stop_grace(Duration::from_millis(50))
+            .transport(
+                KafkaTransport::builder(server.brokers())
+                    .cluster_ca(ClusterCa::secret(common::strong_secret("kafka")))
+                    .build(),
+            )
+            .start()
+            .await
+            .unwrap();
+        member
+            .service("audit")
+            .event("order.created", common::counting::<u32>(count))
+            .start()
+            .await
+            .unwrap();
+        members.push(member);
+    }
+    let deadline = Instant::now() + WAIT;
+    while a
+        .nodes()
+        .iter()
+        .filter(|n| n.services.iter().any(|s| s == "audit"))
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "a never saw both members");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    for n in 0..40u32 {
+        a.emit("order.created", &n).await.unwrap();
+    }
+    let total = || on_b.load(Ordering::SeqCst) + on_c.load(Ordering::SeqCst);
+    let deadline = Instant::now() + WAIT;
+    while total() < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 40 events arrived",
+            total()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(total(), 40, "each event handled once");
+    assert!(
+        on_b.load(Ordering::SeqCst) > 0 && on_c.load(Ordering::SeqCst) > 0,
+        "both members share the group's events"
+    );
+    assert_eq!(
+        records_in(&server, TOPIC).await,
+        40,
+        "every event went through the group's topic, once"
+    );
+    let deadline = Instant::now() + WAIT;
+    while committed(&server, GROUP, TOPIC).await < 40 {
+        assert!(
+            Instant::now() < deadline,
+            "the group never committed its events"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // c stops and leaves the group: b takes every event, long before c's session would end.
+    let c = members.pop().unwrap();
+    c.stop().await;
+    let on_b_before = on_b.load(Ordering::SeqCst);
+    for n in 0..10u32 {
+        a.emit("order.created", &n).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while on_b.load(Ordering::SeqCst) < on_b_before + 10 {
+        assert!(Instant::now() < deadline, "c's partitions never reached b");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    a.stop().await;
+    for member in members {
+        member.stop().await;
+    }
+}
+
+/// A member that crashes (`kill -9`, no goodbye) keeps its partitions until its session times
+/// out; then they go to the other member, which handles what was published to them meanwhile —
+/// including the events the emitter's registry picked the dead node for. Nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_members_share_of_a_group_reaches_the_others() {
+    let server = KafkaServer::start();
+    let secret = common::strong_secret("kafka-crash");
+    // The CLI's demo node listens to `demo.**` in its service's group, `demo`.
+    let mut crashing = std::process::Command::new(env!("CARGO_BIN_EXE_phalanx"))
+        .args(["demo", "--node-id", "doomed", "--kafka", &server.brokers()])
+        .args(["--no-shm", "--heartbeat-ms", "300", "--lease-ms", "2500"])
+        .env("PHALANX_SECRET", &secret)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("phalanx demo");
+    let node = |id: &'static str| {
+        Broker::builder()
+            .node_id(id)
+            .heartbeat(Duration::from_millis(300), Duration::from_millis(2500))
+            .stop_grace(Duration::from_millis(50))
+            .transport(
+                KafkaTransport::builder(server.brokers())
+                    .cluster_ca(ClusterCa::secret(secret.clone()))
+                    .group_session_timeout(Duration::from_secs(6))
+                    .build(),
+            )
+            .start()
+    };
+    let emitter = node("emitter").await.unwrap();
+    let survivor = node("survivor").await.unwrap();
+    let handled = common::counter();
+    survivor
+        .service("demo")
+        .event("demo.**", common::counting::<serde_json::Value>(&handled))
+        .start()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while emitter
+        .nodes()
+        .iter()
+        .filter(|n| n.services.iter().any(|s| s == "demo"))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the emitter never saw both members"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Both members handle a share while both run.
+    for n in 0..20u32 {
+        emitter.emit("demo.tick", &n).await.unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    let on_doomed = loop {
+        let on_doomed: usize = emitter.call("demo.events", ()).await.unwrap_or_default();
+        if on_doomed + handled.load(Ordering::SeqCst) >= 20 {
+            break on_doomed;
+        }
+        assert!(Instant::now() < deadline, "the first events never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        on_doomed > 0 && handled.load(Ordering::SeqCst) > 0,
+        "both members share the group's events"
+    );
+    // Past the members' offset commits (every second), then the crash.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = handled.load(Ordering::SeqCst);
+    crashing.kill().unwrap();
+    crashing.wait().unwrap();
+    for n in 0..30u32 {
+        emitter.emit("demo.tick", &n).await.unwrap();
+    }
+    // The session timeout (6 s) passes, the cluster moves the dead member's partitions.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while handled.load(Ordering::SeqCst) < before + 30 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of 30 events reached the surviving member",
+            handled.load(Ordering::SeqCst) - before
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    emitter.stop().await;
+    survivor.stop().await;
 }

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 impl Broker {
     /// Emits `event`: in every group that listens, exactly one handler runs (balanced across the
-    /// group's nodes, this node preferred).
+    /// group's nodes, this node preferred; over Kafka, the group's consumer group picks the
+    /// member).
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
@@ -128,7 +129,7 @@ impl Broker {
         let lineage = Lineage::new(parent, self.next_id());
         let local_data = data.clone();
         self.dispatch_local(local, event, local_data, content_type, &lineage, None);
-        for (node_id, groups) in remote {
+        let packet_for = |groups: Option<Vec<String>>| {
             let mut sent = Event {
                 id: self.next_id(),
                 event: event.to_owned(),
@@ -139,12 +140,37 @@ impl Broker {
                 ..Event::default()
             };
             lineage.stamp_event(&mut sent);
-            let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Event(sent));
-            let sent = match self.transport_for(&node_id) {
-                Ok((transport, _)) => transport.send(&node_id, &packet).await,
-                Err(err) => Err(err),
+            Packet::new(self.inner.node_id.clone(), PacketBody::Event(sent))
+        };
+        for (node_id, listening) in remote {
+            let transport = match self.transport_for(&node_id) {
+                Ok((transport, _)) => transport,
+                Err(err) => {
+                    tracing::warn!(%event, peer = %node_id, %err, "event not delivered");
+                    continue;
+                }
             };
-            if let Err(err) = sent {
+            let groups = match listening {
+                // A bus that balances groups itself takes each group's event; if it cannot, the
+                // node picked for the group gets it.
+                Some(listening) if transport.balances_events() => {
+                    let mut unsent = Vec::new();
+                    for group in listening {
+                        let packet = packet_for(Some(vec![group.group.clone()]));
+                        if let Err(err) = transport.emit_balanced(&group, &packet).await {
+                            tracing::debug!(%event, group = %group.group, %err, "balanced emit failed: sending to the picked node");
+                            unsent.push(group.group);
+                        }
+                    }
+                    if unsent.is_empty() {
+                        continue;
+                    }
+                    Some(unsent)
+                }
+                Some(listening) => Some(listening.into_iter().map(|l| l.group).collect()),
+                None => None,
+            };
+            if let Err(err) = transport.send(&node_id, &packet_for(groups)).await {
                 tracing::warn!(%event, peer = %node_id, %err, "event not delivered");
             }
         }

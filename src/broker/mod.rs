@@ -252,7 +252,9 @@ impl Broker {
             return;
         }
         tracing::info!(node = %inner.node_id, "broker stopping");
-        // 1. Stop being chosen: peers drop our endpoints but keep the links.
+        // 1. Stop being chosen: leave the groups a bus balances (their events go to the other
+        //    members from now on), and peers drop our endpoints but keep the links.
+        self.listen(&[]).await;
         self.announce_info().await;
         // 2. Answer what is already on its way, then wait for handlers to finish.
         let grace_end = Instant::now() + inner.timings.stop_grace;
@@ -336,7 +338,19 @@ impl Broker {
             .expect("hooks lock")
             .push((name, stopped));
         self.inner.mark_registry_changed();
+        let subscriptions = self.inner.registry().local_subscriptions();
+        self.listen(&subscriptions).await;
         self.announce_info().await;
+    }
+
+    /// Tells every transport what this node's services listen to (see
+    /// [`Transporter::listen`]).
+    async fn listen(&self, subscriptions: &[crate::protocol::packet::EventInfo]) {
+        for transport in &self.inner.transports {
+            if let Err(err) = transport.listen(subscriptions).await {
+                tracing::warn!(transport = %transport.kind(), %err, "could not join this node's event groups");
+            }
+        }
     }
 
     /// This node's INFO as peers see it.

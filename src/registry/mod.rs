@@ -530,7 +530,10 @@ impl<L: Clone> Registry<L> {
     pub(crate) fn emit_targets(
         &self,
         event: &str,
-    ) -> (LocalListeners<L>, BTreeMap<Arc<str>, Vec<String>>) {
+    ) -> (
+        LocalListeners<L>,
+        BTreeMap<Arc<str>, Vec<crate::protocol::packet::EventInfo>>,
+    ) {
         let mut by_group: BTreeMap<&str, Vec<&EventEndpoint<L>>> = BTreeMap::new();
         for ep in self
             .events
@@ -540,7 +543,7 @@ impl<L: Clone> Registry<L> {
             by_group.entry(ep.group.as_str()).or_default().push(ep);
         }
         let mut local = Vec::new();
-        let mut remote: BTreeMap<Arc<str>, Vec<String>> = BTreeMap::new();
+        let mut remote: BTreeMap<Arc<str>, Vec<_>> = BTreeMap::new();
         // One turn per emit, shared by its groups, so every group rotates through its nodes.
         let turn = self
             .event_counter
@@ -556,12 +559,34 @@ impl<L: Clone> Registry<L> {
             nodes.sort();
             nodes.dedup();
             let chosen = nodes[self.strategy.pick_nth(nodes.len(), turn)];
+            // The pattern the chosen node listens with: a bus that balances groups itself
+            // carries the event where that pattern's listeners read.
+            let pattern = endpoints
+                .iter()
+                .find(|ep| &ep.node_id == chosen)
+                .map(|ep| ep.pattern.clone())
+                .unwrap_or_default();
             remote
                 .entry(chosen.clone())
                 .or_default()
-                .push(group.to_owned());
+                .push(crate::protocol::packet::EventInfo {
+                    name: pattern,
+                    group: group.to_owned(),
+                });
         }
         (local, remote)
+    }
+
+    /// The event subscriptions of this node's services, each pattern and group once.
+    pub(crate) fn local_subscriptions(&self) -> Vec<crate::protocol::packet::EventInfo> {
+        let mut subscriptions: Vec<_> = self
+            .local_services()
+            .iter()
+            .flat_map(|s| s.events.iter().cloned())
+            .collect();
+        subscriptions.sort_by(|a, b| (&a.group, &a.name).cmp(&(&b.group, &b.name)));
+        subscriptions.dedup();
+        subscriptions
     }
 
     /// Remote nodes with at least one subscription matching `event`.

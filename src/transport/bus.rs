@@ -2,7 +2,7 @@
 //! envelope into a packet in its sender's own name.
 
 use super::TransportContext;
-use super::envelope::{Envelopes, Refused};
+use super::envelope::{Envelopes, Refused, Replays};
 use crate::identity::ClusterCa;
 use crate::protocol::packet::Packet;
 use bytes::Bytes;
@@ -50,19 +50,23 @@ pub(crate) fn envelopes(
     )))
 }
 
-/// Opens a message received on `subject` and decodes its packet, which must be in its sender's
-/// own name. The error is why it was dropped (empty for our own broadcasts coming back).
+/// Opens a message received on `subject` (replays judged as `replays` says) and decodes its
+/// packet, which must be in its sender's own name. The error is why it was dropped (empty for
+/// our own broadcasts coming back).
 pub(crate) fn open_packet(
     ctx: &TransportContext,
     envelopes: &Envelopes,
     subject: &str,
     message: Bytes,
+    replays: Replays,
 ) -> std::result::Result<Packet, String> {
-    let opened = envelopes.open(subject, message).map_err(|e| match e {
-        // Our own broadcasts come back from the bus: not worth a word.
-        Refused::Own => String::new(),
-        other => other.to_string(),
-    })?;
+    let opened = envelopes
+        .open(subject, message, replays)
+        .map_err(|e| match e {
+            // Our own broadcasts come back from the bus: not worth a word.
+            Refused::Own => String::new(),
+            other => other.to_string(),
+        })?;
     let packet = ctx
         .codec
         .decode_whole(opened.frame)

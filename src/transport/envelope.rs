@@ -41,6 +41,9 @@ const KIND_SIGNED_ENCRYPTED: u8 = 3;
 const FLAG_INTRO: u8 = 1;
 /// Members whose sessions a node keeps; introductions beyond are refused.
 pub(crate) const MAX_PEERS: usize = 1024;
+/// Subjects with a window of their own ([`Replays::PerSubject`]) kept per member; messages on
+/// further subjects are refused.
+pub(crate) const MAX_SUBJECTS_PER_PEER: usize = 1024;
 /// Certificates in an introduction, at most.
 const MAX_CHAIN: usize = 4;
 
@@ -68,6 +71,19 @@ pub(crate) enum Refused {
     /// One of our own messages, back from the bus (not an attack: dropped silently).
     #[error("our own message")]
     Own,
+}
+
+/// Which window judges a signed message's sequence number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replays {
+    /// One window per member across its broadcasts: for subjects every member reads whole.
+    PerSender,
+    /// One window per member and subject: for the partitions of a topic that members read in
+    /// parts (Kafka consumer groups), where a member's numbers arrive in order per partition but
+    /// interleaved across them. The subject names the partition, so the signature binds a
+    /// message to it.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    PerSubject,
 }
 
 /// A verified message: who sent it and the frame it carries.
@@ -113,6 +129,8 @@ struct Peer {
     recv: LessSafeKey,
     send_seq: u64,
     broadcasts: Window,
+    /// Windows of the subjects judged on their own ([`Replays::PerSubject`]).
+    subjects: HashMap<Box<str>, Window>,
     sealed: Window,
     /// Our introduction went out in a sealed message to this session.
     introduced: bool,
@@ -148,14 +166,14 @@ impl std::fmt::Debug for Envelopes {
 }
 
 impl Envelopes {
-    /// A new session for `me`, proven by `credentials`; broadcasts are encrypted when
-    /// `encrypt_broadcasts` and the members share a secret.
     /// This node's id.
     #[cfg(feature = "kafka")]
     pub(crate) fn me(&self) -> &str {
         &self.me
     }
 
+    /// A new session for `me`, proven by `credentials`; broadcasts are encrypted when
+    /// `encrypt_broadcasts` and the members share a secret.
     pub(crate) fn new(me: Arc<str>, credentials: Credentials, encrypt_broadcasts: bool) -> Self {
         let mut seed = [0u8; 32];
         let rng = ring::rand::SystemRandom::new();
@@ -272,15 +290,21 @@ impl Envelopes {
         Ok(out.freeze())
     }
 
-    /// Checks and opens a message received on `subject`.
-    pub(crate) fn open(&self, subject: &str, message: Bytes) -> Result<Opened, Refused> {
+    /// Checks and opens a message received on `subject`, judging a signed message's sequence
+    /// number in the window `replays` says.
+    pub(crate) fn open(
+        &self,
+        subject: &str,
+        message: Bytes,
+        replays: Replays,
+    ) -> Result<Opened, Refused> {
         let mut r = Reader(message.clone());
         if r.u8()? != MAGIC || r.u8()? != VERSION {
             return Err(Refused::Malformed("not a Phalanx envelope of version 1"));
         }
         match r.u8()? {
-            KIND_SIGNED => self.open_signed(subject, &message, r, false),
-            KIND_SIGNED_ENCRYPTED => self.open_signed(subject, &message, r, true),
+            KIND_SIGNED => self.open_signed(subject, &message, r, false, replays),
+            KIND_SIGNED_ENCRYPTED => self.open_signed(subject, &message, r, true, replays),
             KIND_SEALED => self.open_sealed(subject, &message, r),
             _ => Err(Refused::Malformed("unknown kind")),
         }
@@ -292,6 +316,7 @@ impl Envelopes {
         message: &Bytes,
         mut r: Reader,
         encrypted: bool,
+        replays: Replays,
     ) -> Result<Opened, Refused> {
         let intro = Intro::read(&mut r)?;
         if intro.sender == self.me {
@@ -312,7 +337,18 @@ impl Envelopes {
         .map_err(|_| Refused::Forged("bad broadcast signature"))?;
         let mut state = self.state.lock().expect("envelope lock");
         let peer = self.admit(&mut state, &intro)?;
-        if !peer.broadcasts.accept(seq) {
+        let window = match replays {
+            Replays::PerSender => &mut peer.broadcasts,
+            Replays::PerSubject => {
+                if !peer.subjects.contains_key(subject)
+                    && peer.subjects.len() >= MAX_SUBJECTS_PER_PEER
+                {
+                    return Err(Refused::Full);
+                }
+                peer.subjects.entry(subject.into()).or_default()
+            }
+        };
+        if !window.accept(seq) {
             return Err(Refused::Replayed);
         }
         drop(state);
@@ -454,6 +490,7 @@ impl Envelopes {
             recv: key(&intro.sender, intro.session, &self.me, self.session)?,
             send_seq: 0,
             broadcasts: Window::default(),
+            subjects: HashMap::new(),
             sealed: Window::default(),
             introduced: false,
         })
@@ -595,11 +632,13 @@ mod tests {
         b.open(
             "PHX.t.bcast",
             a.sign("PHX.t.bcast", b"hello from a").unwrap(),
+            Replays::PerSender,
         )
         .unwrap();
         a.open(
             "PHX.t.bcast",
             b.sign("PHX.t.bcast", b"hello from b").unwrap(),
+            Replays::PerSender,
         )
         .unwrap();
         (a, b)
@@ -610,11 +649,13 @@ mod tests {
         let (a, b) = pair();
         let sealed = a.seal("b", SUBJECT, b"request").unwrap();
         assert!(!sealed.windows(7).any(|w| w == b"request"), "encrypted");
-        let opened = b.open(SUBJECT, sealed).unwrap();
+        let opened = b.open(SUBJECT, sealed, Replays::PerSender).unwrap();
         assert_eq!((&*opened.sender, &opened.frame[..]), ("a", &b"request"[..]));
         let reply = b.seal("a", "PHX.t.node.a", b"response").unwrap();
         assert_eq!(
-            &a.open("PHX.t.node.a", reply).unwrap().frame[..],
+            &a.open("PHX.t.node.a", reply, Replays::PerSender)
+                .unwrap()
+                .frame[..],
             b"response"
         );
     }
@@ -623,26 +664,29 @@ mod tests {
     fn replays_tampering_and_other_subjects_are_refused() {
         let (a, b) = pair();
         let sealed = a.seal("b", SUBJECT, b"once").unwrap();
-        b.open(SUBJECT, sealed.clone()).unwrap();
+        b.open(SUBJECT, sealed.clone(), Replays::PerSender).unwrap();
         assert_eq!(
-            b.open(SUBJECT, sealed.clone()).unwrap_err(),
+            b.open(SUBJECT, sealed.clone(), Replays::PerSender)
+                .unwrap_err(),
             Refused::Replayed
         );
         let later = a.seal("b", SUBJECT, b"twice").unwrap();
         assert!(matches!(
-            b.open("PHX.t.node.c", later.clone()),
+            b.open("PHX.t.node.c", later.clone(), Replays::PerSender),
             Err(Refused::Forged(_))
         ));
         let mut flipped = later.to_vec();
         *flipped.last_mut().unwrap() ^= 1;
         assert!(matches!(
-            b.open(SUBJECT, flipped.into()),
+            b.open(SUBJECT, flipped.into(), Replays::PerSender),
             Err(Refused::Forged(_))
         ));
         let broadcast = a.sign("PHX.t.bcast", b"beat").unwrap();
-        b.open("PHX.t.bcast", broadcast.clone()).unwrap();
+        b.open("PHX.t.bcast", broadcast.clone(), Replays::PerSender)
+            .unwrap();
         assert_eq!(
-            b.open("PHX.t.bcast", broadcast).unwrap_err(),
+            b.open("PHX.t.bcast", broadcast, Replays::PerSender)
+                .unwrap_err(),
             Refused::Replayed
         );
     }
@@ -653,7 +697,7 @@ mod tests {
         let outsider = node("a", "some-other-cluster-secret-0123456789");
         let forged = outsider.sign("PHX.t.bcast", b"i am a").unwrap();
         assert!(matches!(
-            b.open("PHX.t.bcast", forged),
+            b.open("PHX.t.bcast", forged, Replays::PerSender),
             Err(Refused::NotMember(_))
         ));
         // A member ("m") with a real certificate, sending its own introduction under a's name.
@@ -661,7 +705,7 @@ mod tests {
         let mut lie = m.sign("PHX.t.bcast", b"i am a").unwrap().to_vec();
         lie[5] = b'a'; // sender "m" -> "a" (same length): the certificate still names "m"
         assert!(matches!(
-            b.open("PHX.t.bcast", lie.into()),
+            b.open("PHX.t.bcast", lie.into(), Replays::PerSender),
             Err(Refused::NotMember(_))
         ));
     }
@@ -671,10 +715,17 @@ mod tests {
         let (a, b) = pair();
         let old = a.seal("b", SUBJECT, b"old session").unwrap();
         let a2 = node("a", SECRET);
-        b.open("PHX.t.bcast", a2.sign("PHX.t.bcast", b"back").unwrap())
-            .unwrap();
+        b.open(
+            "PHX.t.bcast",
+            a2.sign("PHX.t.bcast", b"back").unwrap(),
+            Replays::PerSender,
+        )
+        .unwrap();
         // Its introduction is older than the session b now knows: a replay.
-        assert_eq!(b.open(SUBJECT, old).unwrap_err(), Refused::Replayed);
+        assert_eq!(
+            b.open(SUBJECT, old, Replays::PerSender).unwrap_err(),
+            Refused::Replayed
+        );
     }
 
     #[test]
@@ -686,7 +737,9 @@ mod tests {
             "encrypted on the wire"
         );
         assert_eq!(
-            &b.open("PHX.t.bcast", broadcast).unwrap().frame[..],
+            &b.open("PHX.t.bcast", broadcast, Replays::PerSender)
+                .unwrap()
+                .frame[..],
             b"the INFO of a"
         );
         let plain = Envelopes::new(
@@ -697,7 +750,9 @@ mod tests {
         let readable = plain.sign("PHX.t.bcast", b"the INFO of p").unwrap();
         assert!(readable.windows(8).any(|w| w == b"INFO of "), "signed only");
         assert_eq!(
-            &b.open("PHX.t.bcast", readable).unwrap().frame[..],
+            &b.open("PHX.t.bcast", readable, Replays::PerSender)
+                .unwrap()
+                .frame[..],
             b"the INFO of p"
         );
     }
@@ -707,5 +762,37 @@ mod tests {
         let mut w = Window::default();
         assert!(w.accept(2) && w.accept(1) && !w.accept(1) && !w.accept(2));
         assert!(w.accept(100) && !w.accept(36) && w.accept(37) && !w.accept(0));
+    }
+
+    #[test]
+    fn per_subject_windows_take_interleaved_partitions_and_refuse_replays_on_each() {
+        let (a, b) = pair();
+        // 200 messages over two partitions; b reads all of partition 1 before partition 0.
+        let sent: Vec<(String, Bytes)> = (0..200)
+            .map(|n| {
+                let subject = format!("phx.t.event.g.e:{}", n % 2);
+                let signed = a.sign(&subject, b"event").unwrap();
+                (subject, signed)
+            })
+            .collect();
+        for (subject, signed) in sent.iter().filter(|(s, _)| s.ends_with(":1")) {
+            b.open(subject, signed.clone(), Replays::PerSubject)
+                .unwrap();
+        }
+        for (subject, signed) in sent.iter().filter(|(s, _)| s.ends_with(":0")) {
+            b.open(subject, signed.clone(), Replays::PerSubject)
+                .unwrap();
+        }
+        let (subject, signed) = &sent[7];
+        assert_eq!(
+            b.open(subject, signed.clone(), Replays::PerSubject)
+                .unwrap_err(),
+            Refused::Replayed
+        );
+        // Moved to the other partition, the signature no longer holds.
+        assert!(matches!(
+            b.open("phx.t.event.g.e:0", signed.clone(), Replays::PerSubject),
+            Err(Refused::Forged(_))
+        ));
     }
 }

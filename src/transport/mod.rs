@@ -56,7 +56,7 @@ pub use shm::{ShmTransport, ShmTransportBuilder};
 pub use crate::discovery::PeerSource;
 use crate::error::Result;
 pub use crate::protocol::codec::{Codec, FrameDecoder};
-pub use crate::protocol::packet::Packet;
+pub use crate::protocol::packet::{EventInfo, Packet};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -285,6 +285,40 @@ pub trait Transporter: Send + Sync + 'static {
         self.send(node_id, packet)
             .map(|sent| sent.map(|()| reply))
             .boxed()
+    }
+
+    /// Whether this transport balances a group's events among its members itself (Kafka, with
+    /// consumer groups): the broker then hands it each group's event with
+    /// [`emit_balanced`](Transporter::emit_balanced) instead of sending the event to the node
+    /// its registry picked. Every other transport leaves balancing to the broker.
+    fn balances_events(&self) -> bool {
+        false
+    }
+
+    /// Delivers `packet`, an EVENT for one group, to one member listening in `listening.group`
+    /// with the pattern `listening.name`, chosen by the bus. Only called when
+    /// [`balances_events`](Transporter::balances_events); the default refuses.
+    fn emit_balanced<'a>(
+        &'a self,
+        listening: &'a EventInfo,
+        packet: &'a Packet,
+    ) -> BoxFuture<'a, Result<()>> {
+        let _ = packet;
+        let refused = crate::Error::transport(format!(
+            "{} does not balance events (group '{}')",
+            self.kind(),
+            listening.group
+        ));
+        futures_util::future::ready(Err(refused)).boxed()
+    }
+
+    /// This node's services listen to `subscriptions` now (every pattern and group once; empty
+    /// when the broker stops). A transport that balances events itself joins and leaves its
+    /// groups here, and the broker announces the services once this returns; the others have
+    /// nothing to do.
+    fn listen<'a>(&'a self, subscriptions: &'a [EventInfo]) -> BoxFuture<'a, Result<()>> {
+        let _ = subscriptions;
+        futures_util::future::ready(Ok(())).boxed()
     }
 
     /// Closes every link and stops accepting new ones.

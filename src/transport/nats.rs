@@ -39,6 +39,7 @@
 
 use super::bus::{envelopes, namespace_token, open_packet, token};
 use super::envelope::Envelopes;
+use super::envelope::Replays;
 use super::{Direction, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::identity::ClusterCa;
@@ -228,7 +229,13 @@ impl Transporter for NatsTransport {
                 readers.push(tokio::spawn(async move {
                     while let Some(message) = subscription.next().await {
                         let len = message.payload.len();
-                        match open_packet(&ctx, &envelopes, &message.subject, message.payload) {
+                        match open_packet(
+                            &ctx,
+                            &envelopes,
+                            &message.subject,
+                            message.payload,
+                            Replays::PerSender,
+                        ) {
                             Ok(packet) => {
                                 ctx.traffic.record(
                                     &packet.sender,

@@ -1,6 +1,7 @@
 //! Kafka transport (feature `kafka`, rdkafka with its bundled librdkafka): a bus for clusters
 //! that already run Kafka. Like NATS it sits behind the [`Transporter`] trait; the broker's
-//! registry balances calls and events as on every transport.
+//! registry balances calls, and Kafka's consumer groups balance events among each group's
+//! members (see [`groups`]).
 //!
 //! # Topics
 //! Under a prefix (default `phx`) and the namespace (`_` when empty), one topic per packet kind
@@ -11,8 +12,9 @@
 //! |---|---|
 //! | `phx.<ns>.discover`, `.info`, `.heartbeat`, `.disconnect` | those packets, to every node |
 //! | `phx.<ns>.node.<node>` | requests, responses, events, streams and replies to one node |
+//! | `phx.<ns>.event.<group>.<pattern>` | a group's balanced events (several partitions, read by the group's consumer group) |
 //!
-//! A node creates its topics when it starts (one partition each, keyed by sender so one
+//! A node creates its own and the broadcast topics when it starts (one partition each, keyed by sender so one
 //! sender's records stay in order) and reads them from their end: it takes no consumer-group
 //! membership, so it is reading the moment its `start` returns, with nothing replayed from
 //! before. Records are envelopes, as on NATS (see the NATS transport's docs): broadcasts are
@@ -37,9 +39,11 @@
 //! # Ok(()) }
 //! ```
 
+mod groups;
+
 use super::bus::{envelopes, namespace_token, open_packet, token};
-use super::envelope::Envelopes;
-use super::{Direction, LinkKind, TransportContext, Transporter};
+use super::envelope::{Envelopes, Replays};
+use super::{Direction, EventInfo, LinkKind, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::identity::ClusterCa;
 use crate::limits::Limit;
@@ -49,12 +53,13 @@ use futures_util::future::BoxFuture;
 use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -74,6 +79,8 @@ pub struct KafkaTransportBuilder {
     cluster_ca: Option<ClusterCa>,
     encrypt_broadcasts: bool,
     replication: i32,
+    group_partitions: i32,
+    group_session_timeout: Duration,
     client: Vec<(String, String)>,
 }
 
@@ -101,6 +108,35 @@ impl KafkaTransportBuilder {
     /// production).
     pub fn replication(mut self, factor: i32) -> Self {
         self.replication = factor;
+        self
+    }
+
+    /// Partitions of the topics of balanced event groups this node creates (default 12): a
+    /// group's events are shared by at most this many members.
+    ///
+    /// ```
+    /// let kafka = phalanx::transport::KafkaTransport::builder("127.0.0.1:9092")
+    ///     .group_partitions(24)
+    ///     .build();
+    /// # let _ = kafka;
+    /// ```
+    pub fn group_partitions(mut self, partitions: i32) -> Self {
+        self.group_partitions = partitions.max(1);
+        self
+    }
+
+    /// How long a member of a balanced event group may be silent before the cluster gives its
+    /// partitions to the others (default 10 s; Kafka brokers accept 6 s to 30 min unless
+    /// configured otherwise). Also how long a service's start waits for its groups' assignment.
+    ///
+    /// ```
+    /// let kafka = phalanx::transport::KafkaTransport::builder("127.0.0.1:9092")
+    ///     .group_session_timeout(std::time::Duration::from_secs(6))
+    ///     .build();
+    /// # let _ = kafka;
+    /// ```
+    pub fn group_session_timeout(mut self, timeout: Duration) -> Self {
+        self.group_session_timeout = timeout;
         self
     }
 
@@ -157,6 +193,14 @@ struct Shared {
     envelopes: Arc<Envelopes>,
     /// Held from sealing to enqueuing, so records reach their partition in sequence order.
     in_order: tokio::sync::Mutex<()>,
+    /// What this node's services listen to, by group.
+    subscriptions: Mutex<groups::Subscriptions>,
+    /// This node's memberships in those groups, while connected (held while joining).
+    members: tokio::sync::Mutex<groups::Members>,
+    /// Partition counts of the group topics this node has emitted to.
+    partitions: Mutex<HashMap<String, u32>>,
+    /// Turns over group topics' partitions.
+    next_partition: AtomicU64,
     /// Cleared the moment the client sees every broker gone; set once reconnected.
     up: AtomicBool,
     /// Wakes the keeper when the cluster is lost.
@@ -223,6 +267,8 @@ impl KafkaTransport {
             cluster_ca: None,
             encrypt_broadcasts: true,
             replication: 1,
+            group_partitions: 12,
+            group_session_timeout: Duration::from_secs(10),
             client: Vec::new(),
         }
     }
@@ -269,14 +315,18 @@ fn client_config(config: &KafkaTransportBuilder, base: &[(&str, String)]) -> Cli
     client
 }
 
-/// Creates `topics` (one partition each) unless they exist.
-async fn create_topics(config: &KafkaTransportBuilder, topics: &[String]) -> Result<()> {
+/// Creates `topics` (with `partitions` each) unless they exist.
+async fn create_topics(
+    config: &KafkaTransportBuilder,
+    topics: &[String],
+    partitions: i32,
+) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = client_config(config, &[])
         .create()
         .map_err(|e| kafka_error("cannot create an admin client", e))?;
     let new: Vec<NewTopic<'_>> = topics
         .iter()
-        .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(config.replication)))
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(config.replication)))
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
     let results = admin
@@ -324,7 +374,7 @@ async fn attach(
     consumer: &Arc<StreamConsumer>,
     topics: &[String],
 ) -> Result<()> {
-    create_topics(config, topics).await?;
+    create_topics(config, topics, 1).await?;
     // Looked up with a client of its own, dropped at once: the reading consumer only ever
     // fetches its assigned topics.
     let lookup: rdkafka::consumer::BaseConsumer = client_config(
@@ -385,6 +435,10 @@ impl Transporter for KafkaTransport {
                 ctx,
                 envelopes,
                 in_order: tokio::sync::Mutex::new(()),
+                subscriptions: Mutex::default(),
+                members: tokio::sync::Mutex::default(),
+                partitions: Mutex::default(),
+                next_partition: AtomicU64::new(0),
                 up: AtomicBool::new(false),
                 lost: tokio::sync::Notify::new(),
                 clients: Mutex::new(None),
@@ -418,7 +472,7 @@ impl Transporter for KafkaTransport {
                 .ctx
                 .traffic
                 .record(node_id, LinkKind::Kafka, Direction::Sent, sealed.len());
-            shared.enqueue(&producer, &topic, &sealed)
+            shared.enqueue(&producer, &topic, None, &sealed)
         }
         .boxed()
     }
@@ -434,7 +488,41 @@ impl Transporter for KafkaTransport {
                 .ctx
                 .traffic
                 .record("*", LinkKind::Kafka, Direction::Sent, signed.len());
-            shared.enqueue(&producer, &topic, &signed)
+            shared.enqueue(&producer, &topic, None, &signed)
+        }
+        .boxed()
+    }
+
+    fn balances_events(&self) -> bool {
+        true
+    }
+
+    fn emit_balanced<'a>(
+        &'a self,
+        listening: &'a EventInfo,
+        packet: &'a Packet,
+    ) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let (shared, producer) = self.producer()?;
+            groups::emit(shared, &producer, listening, packet).await
+        }
+        .boxed()
+    }
+
+    fn listen<'a>(&'a self, subscriptions: &'a [EventInfo]) -> BoxFuture<'a, Result<()>> {
+        async move {
+            let Some(bus) = self.bus.get() else {
+                return Ok(());
+            };
+            let shared = &bus.shared;
+            let wanted = groups::by_group(subscriptions);
+            *shared.subscriptions.lock().expect("subscriptions lock") = wanted.clone();
+            let mut members = shared.members.lock().await;
+            // While the cluster is lost there are no memberships: they are made on reconnect.
+            if shared.clients.lock().expect("clients lock").is_none() {
+                return Ok(());
+            }
+            members.reconcile(shared, &wanted).await
         }
         .boxed()
     }
@@ -452,6 +540,7 @@ impl Transporter for KafkaTransport {
             if let Some(keeper) = bus.keeper.lock().expect("keeper lock").take() {
                 keeper.abort();
             }
+            bus.shared.members.lock().await.leave_all().await;
             // Deliver what is queued (our DISCONNECT), then speak no more in this node's name.
             let clients = bus.shared.clients.lock().expect("clients lock").take();
             if let Some(clients) = clients {
@@ -463,24 +552,43 @@ impl Transporter for KafkaTransport {
 }
 
 impl Shared {
-    /// Hands a record to the client, keyed by this node so its records stay in order. Not
-    /// waited for: the client delivers it within the delivery timeout or drops it, and a
-    /// cluster that stops answering is reported at once (see [`Watch`]), failing the calls
-    /// that wait on it.
-    fn enqueue(&self, producer: &FutureProducer<Watch>, topic: &str, record: &[u8]) -> Result<()> {
+    /// Hands a record to the client, keyed by this node so its records stay in order (to
+    /// `partition` when given). Not waited for: the client delivers it within the delivery
+    /// timeout or drops it, and a cluster that stops answering is reported at once (see
+    /// [`Watch`]), failing the calls that wait on it.
+    fn enqueue(
+        &self,
+        producer: &FutureProducer<Watch>,
+        topic: &str,
+        partition: Option<i32>,
+        record: &[u8],
+    ) -> Result<()> {
         let key: &[u8] = self.envelopes.me().as_bytes();
+        let mut to = FutureRecord::to(topic).payload(record).key(key);
+        if let Some(partition) = partition {
+            to = to.partition(partition);
+        }
         producer
-            .send_result(FutureRecord::to(topic).payload(record).key(key))
+            .send_result(to)
             .map(drop)
             .map_err(|(e, _)| kafka_error("cannot queue a record", e))
     }
 }
 
+/// What a reader reads.
+enum Records {
+    /// This node's own and the broadcast topics.
+    Node,
+    /// A balanced group's topics, as one of its members: only that group's events.
+    Group(Arc<str>),
+}
+
 /// Reads records until the transport stops, handing each verified packet to the broker.
-async fn read_records(
-    consumer: Arc<StreamConsumer>,
+async fn read_records<C: ConsumerContext + 'static>(
+    consumer: Arc<StreamConsumer<C>>,
     ctx: TransportContext,
     envelopes: Arc<Envelopes>,
+    records: Records,
 ) {
     loop {
         let record = match consumer.recv().await {
@@ -495,13 +603,17 @@ async fn read_records(
             continue;
         };
         let len = payload.len();
-        let topic = record.topic().to_owned();
-        match open_packet(
-            &ctx,
-            &envelopes,
-            &topic,
-            bytes::Bytes::copy_from_slice(payload),
-        ) {
+        let topic = record.topic();
+        let payload = bytes::Bytes::copy_from_slice(payload);
+        let opened = match &records {
+            Records::Node => open_packet(&ctx, &envelopes, topic, payload, Replays::PerSender),
+            Records::Group(group) => {
+                let subject = groups::partition_subject(topic, record.partition());
+                open_packet(&ctx, &envelopes, &subject, payload, Replays::PerSubject)
+                    .and_then(|packet| as_group_event(packet, group))
+            }
+        };
+        match opened {
             Ok(packet) => {
                 ctx.traffic
                     .record(&packet.sender, LinkKind::Kafka, Direction::Received, len);
@@ -514,6 +626,21 @@ async fn read_records(
                 &format!("a Kafka record on {topic} dropped: {why}"),
             ),
         }
+    }
+}
+
+/// A packet read from `group`'s topics, which carry only that group's events: handled in that
+/// group whatever groups it names.
+fn as_group_event(mut packet: Packet, group: &str) -> std::result::Result<Packet, String> {
+    match &mut packet.body {
+        PacketBody::Event(event) if !event.broadcast => {
+            event.groups = Some(vec![group.to_owned()]);
+            Ok(packet)
+        }
+        _ => Err(format!(
+            "'{}' sent something other than an event on a group topic",
+            packet.sender
+        )),
     }
 }
 
@@ -559,6 +686,7 @@ async fn connect(shared: &Arc<Shared>) -> Result<Clients> {
         consumer.clone(),
         shared.ctx.clone(),
         shared.envelopes.clone(),
+        Records::Node,
     ));
     Ok(Clients {
         producer,
@@ -600,6 +728,10 @@ async fn keep(shared: Arc<Shared>) {
             if let Some(clients) = lost {
                 shared.ctx.handler.on_bus(LinkKind::Kafka, false);
                 clients.close(Duration::ZERO).await;
+                // Left in the background: leaving a group the cluster cannot hear takes
+                // librdkafka's timeouts, and reconnecting must not wait for them.
+                let mut members = std::mem::take(&mut *shared.members.lock().await);
+                tokio::spawn(async move { members.leave_all().await });
             }
         }
         let connected = shared.clients.lock().expect("clients lock").is_some();
@@ -612,9 +744,19 @@ async fn keep(shared: Arc<Shared>) {
         tokio::time::sleep(RESTART_GRACE).await;
         match connect(&shared).await {
             Ok(clients) => {
+                let mut members = shared.members.lock().await;
                 *shared.clients.lock().expect("clients lock") = Some(clients);
                 shared.up.store(true, Ordering::Relaxed);
                 tracing::info!("Kafka cluster answers again");
+                let wanted = shared
+                    .subscriptions
+                    .lock()
+                    .expect("subscriptions lock")
+                    .clone();
+                if let Err(err) = members.reconcile(&shared, &wanted).await {
+                    tracing::warn!(%err, "could not rejoin this node's event groups");
+                }
+                drop(members);
                 shared.ctx.handler.on_bus(LinkKind::Kafka, true);
             }
             Err(err) => tracing::debug!(%err, "Kafka answers, but not yet to us"),
