@@ -277,9 +277,37 @@ async fn records_in(server: &KafkaServer, topic: &str) -> usize {
     .unwrap()
 }
 
+/// The partition and payload of the first record in `topic`'s lowest non-empty partition.
+async fn first_record(server: &KafkaServer, topic: &str) -> (i32, Vec<u8>) {
+    let reader: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", server.brokers())
+        .set("group.id", "phalanx-test-spy")
+        .create()
+        .unwrap();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let mut all = rdkafka::TopicPartitionList::new();
+        for p in 0..12 {
+            all.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
+                .unwrap();
+        }
+        reader.assign(&all).unwrap();
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(Ok(record)) = reader.poll(Duration::from_millis(200)) {
+                break (record.partition(), record.payload().unwrap().to_vec());
+            }
+            assert!(Instant::now() < deadline, "nothing in {topic}");
+        }
+    })
+    .await
+    .unwrap()
+}
+
 /// A group's events go through its Kafka consumer group: every event is published once to
-/// the group's topic, handled once by one member or the other, and committed by the group; a
-/// member that stops leaves the group at once, and the other takes its share.
+/// the group's topic, handled once by one member or the other, and committed by the group;
+/// records replayed, moved to another partition or forged there are dropped and counted; a
+/// member that stops leaves the group, and the other takes its share.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_events_are_balanced_by_its_consumer_group() {
     const GROUP: &str = "phx.kafka-test.group.audit";
@@ -355,7 +383,49 @@ async fn a_groups_events_are_balanced_by_its_consumer_group() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    // c stops and leaves the group: b takes every event, long before c's session would end.
+    // Any client of the cluster can write to a group's topic: a member's record replayed on its
+    // partition, moved to another, or garbage is dropped and counted by the member reading it.
+    let rejected = |broker: &Broker| {
+        broker
+            .metrics()
+            .limit_hits
+            .get("kafka_rejected")
+            .copied()
+            .unwrap_or(0)
+    };
+    let rejected_before: u64 = members.iter().map(rejected).sum();
+    let (partition, captured) = first_record(&server, TOPIC).await;
+    let rogue: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", server.brokers())
+        .create()
+        .unwrap();
+    for (to, record) in [
+        (partition, captured.clone()),
+        ((partition + 1) % 12, captured),
+        (partition, b"garbage".to_vec()),
+    ] {
+        rogue
+            .send(
+                FutureRecord::to(TOPIC)
+                    .payload(&record)
+                    .key("a")
+                    .partition(to),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + WAIT;
+    while members.iter().map(rejected).sum::<u64>() < rejected_before + 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the rogue group records were not all counted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(total(), 40, "nothing rogue was handled");
+
+    // c stops and leaves the group: b takes every event.
     let c = members.pop().unwrap();
     c.stop().await;
     let on_b_before = on_b.load(Ordering::SeqCst);
