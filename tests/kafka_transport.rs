@@ -317,19 +317,7 @@ async fn a_groups_events_are_balanced_by_its_consumer_group() {
     let (on_b, on_c) = (common::counter(), common::counter());
     let mut members = Vec::new();
     for (id, count) in [("b", &on_b), ("c", &on_c)] {
-        let member = Broker::builder()
-            .node_id(id)
-            .namespace("kafka-test")
-            .heartbeat(Duration::from_millis(200), Duration::from_millis(2000))
-            .stop_grace(Duration::from_millis(50))
-            .transport(
-                KafkaTransport::builder(server.brokers())
-                    .cluster_ca(ClusterCa::secret(common::strong_secret("kafka")))
-                    .build(),
-            )
-            .start()
-            .await
-            .unwrap();
+        let member = node(&server, id).await;
         member
             .service("audit")
             .event("order.created", common::counting::<u32>(count))
@@ -338,17 +326,10 @@ async fn a_groups_events_are_balanced_by_its_consumer_group() {
             .unwrap();
         members.push(member);
     }
-    let deadline = Instant::now() + WAIT;
-    while a
-        .nodes()
-        .iter()
-        .filter(|n| n.services.iter().any(|s| s == "audit"))
-        .count()
-        < 2
-    {
-        assert!(Instant::now() < deadline, "a never saw both members");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert!(
+        common::serving_nodes(&a, "audit", 2, WAIT).await,
+        "a never saw both members"
+    );
 
     for n in 0..40u32 {
         a.emit("order.created", &n).await.unwrap();
@@ -481,20 +462,10 @@ async fn a_crashed_members_share_of_a_group_reaches_the_others() {
         .start()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while emitter
-        .nodes()
-        .iter()
-        .filter(|n| n.services.iter().any(|s| s == "demo"))
-        .count()
-        < 2
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the emitter never saw both members"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        common::serving_nodes(&emitter, "demo", 2, Duration::from_secs(30)).await,
+        "the emitter never saw both members"
+    );
     // Both members handle a share while both run.
     for n in 0..20u32 {
         emitter.emit("demo.tick", &n).await.unwrap();

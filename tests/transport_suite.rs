@@ -130,19 +130,10 @@ async fn events(over: &str) {
             .unwrap();
     }
     a.wait_for_services(&["audit"], WAIT).await.unwrap();
-    let both = tokio::time::timeout(WAIT, async {
-        while a
-            .nodes()
-            .iter()
-            .filter(|n| n.services.iter().any(|s| s == "audit"))
-            .count()
-            < 2
-        {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
-    assert!(both.is_ok(), "a never saw both listeners");
+    assert!(
+        common::serving_nodes(a, "audit", 2, WAIT).await,
+        "a never saw both listeners"
+    );
 
     for n in 0..20u32 {
         a.emit("order.created", &n).await.unwrap();

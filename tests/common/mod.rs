@@ -57,3 +57,25 @@ pub(crate) async fn becomes_true(flag: &std::sync::atomic::AtomicBool, within: D
     .await
     .is_ok()
 }
+
+/// Waits (up to `within`) until `broker` knows `n` nodes serving `service`; whether it did.
+pub(crate) async fn serving_nodes(
+    broker: &phalanx::Broker,
+    service: &str,
+    n: usize,
+    within: Duration,
+) -> bool {
+    tokio::time::timeout(within, async {
+        while broker
+            .nodes()
+            .iter()
+            .filter(|node| node.services.iter().any(|s| s == service))
+            .count()
+            < n
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .is_ok()
+}
