@@ -148,6 +148,21 @@ impl Broker {
             return Err(Error::timeout(action));
         }
         let _running = InFlight::enter(self);
+        let stack = &self.inner.middleware;
+        if stack.is_empty(HookKind::Call) {
+            // One attempt, in this future, with no `Call` to build or move: for a local call
+            // those moves of the context were a fifth of its cost (local_call bench).
+            return match self.pick_endpoint(action, &ctx, &params, options, &[])? {
+                Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
+                // Boxed: a remote attempt's state (request, pending reply, transport futures)
+                // is several times a local one's, and inline it would make every call's
+                // future — and what each poll moves — that large. A remote call allocates
+                // anyway.
+                Picked::Remote(node_id, stats) => {
+                    Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
+                }
+            };
+        }
         let declared = |action: &str| self.inner.registry().is_idempotent(action);
         let call = Call {
             action,
@@ -157,10 +172,6 @@ impl Broker {
             avoid: Vec::new(),
             declared_idempotent: DeclaredIdempotent(&declared),
         };
-        let stack = &self.inner.middleware;
-        if stack.is_empty(HookKind::Call) {
-            return self.attempt_inline(call).await;
-        }
         let end = |call| self.attempt(call);
         stack
             .next(HookKind::Call, hooks::call, &end)
@@ -200,36 +211,8 @@ impl Broker {
         }
     }
 
-    /// One attempt, in the caller's own future (no allocation): for calls with no `call` layer.
-    async fn attempt_inline(&self, call: Call<'_>) -> Result<Payload<'static>> {
-        // Picked from the call's fields in place: handing the context and params through a
-        // helper's return value costs a bare call ~40 ns of copies (local_call bench).
-        let picked = self.pick_endpoint(
-            call.action,
-            &call.ctx,
-            &call.params,
-            call.options,
-            &call.avoid,
-        )?;
-        let Call {
-            action,
-            ctx,
-            params,
-            ..
-        } = call;
-        match picked {
-            Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
-            // Boxed: a remote attempt's state (request, pending reply, transport futures) is
-            // several times a local one's, and inline it would make every call's future — and
-            // what each poll moves — that large. A remote call allocates anyway.
-            Picked::Remote(node_id, stats) => {
-                Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
-            }
-        }
-    }
-
     /// One attempt, boxed for the `call` layers (which may run it more than once): only the
-    /// chosen path's state is allocated. (Boxing [`Broker::attempt_inline`] instead would copy
+    /// chosen path's state is allocated. (Boxing one future for both paths instead would copy
     /// both paths' state: the default stack measured 549 → 649 ns.)
     fn attempt<'a>(&'a self, call: Call<'a>) -> BoxFuture<'a, Result<Payload<'static>>> {
         let picked = self.pick_endpoint(

@@ -15,7 +15,10 @@
 //! * **A bus** (NATS): `send` publishes on the target node's subject, `broadcast` on the
 //!   namespace's broadcast subject. There are no per-peer links: `on_link_up` is not called (the
 //!   broker broadcasts `DISCOVER` after [`Transporter::start`]), and liveness comes from the
-//!   broker's heartbeat lease and `DISCONNECT` packets.
+//!   broker's heartbeat lease and `DISCONNECT` packets. A bus may balance a group's events
+//!   itself (Kafka, with consumer groups: [`Transporter::balances_events`]); the broker then
+//!   tells it what the node's services listen to ([`Transporter::listen`]) and hands it each
+//!   group's event instead of choosing the member.
 //!
 //! Either way inbound packets arrive through [`TransportHandler::on_packet`], which never blocks:
 //! the broker completes responses in place and spawns handlers for requests and events.
