@@ -302,6 +302,7 @@ impl BrokerBuilder {
             next_id: AtomicU64::new(rand::random::<u64>() >> 1),
             in_flight: AtomicUsize::new(0),
             drained: Notify::new(),
+            listening: tokio::sync::Mutex::new(()),
             state: AtomicU8::new(RUNNING),
             registry_changed: Notify::new(),
             registry_generation: AtomicU64::new(0),

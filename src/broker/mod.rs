@@ -122,6 +122,9 @@ pub(crate) struct BrokerInner {
     next_id: AtomicU64,
     in_flight: AtomicUsize,
     drained: Notify,
+    /// Held while the transports are told what this node's services listen to, so they hear
+    /// the changes in order.
+    listening: tokio::sync::Mutex<()>,
     state: AtomicU8,
     registry_changed: Notify,
     /// Counts changes of the registry, so views computed from it know when to recompute.
@@ -254,7 +257,7 @@ impl Broker {
         tracing::info!(node = %inner.node_id, "broker stopping");
         // 1. Stop being chosen: leave the groups a bus balances (their events go to the other
         //    members from now on), and peers drop our endpoints but keep the links.
-        self.listen(&[]).await;
+        self.listen().await;
         self.announce_info().await;
         // 2. Answer what is already on its way, then wait for handlers to finish.
         let grace_end = Instant::now() + inner.timings.stop_grace;
@@ -338,16 +341,21 @@ impl Broker {
             .expect("hooks lock")
             .push((name, stopped));
         self.inner.mark_registry_changed();
-        let subscriptions = self.inner.registry().local_subscriptions();
-        self.listen(&subscriptions).await;
+        self.listen().await;
         self.announce_info().await;
     }
 
-    /// Tells every transport what this node's services listen to (see
-    /// [`Transporter::listen`]).
-    async fn listen(&self, subscriptions: &[crate::protocol::packet::EventInfo]) {
+    /// Tells every transport what this node's services listen to now — nothing once the broker
+    /// is stopping (see [`Transporter::listen`]).
+    async fn listen(&self) {
+        let _in_order = self.inner.listening.lock().await;
+        let subscriptions = if self.is_stopping() {
+            Vec::new()
+        } else {
+            self.inner.registry().local_subscriptions()
+        };
         for transport in &self.inner.transports {
-            if let Err(err) = transport.listen(subscriptions).await {
+            if let Err(err) = transport.listen(&subscriptions).await {
                 tracing::warn!(transport = %transport.kind(), %err, "could not join this node's event groups");
             }
         }
