@@ -6,7 +6,9 @@ use crate::context::{CallOptions, Context, Lineage};
 use crate::deadline::{self, LazyDeadline};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::ActionFn;
-use crate::middleware::{Call, DeclaredIdempotent, HookKind, LocalCall, RemoteCall, Stack, hooks};
+use crate::middleware::{
+    Call, DeclaredIdempotent, Finished, HookKind, LocalCall, RemoteCall, Stack, hooks,
+};
 use crate::payload::{Payload, encode_msgpack};
 use crate::protocol::packet::{ContentType, Packet, PacketBody, Request, Response, StreamInfo};
 use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
@@ -148,35 +150,44 @@ impl Broker {
             return Err(Error::timeout(action));
         }
         let _running = InFlight::enter(self);
+        let started = ctx.started;
         let stack = &self.inner.middleware;
-        if stack.is_empty(HookKind::Call) {
+        let result = if stack.is_empty(HookKind::Call) {
             // One attempt, in this future, with no `Call` to build or move: for a local call
             // those moves of the context were a fifth of its cost (local_call bench).
-            return match self.pick_endpoint(action, &ctx, &params, options, &[])? {
-                Picked::Local(local) => self.run_local(action, &local, ctx, params).await,
+            match self.pick_endpoint(action, &ctx, &params, options, &[]) {
+                Ok(Picked::Local(local)) => self.run_local(action, &local, ctx, params).await,
                 // Boxed: a remote attempt's state (request, pending reply, transport futures)
                 // is several times a local one's, and inline it would make every call's
                 // future — and what each poll moves — that large. A remote call allocates
                 // anyway.
-                Picked::Remote(node_id, stats) => {
+                Ok(Picked::Remote(node_id, stats)) => {
                     Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
                 }
+                Err(err) => Err(err),
+            }
+        } else {
+            let declared = |action: &str| self.inner.registry().is_idempotent(action);
+            let call = Call {
+                action,
+                ctx,
+                params,
+                options,
+                avoid: Vec::new(),
+                declared_idempotent: DeclaredIdempotent(&declared),
             };
-        }
-        let declared = |action: &str| self.inner.registry().is_idempotent(action);
-        let call = Call {
-            action,
-            ctx,
-            params,
-            options,
-            avoid: Vec::new(),
-            declared_idempotent: DeclaredIdempotent(&declared),
+            let end = |call| self.attempt(call);
+            stack
+                .next(HookKind::Call, hooks::call, &end)
+                .run(call)
+                .await
         };
-        let end = |call| self.attempt(call);
-        stack
-            .next(HookKind::Call, hooks::call, &end)
-            .run(call)
-            .await
+        stack.call_finished(&Finished {
+            action,
+            started,
+            result: &result,
+        });
+        result
     }
 
     /// Picks the endpoint of one attempt, synchronously, under the registry's read lock.
@@ -265,7 +276,7 @@ impl Broker {
         ctx: Context,
         params: Payload<'_>,
     ) -> Result<Payload<'static>> {
-        let deadline = ctx.deadline;
+        let (deadline, started) = (ctx.deadline, ctx.started);
         let call = LocalCall {
             action,
             service: &local.service,
@@ -296,7 +307,15 @@ impl Broker {
                 .next(HookKind::LocalAction, hooks::local_action, &service_layers)
                 .run(call)
         };
-        self.finish_local(action, work, deadline).await
+        let result = self.finish_local(action, work, deadline).await;
+        let finished = Finished {
+            action,
+            started,
+            result: &result,
+        };
+        outer.local_action_finished(&finished);
+        inner.local_action_finished(&finished);
+        result
     }
 
     /// Awaits a local handler within the call's deadline.

@@ -102,6 +102,19 @@ impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
             .clone()
     }
 
+    /// Runs `f` on the entry of `key` (made by `make` if missing), under the read lock when it
+    /// exists: no reference count to take and drop.
+    fn with<Q, R>(&self, key: &Q, make: impl FnOnce() -> (K, V), f: impl FnOnce(&V) -> R) -> R
+    where
+        K: std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ?Sized,
+    {
+        if let Some(value) = self.0.read().expect("metrics lock").get(key) {
+            return f(value);
+        }
+        f(&self.get(key, make))
+    }
+
     fn remove<Q>(&self, key: &Q)
     where
         K: std::borrow::Borrow<Q>,
@@ -213,12 +226,13 @@ impl BrokerMetrics {
         }
     }
 
-    fn stats(&self, side: Side, action: &str) -> Arc<ActionStats> {
+    /// Runs `f` on the stats of `side` of `action`, made on first use.
+    fn with_stats<R>(&self, side: Side, action: &str, f: impl FnOnce(&ActionStats) -> R) -> R {
         let cache = match side {
             Side::Caller => &self.calls,
             Side::Handler => &self.handled,
         };
-        cache.get(action, || {
+        let make = || {
             let (total, _, latency) = side.names();
             let labels = [
                 ("node", self.node_id.to_string()),
@@ -232,7 +246,8 @@ impl BrokerMetrics {
                 latency_series: metrics::histogram!(latency, &labels),
             };
             (action.to_owned(), stats)
-        })
+        };
+        cache.with(action, make, f)
     }
 
     /// Drops what was counted for `peer` (a node forgotten for good).
@@ -255,14 +270,17 @@ impl BrokerMetrics {
         started: Instant,
         result: Result<(), u16>,
     ) {
-        let stats = self.stats(side, action);
         let elapsed = started.elapsed();
-        stats.total.fetch_add(1, Ordering::Relaxed);
-        stats.latency.record(elapsed);
-        stats.total_series.increment(1);
-        stats.latency_series.record(elapsed.as_secs_f64());
+        self.with_stats(side, action, |stats| {
+            stats.total.fetch_add(1, Ordering::Relaxed);
+            stats.latency.record(elapsed);
+            stats.total_series.increment(1);
+            stats.latency_series.record(elapsed.as_secs_f64());
+            if result.is_err() {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        });
         if let Err(code) = result {
-            stats.errors.fetch_add(1, Ordering::Relaxed);
             let (_, errors, _) = side.names();
             metrics::counter!(errors, "node" => self.node_id.to_string(), "action" => action.to_owned(), "code" => code_label(code))
                 .increment(1);

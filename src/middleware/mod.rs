@@ -11,6 +11,10 @@
 //! | [`event`](Middleware::event) | the serving node | an event handler of this node |
 //! | [`emit`](Middleware::emit) | the emitter | an emit, broadcast or local broadcast |
 //!
+//! A layer that only observes may instead be told when a call or a handler finished —
+//! [`call_done`](Middleware::call_done), [`local_action_done`](Middleware::local_action_done),
+//! outside every layer of that kind — which costs no boxed future per call ([`Metrics`] does).
+//!
 //! A layer may also veto endpoints with [`admits`](Middleware::admits): the balancer skips a
 //! vetoed endpoint when another one can serve (that is how an open circuit moves traffic).
 //!
@@ -140,6 +144,39 @@ pub trait Middleware: Send + Sync + 'static {
         next.run(emit)
     }
 
+    /// Told of every call this broker made, once it has its answer (outside every `call`
+    /// layer): for a layer that only observes calls, which costs less than wrapping each one in
+    /// a [`call`](Middleware::call) hook (one boxed future per call). Declared with
+    /// [`Hooks::CALL_DONE`].
+    ///
+    /// ```
+    /// use phalanx::middleware::{Finished, Hooks, Middleware};
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    ///
+    /// #[derive(Default)]
+    /// struct CountFailures(AtomicU64);
+    ///
+    /// impl Middleware for CountFailures {
+    ///     fn name(&self) -> &'static str { "count-failures" }
+    ///     fn hooks(&self) -> Hooks { Hooks::CALL_DONE }
+    ///     fn call_done(&self, call: &Finished<'_>) {
+    ///         if call.result.is_err() {
+    ///             self.0.fetch_add(1, Ordering::Relaxed);
+    ///         }
+    ///     }
+    /// }
+    /// ```
+    fn call_done(&self, call: &Finished<'_>) {
+        let _ = call;
+    }
+
+    /// Told of every handler of this node that finished, called from this node or by a peer
+    /// (outside every `local_action` layer); see [`call_done`](Middleware::call_done).
+    /// Declared with [`Hooks::LOCAL_ACTION_DONE`].
+    fn local_action_done(&self, call: &Finished<'_>) {
+        let _ = call;
+    }
+
     /// Whether the balancer may choose `action` on `node_id` now. A vetoed endpoint is skipped
     /// unless no other can serve.
     fn admits(&self, action: &str, node_id: &str) -> bool {
@@ -200,6 +237,12 @@ impl<M: Middleware> Middleware for Arc<M> {
         next: Next<'a, OutgoingEvent<'a>, Result<()>>,
     ) -> BoxFuture<'a, Result<()>> {
         (**self).emit(emit, next)
+    }
+    fn call_done(&self, call: &Finished<'_>) {
+        (**self).call_done(call)
+    }
+    fn local_action_done(&self, call: &Finished<'_>) {
+        (**self).local_action_done(call)
     }
     fn admits(&self, action: &str, node_id: &str) -> bool {
         (**self).admits(action, node_id)
@@ -398,6 +441,19 @@ pub struct OutgoingEvent<'a> {
     pub parent: Option<&'a Context>,
 }
 
+/// A call or handler that finished, as [`Middleware::call_done`] and
+/// [`Middleware::local_action_done`] see it.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Finished<'a> {
+    /// The action's full name.
+    pub action: &'a str,
+    /// When the call started (its context's [`started`](Context::started)).
+    pub started: tokio::time::Instant,
+    /// Its answer.
+    pub result: &'a Result<Payload<'static>>,
+}
+
 /// The hooks a layer implements, so the stack can leave it out of the others.
 ///
 /// ```
@@ -419,8 +475,12 @@ impl Hooks {
     pub const EVENT: Self = Self(8);
     /// [`Middleware::emit`].
     pub const EMIT: Self = Self(16);
+    /// [`Middleware::call_done`].
+    pub const CALL_DONE: Self = Self(32);
+    /// [`Middleware::local_action_done`].
+    pub const LOCAL_ACTION_DONE: Self = Self(64);
     /// Every hook (the default: always correct, a few nanoseconds slower per unused hook).
-    pub const ALL: Self = Self(31);
+    pub const ALL: Self = Self(127);
 
     /// Whether every hook of `other` is in `self`.
     pub fn contains(self, other: Self) -> bool {
@@ -444,6 +504,8 @@ pub(crate) enum HookKind {
     LocalAction = 2,
     Event = 3,
     Emit = 4,
+    CallDone = 5,
+    LocalActionDone = 6,
 }
 
 impl HookKind {
@@ -456,7 +518,7 @@ impl HookKind {
 #[derive(Clone, Default)]
 pub(crate) struct Stack {
     all: Arc<[Arc<dyn Middleware>]>,
-    per_hook: [Arc<[Arc<dyn Middleware>]>; 5],
+    per_hook: [Arc<[Arc<dyn Middleware>]>; 7],
     vetoes: bool,
 }
 
@@ -477,6 +539,8 @@ impl Stack {
             HookKind::LocalAction,
             HookKind::Event,
             HookKind::Emit,
+            HookKind::CallDone,
+            HookKind::LocalActionDone,
         ];
         let per_hook = kinds.map(|kind| {
             layers
@@ -499,6 +563,20 @@ impl Stack {
 
     pub(crate) fn layers(&self) -> &[Arc<dyn Middleware>] {
         &self.all
+    }
+
+    /// Tells the layers observing calls that `call` finished.
+    pub(crate) fn call_finished(&self, call: &Finished<'_>) {
+        for layer in self.per_hook[HookKind::CallDone as usize].iter() {
+            layer.call_done(call);
+        }
+    }
+
+    /// Tells the layers observing handlers that `call` finished.
+    pub(crate) fn local_action_finished(&self, call: &Finished<'_>) {
+        for layer in self.per_hook[HookKind::LocalActionDone as usize].iter() {
+            layer.local_action_done(call);
+        }
     }
 
     /// Whether every vetoing layer admits `action` on `node_id`.
