@@ -9,8 +9,8 @@ use common::{counter, settle};
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
 use phalanx::middleware::{
-    Bulkhead, Call, CircuitBreakerConfig, FallbackFn, LocalCall, LocalEvent, Middleware, Next,
-    OutgoingEvent, RemoteCall, RetryConfig,
+    Bulkhead, Call, CircuitBreakerConfig, FallbackFn, Finished, Hooks, LocalCall, LocalEvent,
+    Middleware, Next, OutgoingEvent, RemoteCall, RetryConfig,
 };
 use phalanx::registry::Strategy;
 use phalanx::transport::InProcBus;
@@ -652,4 +652,77 @@ async fn metrics_count_calls_events_and_traffic_and_reach_other_nodes() {
     assert!(theirs.registry.nodes >= 1);
     server.stop().await;
     client.stop().await;
+}
+
+/// What an observer layer saw finish: `call:` or `handler:`, the action, and whether it failed.
+#[derive(Default)]
+struct Finishes(Mutex<Vec<(String, bool)>>);
+
+impl Middleware for Finishes {
+    fn name(&self) -> &'static str {
+        "finishes"
+    }
+    fn hooks(&self) -> Hooks {
+        Hooks::CALL_DONE | Hooks::LOCAL_ACTION_DONE
+    }
+    fn call_done(&self, call: &Finished<'_>) {
+        let seen = (format!("call:{}", call.action), call.result.is_err());
+        self.0.lock().unwrap().push(seen);
+    }
+    fn local_action_done(&self, call: &Finished<'_>) {
+        let seen = (format!("handler:{}", call.action), call.result.is_err());
+        self.0.lock().unwrap().push(seen);
+    }
+}
+
+/// A local call is counted on both sides, failures too (the metrics layer observes finished
+/// calls rather than wrapping them), and an observer layer hears every call and handler end —
+/// a call that found no endpoint as well.
+#[tokio::test]
+async fn local_calls_are_counted_and_observed_when_done() {
+    let finishes = Arc::new(Finishes::default());
+    let broker = Broker::builder()
+        .middleware(finishes.clone())
+        .start()
+        .await
+        .unwrap();
+    broker
+        .service("math")
+        .action("half", |_ctx, x: i64| async move {
+            if x % 2 == 0 {
+                Ok(x / 2)
+            } else {
+                Err(Error::validation("odd"))
+            }
+        })
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(broker.call::<i64>("math.half", 4).await.unwrap(), 2);
+    assert!(broker.call::<i64>("math.half", 3).await.is_err());
+    assert!(broker.call::<i64>("math.none", 1).await.is_err());
+
+    let metrics = broker.metrics();
+    let (calls, handled) = (&metrics.calls["math.half"], &metrics.handled["math.half"]);
+    assert_eq!((calls.total, calls.errors), (2, 1));
+    assert_eq!((handled.total, handled.errors), (2, 1));
+    assert_eq!(
+        (
+            metrics.calls["math.none"].total,
+            metrics.calls["math.none"].errors
+        ),
+        (1, 1)
+    );
+    let seen = |what: &str, failed: bool| (what.to_owned(), failed);
+    assert_eq!(
+        *finishes.0.lock().unwrap(),
+        [
+            seen("handler:math.half", false),
+            seen("call:math.half", false),
+            seen("handler:math.half", true),
+            seen("call:math.half", true),
+            seen("call:math.none", true),
+        ]
+    );
+    broker.stop().await;
 }
