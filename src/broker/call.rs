@@ -277,12 +277,6 @@ impl Broker {
         params: Payload<'_>,
     ) -> Result<Payload<'static>> {
         let (deadline, started) = (ctx.deadline, ctx.started);
-        let call = LocalCall {
-            action,
-            service: &local.service,
-            ctx,
-            params,
-        };
         let outer = &self.inner.middleware;
         let inner = &local.layers;
         let handler = |call: LocalCall<'_>| {
@@ -301,8 +295,15 @@ impl Broker {
         };
         let work = if outer.is_empty(HookKind::LocalAction) && inner.is_empty(HookKind::LocalAction)
         {
-            handler(call)
+            // No `LocalCall` to build and take apart again: the context goes to the handler.
+            start_handler(action, &local.handler, &local.service, ctx, params)
         } else {
+            let call = LocalCall {
+                action,
+                service: &local.service,
+                ctx,
+                params,
+            };
             outer
                 .next(HookKind::LocalAction, hooks::local_action, &service_layers)
                 .run(call)
