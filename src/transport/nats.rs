@@ -47,6 +47,7 @@ use crate::limits::Limit;
 use crate::protocol::packet::Packet;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -117,7 +118,28 @@ struct Bus {
     /// Held from sealing to publishing, so messages reach the server in sequence order (the
     /// receiver's replay window tolerates little reordering).
     in_order: tokio::sync::Mutex<()>,
+    /// Each peer's subject, made once (at most [`MAX_KNOWN_SUBJECTS`], then made anew).
+    subjects: Mutex<HashMap<Box<str>, async_nats::Subject>>,
     readers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Peer subjects a node keeps made; beyond, the table starts over.
+const MAX_KNOWN_SUBJECTS: usize = 4096;
+
+impl Bus {
+    /// The subject of `node_id`'s messages.
+    fn subject_of(&self, node_id: &str) -> async_nats::Subject {
+        let mut subjects = self.subjects.lock().expect("subjects lock");
+        if let Some(subject) = subjects.get(node_id) {
+            return subject.clone();
+        }
+        if subjects.len() >= MAX_KNOWN_SUBJECTS {
+            subjects.clear();
+        }
+        let subject = async_nats::Subject::from(format!("{}{}", self.node_prefix, token(node_id)));
+        subjects.insert(node_id.into(), subject.clone());
+        subject
+    }
 }
 
 impl std::fmt::Debug for Bus {
@@ -267,6 +289,7 @@ impl Transporter for NatsTransport {
                 traffic: ctx.traffic.clone(),
                 envelopes,
                 in_order: tokio::sync::Mutex::new(()),
+                subjects: Mutex::default(),
                 readers: Mutex::new(readers),
             };
             self.bus
@@ -282,7 +305,7 @@ impl Transporter for NatsTransport {
         async move {
             let bus = self.bus()?;
             let frame = bus.codec.encode(packet)?;
-            let subject = format!("{}{}", bus.node_prefix, token(node_id));
+            let subject = bus.subject_of(node_id);
             let _in_order = bus.in_order.lock().await;
             let sealed = bus.envelopes.seal(node_id, &subject, &frame)?;
             bus.traffic
@@ -314,6 +337,7 @@ impl Transporter for NatsTransport {
     fn forget_peer(&self, node_id: &str) {
         if let Some(bus) = self.bus.get() {
             bus.envelopes.forget(node_id);
+            bus.subjects.lock().expect("subjects lock").remove(node_id);
         }
     }
 
