@@ -29,6 +29,7 @@ use crate::identity::Credentials;
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use ring::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use rustls::pki_types::CertificateDer;
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -379,7 +380,10 @@ impl Envelopes {
         message: &Bytes,
         mut r: Reader,
     ) -> Result<Opened, Refused> {
-        let sender: Arc<str> = r.str16()?.into();
+        // Looked up by a slice of the message: the sender's id is taken from the known peer, no
+        // string made per message.
+        let sender_bytes = r.blob16()?;
+        let sender = std::str::from_utf8(&sender_bytes).map_err(|_| Refused::Malformed("name"))?;
         let session = r.u64()?;
         let seq = r.u64()?;
         let flags = r.u8()?;
@@ -390,7 +394,7 @@ impl Envelopes {
             let intro_bytes = &message[start..message.len() - r.0.len()];
             let scheme = rustls::SignatureScheme::from(r.u16()?);
             let signature = r.blob16()?;
-            if intro.sender != sender || intro.session != session {
+            if &*intro.sender != sender || intro.session != session {
                 return Err(Refused::Forged("introduction of another node"));
             }
             drop(state);
@@ -406,11 +410,13 @@ impl Envelopes {
             self.admit(&mut state, &intro)?;
         }
         let header_len = message.len() - r.0.len();
-        let peer = state
+        let sender = state
             .peers
-            .get_mut(&sender)
-            .filter(|p| p.session == session)
+            .get_key_value(sender)
+            .filter(|(_, p)| p.session == session)
+            .map(|(id, _)| id.clone())
             .ok_or_else(|| Refused::Unintroduced(sender.to_string()))?;
+        let peer = state.peers.get_mut(&sender).expect("found above");
         let aad = signed_part(subject, &message[..header_len]);
         let mut body = BytesMut::from(&message[header_len..]);
         let plain_len = peer
@@ -552,8 +558,8 @@ impl Intro {
 }
 
 /// What a signature or seal covers: a context, the subject, then the message bytes.
-fn signed_part(subject: &str, message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(24 + subject.len() + message.len());
+fn signed_part(subject: &str, message: &[u8]) -> SmallVec<[u8; 256]> {
+    let mut out = SmallVec::with_capacity(24 + subject.len() + message.len());
     out.extend_from_slice(b"phalanx-nats/1\n");
     out.extend_from_slice(subject.as_bytes());
     out.push(b'\n');
