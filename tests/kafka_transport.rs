@@ -1,7 +1,8 @@
 //! The Kafka transport against a real Kafka-API broker (`tansu`): a cluster cut off fails calls
-//! fast and, once back, is rejoined by itself; records that are not a member's own — garbage, or a
-//! member's record replayed by any client of the broker — are dropped and counted; a group's
-//! events are balanced by its consumer group, and a crashed member's share reaches the others.
+//! fast and, once back, is rejoined by itself (event groups too); records that are not a
+//! member's own — garbage, or a member's record replayed by any client of the broker — are
+//! dropped and counted; a group's events are balanced by its consumer group, and a crashed
+//! member's share reaches the others.
 #![cfg(feature = "kafka")]
 
 mod common;
@@ -20,6 +21,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 const WAIT: Duration = Duration::from_secs(10);
+/// The topic of group `audit`'s `order.created` events in namespace `kafka-test`.
+const TOPIC: &str = "phx.kafka-test.event.audit.x6f726465722e63726561746564";
 
 async fn node(server: &KafkaServer, id: &str) -> Broker {
     Broker::builder()
@@ -52,7 +55,13 @@ async fn a_cluster_cut_off_fails_calls_fast_and_is_rejoined_once_back() {
     let a = node(&server, "a").await;
     let b = node(&server, "b").await;
     serve_echo(&b).await;
-    a.wait_for_services(&["echo"], WAIT).await.unwrap();
+    let orders = common::counter();
+    b.service("audit")
+        .event("order.created", common::counting::<u32>(&orders))
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["echo", "audit"], WAIT).await.unwrap();
     assert_eq!(a.call::<String>("echo.say", "up").await.unwrap(), "up");
 
     server.cut();
@@ -86,6 +95,21 @@ async fn a_cluster_cut_off_fails_calls_fast_and_is_rejoined_once_back() {
         assert!(Instant::now() < deadline, "the cluster never recovered");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // b's group membership was made anew with its clients: the group's events reach it again.
+    a.emit("order.created", &1u32).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while orders.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the group's events never reached b again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        records_in(&server, TOPIC).await,
+        1,
+        "through the group's topic"
+    );
     a.stop().await;
     b.stop().await;
 }
@@ -311,7 +335,6 @@ async fn first_record(server: &KafkaServer, topic: &str) -> (i32, Vec<u8>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_groups_events_are_balanced_by_its_consumer_group() {
     const GROUP: &str = "phx.kafka-test.group.audit";
-    const TOPIC: &str = "phx.kafka-test.event.audit.x6f726465722e63726561746564";
     let server = KafkaServer::start();
     let a = node(&server, "a").await;
     let (on_b, on_c) = (common::counter(), common::counter());
