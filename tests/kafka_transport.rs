@@ -233,26 +233,47 @@ fn the_cli_serves_and_calls_over_kafka() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 }
 
-/// The offsets consumer group `group` has committed on `topic`, over all its partitions.
-async fn committed(server: &KafkaServer, group: &str, topic: &str) -> i64 {
-    // A consumer in the group that never subscribes: it reads the group's offsets, and does
-    // not join.
+/// A client of the cluster at `brokers` in consumer group `group` that never subscribes (it
+/// joins nothing), and the number of partitions of `topic`. Blocking: run off the runtime.
+fn reader_of(brokers: &str, group: &str, topic: &str) -> (BaseConsumer, i32) {
     let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", server.brokers())
+        .set("bootstrap.servers", brokers)
         .set("group.id", group)
         .create()
         .unwrap();
-    let topic = topic.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let metadata = reader
-            .fetch_metadata(Some(&topic), Duration::from_secs(5))
+    let partitions = reader
+        .fetch_metadata(Some(topic), Duration::from_secs(5))
+        .unwrap()
+        .topics()[0]
+        .partitions()
+        .len() as i32;
+    assert!(partitions > 1, "a group topic has partitions to share");
+    (reader, partitions)
+}
+
+/// A reader (as [`reader_of`]) assigned every partition of `topic` from its start.
+fn reading_from_start(brokers: &str, topic: &str) -> BaseConsumer {
+    let (reader, partitions) = reader_of(brokers, "phalanx-test-reader", topic);
+    let mut all = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        all.add_partition_offset(topic, p, rdkafka::Offset::Beginning)
             .unwrap();
-        let mut partitions = rdkafka::TopicPartitionList::new();
-        for p in 0..metadata.topics()[0].partitions().len() as i32 {
-            partitions.add_partition(&topic, p);
+    }
+    reader.assign(&all).unwrap();
+    reader
+}
+
+/// The offsets consumer group `group` has committed on `topic`, over all its partitions.
+async fn committed(server: &KafkaServer, group: &str, topic: &str) -> i64 {
+    let (brokers, group, topic) = (server.brokers(), group.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let (reader, partitions) = reader_of(&brokers, &group, &topic);
+        let mut all = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            all.add_partition(&topic, p);
         }
         reader
-            .committed_offsets(partitions, Duration::from_secs(5))
+            .committed_offsets(all, Duration::from_secs(5))
             .unwrap()
             .elements()
             .iter()
@@ -266,27 +287,11 @@ async fn committed(server: &KafkaServer, group: &str, topic: &str) -> i64 {
     .unwrap()
 }
 
-/// The records in `topic`, read from the start of each of its partitions (until none come for
-/// a second).
+/// The records in `topic` (until none come for a second).
 async fn records_in(server: &KafkaServer, topic: &str) -> usize {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", server.brokers())
-        .set("group.id", "phalanx-test-reader")
-        .create()
-        .unwrap();
-    let topic = topic.to_owned();
+    let (brokers, topic) = (server.brokers(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let metadata = reader
-            .fetch_metadata(Some(&topic), Duration::from_secs(5))
-            .unwrap();
-        let partitions = metadata.topics()[0].partitions().len() as i32;
-        assert!(partitions > 1, "a group topic has partitions to share");
-        let mut all = rdkafka::TopicPartitionList::new();
-        for p in 0..partitions {
-            all.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
-                .unwrap();
-        }
-        reader.assign(&all).unwrap();
+        let reader = reading_from_start(&brokers, &topic);
         let mut read = 0;
         let mut last = Instant::now();
         while last.elapsed() < Duration::from_secs(1) {
@@ -301,21 +306,11 @@ async fn records_in(server: &KafkaServer, topic: &str) -> usize {
     .unwrap()
 }
 
-/// The partition and payload of the first record in `topic`'s lowest non-empty partition.
+/// The partition and payload of the first record read from `topic`.
 async fn first_record(server: &KafkaServer, topic: &str) -> (i32, Vec<u8>) {
-    let reader: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", server.brokers())
-        .set("group.id", "phalanx-test-spy")
-        .create()
-        .unwrap();
-    let topic = topic.to_owned();
+    let (brokers, topic) = (server.brokers(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
-        let mut all = rdkafka::TopicPartitionList::new();
-        for p in 0..12 {
-            all.add_partition_offset(&topic, p, rdkafka::Offset::Beginning)
-                .unwrap();
-        }
-        reader.assign(&all).unwrap();
+        let reader = reading_from_start(&brokers, &topic);
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(Ok(record)) = reader.poll(Duration::from_millis(200)) {
