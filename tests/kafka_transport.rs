@@ -40,6 +40,16 @@ async fn node(server: &KafkaServer, id: &str) -> Broker {
         .expect("broker on Kafka")
 }
 
+/// Kafka records `broker` dropped (`kafka_rejected`).
+fn rejected(broker: &Broker) -> u64 {
+    broker
+        .metrics()
+        .limit_hits
+        .get("kafka_rejected")
+        .copied()
+        .unwrap_or(0)
+}
+
 async fn serve_echo(broker: &Broker) {
     broker
         .service("echo")
@@ -151,14 +161,6 @@ async fn records_that_are_not_a_members_own_are_dropped_and_counted() {
         .set("bootstrap.servers", server.brokers())
         .create()
         .unwrap();
-    let rejected = |broker: &Broker| {
-        broker
-            .metrics()
-            .limit_hits
-            .get("kafka_rejected")
-            .copied()
-            .unwrap_or(0)
-    };
     let before = rejected(&b);
     for record in [
         captured,
@@ -384,14 +386,6 @@ async fn a_groups_events_are_balanced_by_its_consumer_group() {
 
     // Any client of the cluster can write to a group's topic: a member's record replayed on its
     // partition, moved to another, or garbage is dropped and counted by the member reading it.
-    let rejected = |broker: &Broker| {
-        broker
-            .metrics()
-            .limit_hits
-            .get("kafka_rejected")
-            .copied()
-            .unwrap_or(0)
-    };
     let rejected_before: u64 = members.iter().map(rejected).sum();
     let (partition, captured) = first_record(&server, TOPIC).await;
     let rogue: FutureProducer = ClientConfig::new()
