@@ -7,7 +7,7 @@ use crate::error::Result;
 use crate::middleware::Stack;
 use crate::middleware::{EmitKind, HookKind, LocalEvent, OutgoingEvent, hooks};
 use crate::payload::{Payload, encode_value};
-use crate::protocol::packet::{ContentType, Event, Packet, PacketBody};
+use crate::protocol::packet::{ContentType, Event, EventInfo, Packet, PacketBody};
 use crate::registry::LocalListeners;
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -142,7 +142,7 @@ impl Broker {
             lineage.stamp_event(&mut sent);
             Packet::new(self.inner.node_id.clone(), PacketBody::Event(sent))
         };
-        for (node_id, listening) in remote {
+        for (node_id, groups) in remote {
             let transport = match self.transport_for(&node_id) {
                 Ok((transport, _)) => transport,
                 Err(err) => {
@@ -150,16 +150,24 @@ impl Broker {
                     continue;
                 }
             };
-            let groups = match listening {
+            let groups = match groups {
                 // A bus that balances groups itself takes each group's event; if it cannot, the
                 // node picked for the group gets it.
-                Some(listening) if transport.balances_events() => {
+                Some(groups) if transport.balances_events() => {
                     let mut unsent = Vec::new();
-                    for group in listening {
-                        let packet = packet_for(Some(vec![group.group.clone()]));
-                        if let Err(err) = transport.emit_balanced(&group, &packet).await {
-                            tracing::debug!(%event, group = %group.group, %err, "balanced emit failed: sending to the picked node");
-                            unsent.push(group.group);
+                    for group in groups {
+                        let pattern = self
+                            .inner
+                            .registry()
+                            .listening_pattern(&node_id, &group, event);
+                        let listening = EventInfo {
+                            name: pattern.unwrap_or_default(),
+                            group,
+                        };
+                        let packet = packet_for(Some(vec![listening.group.clone()]));
+                        if let Err(err) = transport.emit_balanced(&listening, &packet).await {
+                            tracing::debug!(%event, group = %listening.group, %err, "balanced emit failed: sending to the picked node");
+                            unsent.push(listening.group);
                         }
                     }
                     if unsent.is_empty() {
@@ -167,8 +175,7 @@ impl Broker {
                     }
                     Some(unsent)
                 }
-                Some(listening) => Some(listening.into_iter().map(|l| l.group).collect()),
-                None => None,
+                groups => groups,
             };
             if let Err(err) = transport.send(&node_id, &packet_for(groups)).await {
                 tracing::warn!(%event, peer = %node_id, %err, "event not delivered");

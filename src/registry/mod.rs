@@ -530,10 +530,7 @@ impl<L: Clone> Registry<L> {
     pub(crate) fn emit_targets(
         &self,
         event: &str,
-    ) -> (
-        LocalListeners<L>,
-        BTreeMap<Arc<str>, Vec<crate::protocol::packet::EventInfo>>,
-    ) {
+    ) -> (LocalListeners<L>, BTreeMap<Arc<str>, Vec<String>>) {
         let mut by_group: BTreeMap<&str, Vec<&EventEndpoint<L>>> = BTreeMap::new();
         for ep in self
             .events
@@ -559,22 +556,28 @@ impl<L: Clone> Registry<L> {
             nodes.sort();
             nodes.dedup();
             let chosen = nodes[self.strategy.pick_nth(nodes.len(), turn)];
-            // The pattern the chosen node listens with: a bus that balances groups itself
-            // carries the event where that pattern's listeners read.
-            let pattern = endpoints
-                .iter()
-                .find(|ep| &ep.node_id == chosen)
-                .map(|ep| ep.pattern.clone())
-                .unwrap_or_default();
             remote
                 .entry(chosen.clone())
                 .or_default()
-                .push(crate::protocol::packet::EventInfo {
-                    name: pattern,
-                    group: group.to_owned(),
-                });
+                .push(group.to_owned());
         }
         (local, remote)
+    }
+
+    /// The pattern `node_id` listens to `event` with in `group`: where a bus that balances
+    /// groups itself carries the event so that node's listeners read it.
+    pub(crate) fn listening_pattern(
+        &self,
+        node_id: &str,
+        group: &str,
+        event: &str,
+    ) -> Option<String> {
+        self.events
+            .iter()
+            .find(|ep| {
+                &*ep.node_id == node_id && ep.group == group && pattern_matches(&ep.pattern, event)
+            })
+            .map(|ep| ep.pattern.clone())
     }
 
     /// The event subscriptions of this node's services, each pattern and group once.
