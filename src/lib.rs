@@ -1,5 +1,6 @@
 #![doc = include_str!("docs/tour.md")]
 
+mod arena;
 mod broker;
 pub mod cluster;
 mod context;

@@ -22,7 +22,7 @@ mod wrapped;
 
 use crate::error::{Error, Result};
 pub use crate::protocol::packet::ContentType;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{BufMut, Bytes};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
@@ -103,12 +103,11 @@ pub(crate) fn encode_value<T: Serialize + ?Sized>(
 
 /// Encodes `value` as MessagePack with named fields.
 pub(crate) fn encode_msgpack<T: Serialize + ?Sized>(value: &T) -> Result<Bytes> {
-    // Sized for a typical small value at once, instead of growing from nothing; a `BytesMut`
-    // freezes without the extra allocation a `Vec` with spare capacity would need.
-    let mut buf = BytesMut::with_capacity(128).writer();
-    rmp_serde::encode::write_named(&mut buf, value)
-        .map(|()| buf.into_inner().freeze())
-        .map_err(|e| Error::validation(format!("cannot encode payload: {e}")).with_source(e))
+    // Carved from the thread's arena: most values are small, and a call's are gone once sent.
+    crate::arena::build(128, |buf| {
+        rmp_serde::encode::write_named(&mut buf.writer(), value)
+    })
+    .map_err(|e| Error::validation(format!("cannot encode payload: {e}")).with_source(e))
 }
 
 /// Parameters or a result: a live value (owned, or lent by the caller for the time it takes

@@ -117,10 +117,10 @@ impl Codec {
 
     /// Encodes `packet` as one whole frame, length prefix included.
     pub fn encode(&self, packet: &Packet) -> Result<Bytes, FrameError> {
-        // Room for the envelope and the payload it carries: one allocation per frame.
-        let mut buf = BytesMut::with_capacity(256 + packet.payload_len());
-        self.encode_into(packet, &mut buf)?;
-        Ok(buf.freeze())
+        // Room for the envelope and the payload it carries, carved from the thread's arena.
+        crate::arena::build(256 + packet.payload_len(), |buf| {
+            self.encode_into(packet, buf)
+        })
     }
 
     /// Appends one frame for `packet` to `buf`.
