@@ -86,12 +86,24 @@ mod tests {
             Err("no")
         });
         assert_eq!(failed, Err("no"));
-        let next = build::<()>(4, |buf| Ok(buf.put_slice(b"next"))).unwrap();
+        let next = build::<()>(4, |buf| {
+            buf.put_slice(b"next");
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(&next[..], b"next");
-        let large = build::<()>(BLOCK * 4, |buf| Ok(buf.put_bytes(7, BLOCK * 4))).unwrap();
+        let large = build::<()>(BLOCK * 4, |buf| {
+            buf.put_bytes(7, BLOCK * 4);
+            Ok(())
+        })
+        .unwrap();
         assert_eq!(large.len(), BLOCK * 4);
         // A buffer that outgrows its estimate is still whole.
-        let grown = build::<()>(4, |buf| Ok(buf.put_bytes(1, BLOCK * 3))).unwrap();
+        let grown = build::<()>(4, |buf| {
+            buf.put_bytes(1, BLOCK * 3);
+            Ok(())
+        })
+        .unwrap();
         assert!(grown.iter().all(|&b| b == 1) && grown.len() == BLOCK * 3);
     }
 }
