@@ -15,7 +15,7 @@ use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
 use crate::stream::{ByteStream, StreamSlot};
 use crate::transport::{LinkKind, PendingReply};
 use futures_util::FutureExt;
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
@@ -338,16 +338,17 @@ impl Broker {
         result.map_err(|e| e.with_node(&self.inner.node_id))
     }
 
-    /// One attempt at another node, inside the `remote_call` middleware.
-    async fn attempt_remote(
-        &self,
-        action: &str,
+    /// One attempt at another node, inside the `remote_call` middleware. Without such a
+    /// layer the attempt's future is the request's own, with no box.
+    fn attempt_remote<'b>(
+        &'b self,
+        action: &'b str,
         node_id: Arc<str>,
-        stats: &EndpointStats,
+        stats: &'b EndpointStats,
         ctx: Context,
-        params: Payload<'_>,
-    ) -> Result<Payload<'static>> {
-        let _measured = stats.begin();
+        params: Payload<'b>,
+    ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'b {
+        let measured = stats.begin();
         let call = RemoteCall {
             action,
             node_id,
@@ -356,16 +357,87 @@ impl Broker {
         };
         let stack = &self.inner.middleware;
         if stack.is_empty(HookKind::RemoteCall) {
-            return self.call_remote(call).await;
+            // Not awaited inside another async block, which would hold the attempt twice.
+            return Either::Left(self.call_remote(call).map(move |outcome| {
+                drop(measured);
+                outcome
+            }));
         }
-        let end = |call| self.call_remote(call).boxed();
-        stack
-            .next(HookKind::RemoteCall, hooks::remote_call, &end)
-            .run(call)
-            .await
+        Either::Right(async move {
+            let _measured = measured;
+            let end = |call| self.call_remote(call).boxed();
+            stack
+                .next(HookKind::RemoteCall, hooks::remote_call, &end)
+                .run(call)
+                .await
+        })
     }
 
-    async fn call_remote(&self, call: RemoteCall<'_>) -> Result<Payload<'static>> {
+    /// One attempt on a remote node: the request is built and registered at once, so the
+    /// future keeps neither the call's context nor its arguments (an `async fn` holds its
+    /// arguments for its whole life, and every box and poll of it moves them).
+    fn call_remote<'b>(
+        &'b self,
+        call: RemoteCall<'b>,
+    ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'b {
+        let (action, node_id, deadline) = (call.action, call.node_id.clone(), call.ctx.deadline);
+        let out = match self.outgoing_request(call) {
+            Ok(out) => out,
+            Err(err) => return Either::Left(std::future::ready(Err(err))),
+        };
+        Either::Right(async move {
+            // The block captures the fields it uses, not `out`: the guard must come along.
+            let guard = out.guard;
+            // Fields used in place: moved into locals, they would take their room twice.
+            let sent = out
+                .transport
+                .request(&node_id, &out.packet, out.reply)
+                .await;
+            let answered = match sent {
+                Ok(reply) => match deadline {
+                    Some(deadline) => tokio::time::timeout_at(deadline, reply)
+                        .await
+                        .unwrap_or_else(|_| Err(Error::timeout(action))),
+                    None => reply.await,
+                },
+                Err(err) => Err(err),
+            };
+            let outcome = match answered {
+                Ok(mut response) => match response.error.take() {
+                    None => Ok(response),
+                    Some(error) => Err(Error::from_peer(error)),
+                },
+                Err(err) => Err(err),
+            };
+            let (id, link) = (guard.id, out.link);
+            let response = match outcome {
+                Ok(response) => response,
+                Err(error) => {
+                    if out.streaming {
+                        self.cancel_stream(&node_id, id, true, true);
+                    }
+                    return Err(error.with_node(&node_id));
+                }
+            };
+            if response.stream {
+                let info = response
+                    .data
+                    .as_deref()
+                    .and_then(|data| rmp_serde::from_slice::<StreamInfo>(data).ok())
+                    .unwrap_or_default();
+                let stream = self.read_stream(&node_id, link, id, true, info, deadline)?;
+                return Ok(Payload::local(stream));
+            }
+            Ok(Payload::encoded(
+                response.data.unwrap_or_default(),
+                response.content_type,
+            ))
+        })
+    }
+
+    /// The REQUEST of `call`, registered as pending, with the transport that carries it (its
+    /// parameter stream, if any, already set up to follow it).
+    fn outgoing_request<'b>(&'b self, call: RemoteCall<'_>) -> Result<OutgoingRequest<'b>> {
         let RemoteCall {
             action,
             node_id,
@@ -383,7 +455,7 @@ impl Broker {
                 reply,
             },
         );
-        let _pending = PendingGuard { broker: self, id };
+        let guard = PendingGuard { broker: self, id };
         let mut request = Request {
             id,
             action: action.to_owned(),
@@ -401,46 +473,14 @@ impl Broker {
             // Chunks wait for the callee's credit, which follows the request.
             self.write_stream(&node_id, link, id, true, stream)?;
         }
-        let answered = async {
-            let reply = transport.request(&node_id, &packet, pending).await?;
-            match ctx.deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, reply)
-                    .await
-                    .map_err(|_| Error::timeout(action).with_node(&node_id))?,
-                None => reply.await,
-            }
-            .map_err(|err| err.with_node(&node_id))
-        }
-        .await;
-        let outcome = match answered {
-            Ok(mut response) => match response.error.take() {
-                None => Ok(response),
-                Some(error) => Err(Error::from_peer(error)),
-            },
-            Err(err) => Err(err),
-        };
-        let response = match outcome {
-            Ok(response) => response,
-            Err(error) => {
-                if streaming {
-                    self.cancel_stream(&node_id, id, true, true);
-                }
-                return Err(error.with_node(&node_id));
-            }
-        };
-        if response.stream {
-            let info = response
-                .data
-                .as_deref()
-                .and_then(|data| rmp_serde::from_slice::<StreamInfo>(data).ok())
-                .unwrap_or_default();
-            let stream = self.read_stream(&node_id, link, id, true, info, ctx.deadline)?;
-            return Ok(Payload::local(stream));
-        }
-        Ok(Payload::encoded(
-            response.data.unwrap_or_default(),
-            response.content_type,
-        ))
+        Ok(OutgoingRequest {
+            packet,
+            reply: pending,
+            guard,
+            transport,
+            link,
+            streaming,
+        })
     }
 
     /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`.
@@ -601,6 +641,17 @@ enum Picked {
 }
 
 /// Removes a pending call when the caller stops waiting (answer, timeout or cancellation).
+/// A REQUEST ready to go (see `Broker::outgoing_request`).
+struct OutgoingRequest<'a> {
+    packet: Packet,
+    reply: PendingReply,
+    /// Forgets the pending call when the call ends, however it ends.
+    guard: PendingGuard<'a>,
+    transport: Arc<dyn crate::transport::Transporter>,
+    link: LinkKind,
+    streaming: bool,
+}
+
 struct PendingGuard<'a> {
     broker: &'a Broker,
     id: u64,

@@ -55,7 +55,7 @@ impl PendingCalls {
             Some(call) if &*call.node_id == sender => {
                 if let Some(call) = shard.remove(&id) {
                     drop(shard);
-                    let _ = call.reply.send(Ok(response));
+                    call.reply.send(Ok(response));
                 }
             }
             Some(_) => {
@@ -78,7 +78,7 @@ impl PendingCalls {
                 ids.iter().filter_map(|id| calls.remove(id)).collect()
             };
             for call in failed {
-                let _ = call.reply.send(Err(error.clone().with_node(node_id)));
+                call.reply.send(Err(error.clone().with_node(node_id)));
             }
         }
     }
@@ -93,7 +93,7 @@ impl PendingCalls {
                 .map(|(_, c)| c)
                 .collect();
             for call in calls {
-                let _ = call.reply.send(Err(error.clone()));
+                call.reply.send(Err(error.clone()));
             }
         }
     }

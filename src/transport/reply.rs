@@ -4,15 +4,50 @@
 
 use crate::error::{Error, Result};
 use crate::protocol::packet::Response;
+use futures_util::task::AtomicWaker;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use tokio::sync::oneshot;
 
-/// The broker's end: fills a [`PendingReply`].
-pub(crate) type ReplySender = oneshot::Sender<Result<Response>>;
+/// Where the answer to one request is left: shared by its [`ReplySender`] and its
+/// [`PendingReply`], so the reply stays two words however large a response is, and whether it
+/// arrived is one atomic load.
+#[derive(Debug, Default)]
+struct Slot {
+    answer: Mutex<Option<Result<Response>>>,
+    /// Set once `answer` holds the answer (release; read with acquire).
+    filled: AtomicBool,
+    waiter: AtomicWaker,
+}
+
+/// The broker's end: fills a [`PendingReply`]. Dropped unsent, the reply fails as abandoned.
+#[derive(Debug)]
+pub(crate) struct ReplySender(Option<Arc<Slot>>);
+
+impl ReplySender {
+    /// Hands `answer` to the waiting reply.
+    pub(crate) fn send(mut self, answer: Result<Response>) {
+        if let Some(slot) = self.0.take() {
+            fill(&slot, answer);
+        }
+    }
+}
+
+impl Drop for ReplySender {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            fill(&slot, Err(abandoned()));
+        }
+    }
+}
+
+fn fill(slot: &Slot, answer: Result<Response>) {
+    *slot.answer.lock().expect("reply slot lock") = Some(answer);
+    slot.filled.store(true, Ordering::Release);
+    slot.waiter.wake();
+}
 
 /// The reply to one request, as a future.
 ///
@@ -35,9 +70,7 @@ pub(crate) type ReplySender = oneshot::Sender<Result<Response>>;
 #[derive(Debug)]
 pub struct PendingReply {
     /// Until the answer is taken out of it.
-    receiver: Option<oneshot::Receiver<Result<Response>>>,
-    /// An answer taken out early by [`PendingReply::is_ready`].
-    ready: Option<Result<Response>>,
+    slot: Option<Arc<Slot>>,
     counted: Option<Counted>,
 }
 
@@ -54,22 +87,19 @@ impl Drop for Counted {
 impl PendingReply {
     /// A reply and the sender the broker fills it with.
     pub(crate) fn channel() -> (ReplySender, Self) {
-        let (sender, receiver) = oneshot::channel();
+        let slot = Arc::new(Slot::default());
         let reply = Self {
-            receiver: Some(receiver),
-            ready: None,
+            slot: Some(slot.clone()),
             counted: None,
         };
-        (sender, reply)
+        (ReplySender(Some(slot)), reply)
     }
 
     /// A reply nobody will give (for tests of transports outside a broker).
     pub fn abandoned() -> Self {
-        Self {
-            receiver: None,
-            ready: Some(Err(abandoned())),
-            counted: None,
-        }
+        let (sender, reply) = Self::channel();
+        drop(sender);
+        reply
     }
 
     /// Counts this request in `waiting` until its reply is taken or it is dropped.
@@ -80,17 +110,9 @@ impl PendingReply {
 
     /// Whether the answer (or the failure) is already here; never waits.
     pub fn is_ready(&mut self) -> bool {
-        let Some(receiver) = &mut self.receiver else {
-            return true;
-        };
-        let answer = match receiver.try_recv() {
-            Ok(answer) => answer,
-            Err(oneshot::error::TryRecvError::Empty) => return false,
-            Err(oneshot::error::TryRecvError::Closed) => Err(abandoned()),
-        };
-        self.ready = Some(answer);
-        self.receiver = None;
-        true
+        self.slot
+            .as_ref()
+            .is_none_or(|slot| slot.filled.load(Ordering::Acquire))
     }
 }
 
@@ -98,15 +120,23 @@ impl Future for PendingReply {
     type Output = Result<Response>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let answer = match (self.ready.take(), &mut self.receiver) {
-            (Some(answer), _) => answer,
-            (None, Some(receiver)) => match Pin::new(receiver).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(answer) => answer.unwrap_or_else(|_| Err(abandoned())),
-            },
-            (None, None) => Err(abandoned()),
+        let Some(slot) = &self.slot else {
+            return Poll::Ready(Err(abandoned()));
         };
-        self.receiver = None;
+        if !slot.filled.load(Ordering::Acquire) {
+            slot.waiter.register(cx.waker());
+            // Filled between the first look and the registration: its wake may have missed us.
+            if !slot.filled.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+        }
+        let answer = slot
+            .answer
+            .lock()
+            .expect("reply slot lock")
+            .take()
+            .unwrap_or_else(|| Err(abandoned()));
+        self.slot = None;
         self.counted = None;
         Poll::Ready(answer)
     }
@@ -114,4 +144,45 @@ impl Future for PendingReply {
 
 fn abandoned() -> Error {
     Error::rejected("the call was abandoned before its answer")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::packet::Response;
+
+    fn answer(id: u64) -> Result<Response> {
+        Ok(Response {
+            id,
+            ..Response::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn an_answer_reaches_its_reply_before_or_after_it_waits() {
+        // Before: already there, no waiting.
+        let (sender, mut reply) = PendingReply::channel();
+        assert!(!reply.is_ready());
+        sender.send(answer(1));
+        assert!(reply.is_ready());
+        assert_eq!(reply.await.unwrap().id, 1);
+        // After: the waiting task is woken from another thread.
+        let (sender, reply) = PendingReply::channel();
+        let waiter = tokio::spawn(reply);
+        tokio::task::yield_now().await;
+        std::thread::spawn(move || sender.send(answer(2)));
+        assert_eq!(waiter.await.unwrap().unwrap().id, 2);
+    }
+
+    #[tokio::test]
+    async fn a_sender_dropped_unsent_fails_the_reply_and_counts_end() {
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (sender, mut reply) = PendingReply::channel();
+        reply.count_in(&waiting);
+        drop(sender);
+        assert!(reply.is_ready());
+        let err = reply.await.unwrap_err();
+        assert!(err.to_string().contains("abandoned"), "{err}");
+        assert_eq!(waiting.load(Ordering::Acquire), 0);
+    }
 }
