@@ -131,6 +131,21 @@ impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
 impl<K: std::hash::Hash + Eq + std::borrow::Borrow<str> + for<'a> From<&'a str>, V> Cache<K, V> {
     /// The entry of `name` — or, once the cache holds `cap` names, of [`OTHER`] for every new
     /// one: names a peer chooses cannot grow the series without bound.
+    /// Runs `f` on the entry of `name` as [`Cache::get_named`] finds or makes it; one read lock
+    /// and no reference count when it exists.
+    fn with_named<R>(
+        &self,
+        name: &str,
+        cap: usize,
+        make: impl Fn(&str) -> V,
+        f: impl FnOnce(&V) -> R,
+    ) -> R {
+        if let Some(value) = self.0.read().expect("metrics lock").get(name) {
+            return f(value);
+        }
+        f(&self.get_named(name, cap, make))
+    }
+
     fn get_named(&self, name: &str, cap: usize, make: impl Fn(&str) -> V) -> Arc<V> {
         let full = || self.0.read().expect("metrics lock").len() >= cap;
         let exists = || self.0.read().expect("metrics lock").contains_key(name);
@@ -309,9 +324,7 @@ impl TrafficMeter for BrokerMetrics {
     }
 
     fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
-        let sent = direction == Direction::Sent;
-        let peers = self.links.get(&link, || (link, Cache::default()));
-        let stats = peers.get_named(peer, MAX_PEER_SERIES, |peer| {
+        let make = |peer: &str| {
             let labels = [
                 ("node", self.node_id.to_string()),
                 ("link", link.as_str().to_owned()),
@@ -329,17 +342,24 @@ impl TrafficMeter for BrokerMetrics {
                     metrics::counter!("phalanx_bytes_received_total", &labels),
                 ],
             }
-        });
-        let bytes = bytes as u64;
-        let (packets, octets, series) = if sent {
-            (&stats.packets_sent, &stats.bytes_sent, 0)
-        } else {
-            (&stats.packets_received, &stats.bytes_received, 1)
         };
-        packets.fetch_add(1, Ordering::Relaxed);
-        octets.fetch_add(bytes, Ordering::Relaxed);
-        stats.series[series].increment(1);
-        stats.series[series + 2].increment(bytes);
+        let count = |stats: &LinkStats| {
+            let bytes = bytes as u64;
+            let (packets, octets, series) = match direction {
+                Direction::Sent => (&stats.packets_sent, &stats.bytes_sent, 0),
+                Direction::Received => (&stats.packets_received, &stats.bytes_received, 1),
+            };
+            packets.fetch_add(1, Ordering::Relaxed);
+            octets.fetch_add(bytes, Ordering::Relaxed);
+            stats.series[series].increment(1);
+            stats.series[series + 2].increment(bytes);
+        };
+        // Every frame passes here: read locks only, no reference counts, once a peer is known.
+        self.links.with(
+            &link,
+            || (link, Cache::default()),
+            |peers| peers.with_named(peer, MAX_PEER_SERIES, make, count),
+        );
     }
 }
 

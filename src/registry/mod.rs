@@ -464,8 +464,11 @@ impl<L: Clone> Registry<L> {
                     .iter()
                     .filter(|ep| tier(ep) && filters.iter().all(|f| f(ep)))
                     .collect();
-                if chosen.is_empty() {
-                    continue;
+                match chosen[..] {
+                    [] => continue,
+                    // Whatever the strategy, the only one: no figures to gather.
+                    [only] => return Some(target(only)),
+                    _ => {}
                 }
                 let candidates: SmallVec<[Candidate<'_>; 8]> =
                     chosen.iter().map(|ep| self.candidate(ep)).collect();

@@ -62,7 +62,8 @@ impl ShmTransport {
         let _turn = link.writer.lock().await;
         let mut sent = 0;
         let mut backoff = Duration::from_micros(20);
-        let started = tokio::time::Instant::now();
+        // The clock is read only once the ring is full: most writes never wait.
+        let mut started = None;
         while sent < frame.len() {
             if link.closed.load(Ordering::Acquire) {
                 return Err(Error::transport(format!(
@@ -72,7 +73,10 @@ impl ShmTransport {
             }
             match link.outgoing.push(&frame[sent..]) {
                 Ok(0) => {
-                    if started.elapsed() > WRITE_TIMEOUT {
+                    let waited = started
+                        .get_or_insert_with(tokio::time::Instant::now)
+                        .elapsed();
+                    if waited > WRITE_TIMEOUT {
                         self.lost(&link.node_id, "the peer stopped reading");
                         return Err(Error::transport("shared-memory peer stopped reading"));
                     }
