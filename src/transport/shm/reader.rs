@@ -14,6 +14,8 @@ const PARK: Duration = Duration::from_millis(100);
 /// Spin iterations of an idle reader before it yields, adapted within these bounds.
 const SPIN_MIN: u32 = 16;
 const SPIN_MAX: u32 = 4096;
+/// Spins between two yields of a spinning reader.
+const SPINS_PER_YIELD: u32 = 64;
 /// Yields of an idle reader after spinning, before it parks.
 const YIELDS: u32 = 64;
 /// Why a link closes when a thread panicked while reading it (its frame state is unknown).
@@ -48,8 +50,14 @@ impl ShmTransport {
                 continue;
             }
             let mut found = false;
-            for _ in 0..spin {
-                std::hint::spin_loop();
+            for turn in 1..=spin {
+                // Politely: other threads of either process may need this CPU to produce
+                // what we wait for (two processes' threads often share two CPUs).
+                if turn % SPINS_PER_YIELD == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 if !link.incoming.is_empty() {
                     found = true;
                     break;
