@@ -58,17 +58,28 @@ pub(super) enum Wire {
     },
 }
 
-/// Small frames held back while the link's reader hands a batch of received frames to the
-/// broker: the answers that batch produces at once leave in one write (one wake of the QUIC
-/// driver or one TLS record, few packets) instead of one write each.
+/// Small frames waiting to be written together: one write (one wake of the QUIC driver, one
+/// TLS record) carries many frames, so a burst of calls costs a few datagrams, not one each.
 ///
-/// The outbox is only *uncorked* while the main stream is locked, taking every held frame with
-/// it, so a frame sent after the uncork can never overtake one held before it.
+/// Frames wait here for one of two writers. While the link's reader hands a batch of received
+/// frames to the broker it *corks* the outbox and writes what the batch produced at once when
+/// done ([`Link::flush`]). Otherwise the first frame of a burst starts a flush task, which
+/// lets every task already runnable on its thread go first (one `yield_now`) — the callers
+/// woken by one batch of answers all queue their next request — then writes them all.
+///
+/// Frames only leave the outbox while the main stream is locked, all of them at once, so none
+/// can overtake another; past [`OUTBOX_LIMIT`] a sender writes itself and waits for it, which
+/// is the back-pressure of a peer that stops reading.
 #[derive(Default)]
 struct Outbox {
     corked: bool,
+    /// A flush task is on its way.
+    flush_pending: bool,
     frames: BytesMut,
 }
+
+/// Bytes of small frames a link holds before senders wait for their own writes.
+const OUTBOX_LIMIT: usize = 256 * 1024;
 
 impl Link {
     /// A QUIC link whose main stream is `main`.
@@ -149,6 +160,10 @@ impl Link {
     /// reader reaches the end of what we sent (see `read_main`), and we wait for that.
     pub(super) async fn close_gracefully(&self, within: Duration) {
         let handled = async {
+            // What callers queued before the stop leaves first.
+            if self.write_held(None, within).await.is_err() {
+                return;
+            }
             match &self.wire {
                 Wire::Quic { conn, main, .. } => {
                     if main.lock().await.finish().is_ok() {
@@ -166,21 +181,33 @@ impl Link {
         self.close(CLOSE_BYE, "node stopping");
     }
 
-    /// Writes one frame from the calling task. On QUIC small frames go on the main stream and
-    /// large ones on a stream of their own; on TCP everything goes in order on the one session.
-    /// A write that stalls past the timeout closes the link.
-    pub(super) async fn send(&self, frame: Bytes, config: &MeshConfig) -> Result<()> {
+    /// Sends one frame. Small frames join the outbox (see [`Outbox`]) and are written with the
+    /// others of their burst; on QUIC large ones go on a stream of their own, on TCP in order on
+    /// the one session. A write that stalls past the timeout closes the link.
+    pub(super) async fn send(self: &Arc<Self>, frame: Bytes, config: &MeshConfig) -> Result<()> {
         let large = frame.len() >= config.large_frame;
         if !large {
             let mut outbox = self.outbox.lock().expect("outbox lock");
-            if outbox.corked {
+            if outbox.frames.len() < OUTBOX_LIMIT {
                 outbox.frames.extend_from_slice(&frame);
+                if !outbox.corked && !outbox.flush_pending {
+                    outbox.flush_pending = true;
+                    let link = self.clone();
+                    let within = config.write_timeout;
+                    tokio::spawn(async move {
+                        tokio::task::yield_now().await;
+                        if let Err(err) = link.write_held(None, within).await {
+                            tracing::debug!(peer = %link.node_id, %err, "closing link: write failed");
+                            link.close(CLOSE_STALLED, "write failed");
+                        }
+                    });
+                }
                 return Ok(());
             }
         }
-        let write = async {
-            match &self.wire {
-                Wire::Quic { conn, .. } if large => {
+        match &self.wire {
+            Wire::Quic { conn, .. } if large => {
+                let write = async {
                     let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
                     stream
                         .write_all(&[STREAM_FRAME])
@@ -188,21 +215,42 @@ impl Link {
                         .map_err(|e| e.to_string())?;
                     stream.write_all(&frame).await.map_err(|e| e.to_string())?;
                     stream.finish().map_err(|e| e.to_string())
-                }
-                _ => self.write_main(&frame).await,
+                };
+                self.bounded(write, config.large_frame_timeout).await
             }
-        };
-        let within = if large {
-            config.large_frame_timeout
-        } else {
-            config.write_timeout
-        };
-        self.bounded(write, within).await
+            _ => {
+                let within = if large {
+                    config.large_frame_timeout
+                } else {
+                    config.write_timeout
+                };
+                self.write_held(Some(&frame), within).await
+            }
+        }
     }
 
-    /// Writes `bytes` on the main stream (QUIC) or the session (TCP).
-    async fn write_main(&self, bytes: &[u8]) -> std::result::Result<(), String> {
-        self.lock_main().await?.write(bytes).await
+    /// Writes every frame held in the outbox, then `frame` if given, on the main stream; lets
+    /// sends through again if the reader had corked it.
+    async fn write_held(&self, frame: Option<&[u8]>, within: Duration) -> Result<()> {
+        let write = async {
+            // The main stream is taken before the outbox is emptied: a frame sent meanwhile
+            // waits behind this write and cannot overtake the frames taken here.
+            let mut main = self.lock_main().await?;
+            let held = {
+                let mut outbox = self.outbox.lock().expect("outbox lock");
+                outbox.corked = false;
+                outbox.flush_pending = false;
+                outbox.frames.split()
+            };
+            if !held.is_empty() {
+                main.write(&held).await?;
+            }
+            match frame {
+                Some(frame) => main.write(frame).await,
+                None => Ok(()),
+            }
+        };
+        self.bounded(write, within).await
     }
 
     /// Takes the link's write order: while held, no other frame reaches the main stream.
@@ -228,26 +276,13 @@ impl Link {
     pub(super) fn uncork_discarding(&self) {
         let mut outbox = self.outbox.lock().expect("outbox lock");
         outbox.corked = false;
+        outbox.flush_pending = false;
         outbox.frames = BytesMut::new();
     }
 
     /// Writes every frame held since [`Link::cork`] in one write and lets sends through again.
     pub(super) async fn flush(&self, config: &MeshConfig) -> Result<()> {
-        let write = async {
-            // The main stream is taken before the uncork: a frame sent after it queues behind
-            // this write and cannot overtake the frames held before it.
-            let mut main = self.lock_main().await?;
-            let frames = {
-                let mut outbox = self.outbox.lock().expect("outbox lock");
-                outbox.corked = false;
-                outbox.frames.split()
-            };
-            if frames.is_empty() {
-                return Ok(());
-            }
-            main.write(&frames).await
-        };
-        self.bounded(write, config.write_timeout).await
+        self.write_held(None, config.write_timeout).await
     }
 
     /// Runs a write under a timeout; a write that stalls past it closes the link.
