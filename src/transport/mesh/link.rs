@@ -38,6 +38,8 @@ pub(crate) struct Link {
     pub(super) kind: LinkKind,
     id: usize,
     pub(super) wire: Wire,
+    /// Requests sent on this link still waiting for their answer.
+    pub(super) waiting: Arc<AtomicUsize>,
     outbox: std::sync::Mutex<Outbox>,
 }
 
@@ -76,6 +78,15 @@ struct Outbox {
     /// A flush task is on its way.
     flush_pending: bool,
     frames: BytesMut,
+}
+
+/// Whether a small frame may wait for others to leave with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Batching {
+    /// It is part of a burst (a request while others wait for their answers): it waits.
+    Burst,
+    /// It waits only behind frames already waiting; alone, it is written at once.
+    IfQueued,
 }
 
 /// Bytes of small frames a link holds before senders wait for their own writes.
@@ -122,6 +133,7 @@ impl Link {
             kind,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wire,
+            waiting: Arc::default(),
             outbox: Default::default(),
         }
     }
@@ -181,14 +193,22 @@ impl Link {
         self.close(CLOSE_BYE, "node stopping");
     }
 
-    /// Sends one frame. Small frames join the outbox (see [`Outbox`]) and are written with the
-    /// others of their burst; on QUIC large ones go on a stream of their own, on TCP in order on
-    /// the one session. A write that stalls past the timeout closes the link.
-    pub(super) async fn send(self: &Arc<Self>, frame: Bytes, config: &MeshConfig) -> Result<()> {
+    /// Sends one frame. A small frame of a burst, or one sent while others wait in the outbox,
+    /// joins the outbox (see [`Outbox`]) and is written with the others; any other is written
+    /// now. On QUIC large frames go on a stream of their own, on TCP in order on the one
+    /// session. A write that stalls past the timeout closes the link.
+    pub(super) async fn send(
+        self: &Arc<Self>,
+        frame: Bytes,
+        config: &MeshConfig,
+        batching: Batching,
+    ) -> Result<()> {
         let large = frame.len() >= config.large_frame;
         if !large {
             let mut outbox = self.outbox.lock().expect("outbox lock");
-            if outbox.frames.len() < OUTBOX_LIMIT {
+            let queued = outbox.corked || outbox.flush_pending;
+            let join = queued || batching == Batching::Burst;
+            if join && outbox.frames.len() < OUTBOX_LIMIT {
                 outbox.frames.extend_from_slice(&frame);
                 if !outbox.corked && !outbox.flush_pending {
                     outbox.flush_pending = true;

@@ -56,7 +56,9 @@ mod quic;
 mod session;
 mod tcp;
 
-use super::{Direction, LinkKind, LinkTable, PeerSource, TransportContext, Transporter};
+use super::{
+    Direction, LinkKind, LinkTable, PeerSource, PendingReply, TransportContext, Transporter,
+};
 use crate::discovery::DialPlan;
 use crate::discovery::address_record;
 use crate::discovery::mdns::{Announcement, Mdns, OnFound};
@@ -67,7 +69,7 @@ use crate::protocol::packet::{Packet, PeerInfo};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
-use link::Link;
+use link::{Batching, Link};
 use quic::QuicSide;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -388,11 +390,30 @@ impl Transporter for MeshTransport {
         async move {
             let mesh = self.mesh()?;
             let link = mesh.link(node_id)?;
-            let frame = mesh.ctx.codec.encode(packet)?;
-            mesh.ctx
-                .traffic
-                .record(node_id, link.kind, Direction::Sent, frame.len());
-            link.send(frame, &mesh.config).await
+            mesh.send_on(&link, packet, Batching::IfQueued).await
+        }
+        .boxed()
+    }
+
+    fn request<'a>(
+        &'a self,
+        node_id: &'a str,
+        packet: &'a Packet,
+        mut reply: PendingReply,
+    ) -> BoxFuture<'a, Result<PendingReply>> {
+        async move {
+            let mesh = self.mesh()?;
+            let link = mesh.link(node_id)?;
+            reply.count_in(&link.waiting);
+            // A call alone in flight leaves at once; with others waiting, calls are bursty
+            // (their answers come back together) and leave together.
+            let batching = if link.waiting.load(Ordering::Acquire) > 1 {
+                Batching::Burst
+            } else {
+                Batching::IfQueued
+            };
+            mesh.send_on(&link, packet, batching).await?;
+            Ok(reply)
         }
         .boxed()
     }
@@ -410,7 +431,7 @@ impl Transporter for MeshTransport {
             // Concurrently: one stalled peer must not hold up the others.
             let sends = links
                 .iter()
-                .map(|link| link.send(frame.clone(), &mesh.config));
+                .map(|link| link.send(frame.clone(), &mesh.config, Batching::IfQueued));
             for (link, result) in links
                 .iter()
                 .zip(futures_util::future::join_all(sends).await)
@@ -606,6 +627,15 @@ impl Mesh {
             tracing::debug!(%peer, %err, "handshake failed");
             DialFailure::Silent
         }
+    }
+
+    /// Encodes `packet` and sends it on `link`.
+    async fn send_on(&self, link: &Arc<Link>, packet: &Packet, batching: Batching) -> Result<()> {
+        let frame = self.ctx.codec.encode(packet)?;
+        self.ctx
+            .traffic
+            .record(&link.node_id, link.kind, Direction::Sent, frame.len());
+        link.send(frame, &self.config, batching).await
     }
 
     fn link(&self, node_id: &str) -> Result<Arc<Link>> {
