@@ -357,3 +357,51 @@ async fn tcp_refuses_strangers_impostors_and_silent_sockets() {
     b.stop().await;
     a.stop().await;
 }
+
+/// Requests made while others wait for their answers leave together: a burst of 64 calls is a
+/// handful of writes to the wire, not 64, on QUIC and on TCP — and every answer still finds its
+/// caller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_calls_leaves_in_few_writes() {
+    for links in [MeshLinks::Quic, MeshLinks::Tcp] {
+        let kind = match links {
+            MeshLinks::Tcp => LinkKind::Tcp,
+            _ => LinkKind::Quic,
+        };
+        let (server, mesh) = on(mesh_loopback("burst", links, vec![]), "server").await;
+        let (caller, _) = on(mesh_loopback("burst", links, vec![addr(&mesh)]), "caller").await;
+        server
+            .service("echo")
+            .action("n", |_ctx: Context, n: u32| async move { Ok(n) })
+            .start()
+            .await
+            .unwrap();
+        caller.wait_for_services(&["echo"], WAIT).await.unwrap();
+        let sent_to_server = |broker: &Broker| {
+            let metrics = broker.metrics();
+            let link = metrics
+                .links
+                .iter()
+                .find(|l| l.peer == "server" && l.link == kind.as_str())
+                .cloned();
+            link.map_or((0, 0), |l| (l.packets_sent, l.writes))
+        };
+        let (frames_before, writes_before) = sent_to_server(&caller);
+        const ROUNDS: u32 = 20;
+        for round in 0..ROUNDS {
+            let calls = (0..64u32).map(|i| caller.call::<u32>("echo.n", round * 64 + i));
+            let answers = futures_util::future::try_join_all(calls).await.unwrap();
+            assert!(answers.iter().copied().eq(round * 64..(round + 1) * 64));
+        }
+        let (frames, writes) = sent_to_server(&caller);
+        let (frames, writes) = (frames - frames_before, writes - writes_before);
+        assert!(frames >= u64::from(ROUNDS) * 64, "{kind}: {frames} frames");
+        // Unbatched, every frame is a write of its own.
+        assert!(
+            writes * 3 <= frames,
+            "{kind}: {frames} frames took {writes} writes (fewer than 3 frames a write)"
+        );
+        caller.stop().await;
+        server.stop().await;
+    }
+}

@@ -70,8 +70,9 @@ struct LinkStats {
     packets_received: AtomicU64,
     bytes_sent: AtomicU64,
     bytes_received: AtomicU64,
-    /// Packets sent, packets received, bytes sent, bytes received.
-    series: [metrics::Counter; 4],
+    writes: AtomicU64,
+    /// Packets sent, packets received, bytes sent, bytes received, writes.
+    series: [metrics::Counter; 5],
 }
 
 /// Entries created on first use and then only read: a lookup by borrowed key, no allocation
@@ -324,6 +325,31 @@ impl TrafficMeter for BrokerMetrics {
     }
 
     fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize) {
+        self.with_link(peer, link, |stats| {
+            let bytes = bytes as u64;
+            let (packets, octets, series) = match direction {
+                Direction::Sent => (&stats.packets_sent, &stats.bytes_sent, 0),
+                Direction::Received => (&stats.packets_received, &stats.bytes_received, 1),
+            };
+            packets.fetch_add(1, Ordering::Relaxed);
+            octets.fetch_add(bytes, Ordering::Relaxed);
+            stats.series[series].increment(1);
+            stats.series[series + 2].increment(bytes);
+        });
+    }
+
+    fn wrote(&self, peer: &str, link: LinkKind) {
+        self.with_link(peer, link, |stats| {
+            stats.writes.fetch_add(1, Ordering::Relaxed);
+            stats.series[4].increment(1);
+        });
+    }
+}
+
+impl BrokerMetrics {
+    /// Runs `f` on the traffic figures of `peer` over `link`. Every frame passes here: read
+    /// locks only, no reference counts, once the peer is known.
+    fn with_link(&self, peer: &str, link: LinkKind, f: impl FnOnce(&LinkStats)) {
         let make = |peer: &str| {
             let labels = [
                 ("node", self.node_id.to_string()),
@@ -335,35 +361,22 @@ impl TrafficMeter for BrokerMetrics {
                 packets_received: AtomicU64::new(0),
                 bytes_sent: AtomicU64::new(0),
                 bytes_received: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
                 series: [
                     metrics::counter!("phalanx_packets_sent_total", &labels),
                     metrics::counter!("phalanx_packets_received_total", &labels),
                     metrics::counter!("phalanx_bytes_sent_total", &labels),
                     metrics::counter!("phalanx_bytes_received_total", &labels),
+                    metrics::counter!("phalanx_link_writes_total", &labels),
                 ],
             }
         };
-        let count = |stats: &LinkStats| {
-            let bytes = bytes as u64;
-            let (packets, octets, series) = match direction {
-                Direction::Sent => (&stats.packets_sent, &stats.bytes_sent, 0),
-                Direction::Received => (&stats.packets_received, &stats.bytes_received, 1),
-            };
-            packets.fetch_add(1, Ordering::Relaxed);
-            octets.fetch_add(bytes, Ordering::Relaxed);
-            stats.series[series].increment(1);
-            stats.series[series + 2].increment(bytes);
-        };
-        // Every frame passes here: read locks only, no reference counts, once a peer is known.
         self.links.with(
             &link,
             || (link, Cache::default()),
-            |peers| peers.with_named(peer, MAX_PEER_SERIES, make, count),
+            |peers| peers.with_named(peer, MAX_PEER_SERIES, make, f),
         );
     }
-}
-
-impl BrokerMetrics {
     /// Records a circuit's new state.
     pub(crate) fn breaker_changed(&self, action: &str, peer: &str, state: BreakerState) {
         metrics::gauge!("phalanx_circuit_breaker_state", "node" => self.node_id.to_string(), "action" => action.to_owned(), "peer" => peer.to_owned())
@@ -425,6 +438,7 @@ impl BrokerMetrics {
                     packets_received: s.packets_received.load(Ordering::Relaxed),
                     bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
                     bytes_received: s.bytes_received.load(Ordering::Relaxed),
+                    writes: s.writes.load(Ordering::Relaxed),
                 })
             })
             .into_iter()
@@ -519,6 +533,10 @@ pub struct LinkMetrics {
     pub bytes_sent: u64,
     /// Bytes received.
     pub bytes_received: u64,
+    /// Writes to the wire, for transports that write a burst's frames together (the mesh):
+    /// `packets_sent / writes` frames per write.
+    #[serde(default)]
+    pub writes: u64,
 }
 
 /// One circuit that is not closed.

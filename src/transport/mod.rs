@@ -130,6 +130,13 @@ pub trait TrafficMeter: Send + Sync + 'static {
     /// (`*` for a bus broadcast).
     fn record(&self, peer: &str, link: LinkKind, direction: Direction, bytes: usize);
 
+    /// One write to the wire to `peer` over `link`, however many frames it carried (transports
+    /// that write a burst's frames together report their writes: frames per write is how well
+    /// they batch).
+    fn wrote(&self, peer: &str, link: LinkKind) {
+        let _ = (peer, link);
+    }
+
     /// `limit` bit `n` times; `detail` says how (logged, rate-limited).
     fn limit_hit(&self, limit: crate::limits::Limit, n: u64, detail: &str) {
         let _ = (limit, n, detail);

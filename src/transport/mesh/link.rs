@@ -3,7 +3,7 @@
 
 use super::MeshConfig;
 use crate::error::{Error, Result};
-use crate::transport::LinkKind;
+use crate::transport::{LinkKind, TrafficMeter};
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -40,6 +40,8 @@ pub(crate) struct Link {
     pub(super) wire: Wire,
     /// Requests sent on this link still waiting for their answer.
     pub(super) waiting: Arc<AtomicUsize>,
+    /// Told of every write to the wire.
+    traffic: Arc<dyn TrafficMeter>,
     outbox: std::sync::Mutex<Outbox>,
 }
 
@@ -100,13 +102,14 @@ impl Link {
         conn: quinn::Connection,
         main: quinn::SendStream,
         config: &MeshConfig,
+        traffic: Arc<dyn TrafficMeter>,
     ) -> Self {
         let wire = Wire::Quic {
             conn,
             main: tokio::sync::Mutex::new(main),
             large_frames: tokio::sync::Semaphore::new(config.max_large_frames_in_flight.max(1)),
         };
-        Self::new(node_id, outbound, LinkKind::Quic, wire)
+        Self::new(node_id, outbound, LinkKind::Quic, wire, traffic)
     }
 
     /// A TCP link writing to `writer`; `closed` tells its reader (see [`MainReader::tcp`]) when
@@ -116,15 +119,22 @@ impl Link {
         outbound: bool,
         writer: WriteHalf<TlsTcp>,
         closed: watch::Sender<CloseState>,
+        traffic: Arc<dyn TrafficMeter>,
     ) -> Self {
         let wire = Wire::Tcp {
             writer: tokio::sync::Mutex::new(writer),
             closed,
         };
-        Self::new(node_id, outbound, LinkKind::Tcp, wire)
+        Self::new(node_id, outbound, LinkKind::Tcp, wire, traffic)
     }
 
-    fn new(node_id: Arc<str>, outbound: bool, kind: LinkKind, wire: Wire) -> Self {
+    fn new(
+        node_id: Arc<str>,
+        outbound: bool,
+        kind: LinkKind,
+        wire: Wire,
+        traffic: Arc<dyn TrafficMeter>,
+    ) -> Self {
         /// Link ids, unique in this process whatever the link's kind.
         static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
         Self {
@@ -134,6 +144,7 @@ impl Link {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             wire,
             waiting: Arc::default(),
+            traffic,
             outbox: Default::default(),
         }
     }
@@ -234,7 +245,9 @@ impl Link {
                         .await
                         .map_err(|e| e.to_string())?;
                     stream.write_all(&frame).await.map_err(|e| e.to_string())?;
-                    stream.finish().map_err(|e| e.to_string())
+                    stream.finish().map_err(|e| e.to_string())?;
+                    self.traffic.wrote(&self.node_id, self.kind);
+                    Ok(())
                 };
                 self.bounded(write, config.large_frame_timeout).await
             }
@@ -264,11 +277,13 @@ impl Link {
             };
             if !held.is_empty() {
                 main.write(&held).await?;
+                self.traffic.wrote(&self.node_id, self.kind);
             }
-            match frame {
-                Some(frame) => main.write(frame).await,
-                None => Ok(()),
+            if let Some(frame) = frame {
+                main.write(frame).await?;
+                self.traffic.wrote(&self.node_id, self.kind);
             }
+            Ok(())
         };
         self.bounded(write, within).await
     }

@@ -171,6 +171,7 @@ impl Mesh {
             conn.clone(),
             main,
             &self.config,
+            self.ctx.traffic.clone(),
         );
         let Admission { peer, link } = self.admit(link, remote, hello, certified);
         if let Some(named) = named {

@@ -188,7 +188,13 @@ impl Mesh {
             }
             return;
         };
-        let link = Link::tcp(hello.sender.clone(), outbound, write, closed);
+        let link = Link::tcp(
+            hello.sender.clone(),
+            outbound,
+            write,
+            closed,
+            self.ctx.traffic.clone(),
+        );
         let Admission { peer, link } = self.admit(link, remote, hello, certified);
         if let Some(named) = named {
             let _ = named.send(peer);
