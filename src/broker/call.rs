@@ -162,7 +162,7 @@ impl Broker {
                 // future — and what each poll moves — that large. A remote call allocates
                 // anyway.
                 Ok(Picked::Remote(node_id, stats)) => {
-                    Box::pin(self.attempt_remote(action, node_id, &stats, ctx, params)).await
+                    Box::pin(self.attempt_remote(action, node_id, stats, ctx, params)).await
                 }
                 Err(err) => Err(err),
             }
@@ -243,11 +243,10 @@ impl Broker {
             Ok(Picked::Local(local)) => {
                 async move { self.run_local(action, &local, ctx, params).await }.boxed()
             }
-            Ok(Picked::Remote(node_id, stats)) => async move {
-                self.attempt_remote(action, node_id, &stats, ctx, params)
-                    .await
-            }
-            .boxed(),
+            // Boxed as it is: wrapped in another future it would be held (and moved) twice.
+            Ok(Picked::Remote(node_id, stats)) => self
+                .attempt_remote(action, node_id, stats, ctx, params)
+                .boxed(),
             Err(err) => futures_util::future::ready(Err(err)).boxed(),
         }
     }
@@ -344,7 +343,7 @@ impl Broker {
         &'b self,
         action: &'b str,
         node_id: Arc<str>,
-        stats: &'b EndpointStats,
+        stats: Arc<EndpointStats>,
         ctx: Context,
         params: Payload<'b>,
     ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'b {

@@ -1,6 +1,7 @@
 //! What a caller measures of one remote endpoint: calls in flight and a latency EWMA, for the
 //! least-latency strategy.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 use tokio::time::Instant;
@@ -16,15 +17,16 @@ pub(crate) struct EndpointStats {
     ewma_micros: AtomicU64,
 }
 
-/// One call in flight; records its latency when dropped.
-pub(crate) struct InFlightCall<'a> {
-    stats: &'a EndpointStats,
+/// One call in flight; records its latency when dropped. It holds the endpoint's figures, so
+/// an attempt's future can own it without borrowing from whoever picked the endpoint.
+pub(crate) struct InFlightCall {
+    stats: Arc<EndpointStats>,
     started: Instant,
 }
 
 impl EndpointStats {
     /// Counts a call until the returned guard is dropped.
-    pub(crate) fn begin(&self) -> InFlightCall<'_> {
+    pub(crate) fn begin(self: Arc<Self>) -> InFlightCall {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightCall {
             stats: self,
@@ -56,7 +58,7 @@ impl EndpointStats {
     }
 }
 
-impl Drop for InFlightCall<'_> {
+impl Drop for InFlightCall {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.stats.record(self.started.elapsed());
@@ -69,17 +71,17 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn average_follows_latency() {
-        let stats = EndpointStats::default();
+        let stats = Arc::new(EndpointStats::default());
         assert_eq!(stats.latency(), None);
         for _ in 0..20 {
-            let call = stats.begin();
+            let call = stats.clone().begin();
             assert_eq!(stats.in_flight(), 1);
             tokio::time::advance(Duration::from_millis(10)).await;
             drop(call);
         }
         assert_eq!(stats.in_flight(), 0);
         assert_eq!(stats.latency(), Some(Duration::from_millis(10)));
-        let call = stats.begin();
+        let call = stats.clone().begin();
         tokio::time::advance(Duration::from_millis(90)).await;
         drop(call);
         // 3/4 · 10 ms + 1/4 · 90 ms
