@@ -639,7 +639,6 @@ enum Picked {
     Remote(Arc<str>, Arc<EndpointStats>),
 }
 
-/// Removes a pending call when the caller stops waiting (answer, timeout or cancellation).
 /// A REQUEST ready to go (see `Broker::outgoing_request`).
 struct OutgoingRequest<'a> {
     packet: Packet,
@@ -651,6 +650,7 @@ struct OutgoingRequest<'a> {
     streaming: bool,
 }
 
+/// Removes a pending call when the caller stops waiting (answer, timeout or cancellation).
 struct PendingGuard<'a> {
     broker: &'a Broker,
     id: u64,

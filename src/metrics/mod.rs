@@ -130,8 +130,6 @@ impl<K: std::hash::Hash + Eq, V> Cache<K, V> {
 }
 
 impl<K: std::hash::Hash + Eq + std::borrow::Borrow<str> + for<'a> From<&'a str>, V> Cache<K, V> {
-    /// The entry of `name` — or, once the cache holds `cap` names, of [`OTHER`] for every new
-    /// one: names a peer chooses cannot grow the series without bound.
     /// Runs `f` on the entry of `name` as [`Cache::get_named`] finds or makes it; one read lock
     /// and no reference count when it exists.
     fn with_named<R>(
@@ -147,6 +145,8 @@ impl<K: std::hash::Hash + Eq + std::borrow::Borrow<str> + for<'a> From<&'a str>,
         f(&self.get_named(name, cap, make))
     }
 
+    /// The entry of `name` — or, once the cache holds `cap` names, of [`OTHER`] for every new
+    /// one: names a peer chooses cannot grow the series without bound.
     fn get_named(&self, name: &str, cap: usize, make: impl Fn(&str) -> V) -> Arc<V> {
         let full = || self.0.read().expect("metrics lock").len() >= cap;
         let exists = || self.0.read().expect("metrics lock").contains_key(name);

@@ -60,7 +60,7 @@ fn fill(slot: &Slot, answer: Result<Response>) {
 /// // A transport counts the requests of a link that wait for their answer.
 /// let waiting = Arc::new(AtomicUsize::new(0));
 /// let mut reply = PendingReply::abandoned();
-/// reply.count_in(&waiting);
+/// assert_eq!(reply.count_in(&waiting), 1);
 /// assert_eq!(waiting.load(Ordering::Relaxed), 1);
 /// assert!(reply.is_ready());
 /// assert!(reply.await.is_err());                 // nobody will answer
@@ -102,10 +102,12 @@ impl PendingReply {
         reply
     }
 
-    /// Counts this request in `waiting` until its reply is taken or it is dropped.
-    pub fn count_in(&mut self, waiting: &Arc<AtomicUsize>) {
-        waiting.fetch_add(1, Ordering::AcqRel);
+    /// Counts this request in `waiting` until its reply is taken or it is dropped; returns how
+    /// many requests `waiting` counts now, this one included.
+    pub fn count_in(&mut self, waiting: &Arc<AtomicUsize>) -> usize {
+        let now = waiting.fetch_add(1, Ordering::AcqRel) + 1;
         self.counted = Some(Counted(waiting.clone()));
+        now
     }
 
     /// Whether the answer (or the failure) is already here; never waits.

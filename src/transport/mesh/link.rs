@@ -217,21 +217,13 @@ impl Link {
         let large = frame.len() >= config.large_frame;
         if !large {
             let mut outbox = self.outbox.lock().expect("outbox lock");
+            // Someone will write what the outbox holds: the reader that corked it, or a flush.
             let queued = outbox.corked || outbox.flush_pending;
-            let join = queued || batching == Batching::Burst;
-            if join && outbox.frames.len() < OUTBOX_LIMIT {
+            if (queued || batching == Batching::Burst) && outbox.frames.len() < OUTBOX_LIMIT {
                 outbox.frames.extend_from_slice(&frame);
-                if !outbox.corked && !outbox.flush_pending {
+                if !queued {
                     outbox.flush_pending = true;
-                    let link = self.clone();
-                    let within = config.write_timeout;
-                    tokio::spawn(async move {
-                        tokio::task::yield_now().await;
-                        if let Err(err) = link.write_held(None, within).await {
-                            tracing::debug!(peer = %link.node_id, %err, "closing link: write failed");
-                            link.close(CLOSE_STALLED, "write failed");
-                        }
-                    });
+                    self.flush_soon(config.write_timeout);
                 }
                 return Ok(());
             }
@@ -260,6 +252,19 @@ impl Link {
                 self.write_held(Some(&frame), within).await
             }
         }
+    }
+
+    /// Writes what the outbox holds once every task already runnable on this thread had its
+    /// turn to add to it (one `yield_now`); a failed write closes the link.
+    fn flush_soon(self: &Arc<Self>, within: Duration) {
+        let link = self.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            if let Err(err) = link.write_held(None, within).await {
+                tracing::debug!(peer = %link.node_id, %err, "closing link: write failed");
+                link.close(CLOSE_STALLED, "write failed");
+            }
+        });
     }
 
     /// Writes every frame held in the outbox, then `frame` if given, on the main stream; lets

@@ -404,10 +404,9 @@ impl Transporter for MeshTransport {
         async move {
             let mesh = self.mesh()?;
             let link = mesh.link(node_id)?;
-            reply.count_in(&link.waiting);
             // A call alone in flight leaves at once; with others waiting, calls are bursty
             // (their answers come back together) and leave together.
-            let batching = if link.waiting.load(Ordering::Acquire) > 1 {
+            let batching = if reply.count_in(&link.waiting) > 1 {
                 Batching::Burst
             } else {
                 Batching::IfQueued

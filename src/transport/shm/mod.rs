@@ -235,11 +235,10 @@ impl Transporter for ShmTransport {
     ) -> BoxFuture<'a, Result<PendingReply>> {
         async move {
             let link = self.link(node_id)?;
-            reply.count_in(&link.waiting);
+            let alone = reply.count_in(&link.waiting) == 1;
             self.send_on(&link, packet).await?;
             // Read the link here once: answers already there (for other calls too) wake their
             // tasks on this thread. A call alone in flight keeps reading for a while.
-            let alone = link.waiting.load(Ordering::Acquire) == 1;
             self.read_while_waiting(&link, &mut || reply.is_ready() || !alone);
             Ok(reply)
         }
