@@ -283,6 +283,41 @@ async fn namespaces_stay_apart_and_malformed_messages_are_dropped() {
 /// refused. The newcomer here is a member speaking through a bare transport, so the test
 /// chooses when its INFO goes out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bursts_of_calls_keep_their_order_on_the_bus() {
+    // Requests made while others wait leave through the bus's outbox together; their
+    // envelopes' sequence numbers must still reach the peer in order (its replay window
+    // refuses numbers that fall behind it), and every answer must reach its caller.
+    let server = NatsServer::start();
+    let cluster = Cluster::start(&["a", "b"], |b| on_nats(b, &server, "burst")).await;
+    let (a, b) = (cluster.node("a"), cluster.node("b"));
+    b.service("echo")
+        .action("say", |_ctx, n: u64| async move { Ok(n) })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["echo"], WAIT).await.unwrap();
+    let rejected = |broker: &Broker| broker.metrics().limit_hits["nats_rejected"];
+    let before = (rejected(a), rejected(b));
+    for burst in 0..10u64 {
+        let calls = (0..300u64).map(|i| {
+            let a = a.clone();
+            let n = burst * 1000 + i;
+            tokio::spawn(async move { (n, a.call::<u64>("echo.say", n).await) })
+        });
+        for call in futures_util::future::join_all(calls).await {
+            let (n, answer) = call.unwrap();
+            assert_eq!(answer.expect("every call of a burst is answered"), n);
+        }
+    }
+    assert_eq!(
+        (rejected(a), rejected(b)),
+        before,
+        "no envelope was refused (out of order or otherwise)"
+    );
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_overtakes_its_senders_info_is_served() {
     use phalanx::protocol::packet::{Event, Info, PROTOCOL_VERSION, Packet, PacketBody, Request};
     use phalanx::transport::Transporter;

@@ -22,6 +22,13 @@
 //! counted (`nats_rejected` in the node's limit hits); the node keeps serving. The server URL is
 //! logged and reported without its password.
 //!
+//! # Batching
+//! A message alone leaves at once; requests made while others wait for their answers (a
+//! burst: the callers woken by one batch of answers) and messages sent while another is being
+//! handed over queue in an outbox, which one task hands to the client together, so they reach
+//! the server in one write (at most 1 MiB held; beyond, senders wait). Envelopes are sealed in
+//! the order they are published.
+//!
 //! # Failure
 //! While the connection to NATS is down every send fails at once with a transport error
 //! ("NATS transport unavailable"), and calls waiting on NATS-reached nodes fail immediately; the
@@ -40,15 +47,17 @@
 use super::bus::{envelopes, namespace_token, open_packet, token};
 use super::envelope::Envelopes;
 use super::envelope::Replays;
-use super::{Direction, LinkKind, TransportContext, Transporter};
+use super::{Direction, LinkKind, PendingReply, TransportContext, Transporter};
 use crate::error::{Error, Result};
 use crate::identity::ClusterCa;
 use crate::limits::Limit;
 use crate::protocol::packet::Packet;
+use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -115,16 +124,158 @@ struct Bus {
     codec: crate::protocol::codec::Codec,
     traffic: std::sync::Arc<dyn super::TrafficMeter>,
     envelopes: Arc<Envelopes>,
-    /// Held from sealing to publishing, so messages reach the server in sequence order (the
-    /// receiver's replay window tolerates little reordering).
-    in_order: tokio::sync::Mutex<()>,
+    /// Sealed messages waiting for their turn to be published (see [`Outbox`]).
+    outbox: Mutex<Outbox>,
+    /// Signalled when the flush task takes the outbox's messages: senders held back by a full
+    /// outbox look again.
+    room: tokio::sync::Notify,
+    /// Requests sent over NATS that wait for their answer.
+    waiting: Arc<AtomicUsize>,
     /// Each peer's subject, made once (at most [`MAX_KNOWN_SUBJECTS`], then made anew).
     subjects: Mutex<HashMap<Box<str>, async_nats::Subject>>,
     readers: Mutex<Vec<JoinHandle<()>>>,
 }
 
+/// A sealed message ready for the wire.
+type Sealed = (async_nats::Subject, Bytes);
+
+/// What a sender does with its sealed message.
+enum Turn {
+    /// Nobody else is publishing: publish it now.
+    Publish(Sealed),
+    /// It waits in the outbox; past [`OUTBOX_LIMIT`], the sender waits for room.
+    Queued { outbox_full: bool },
+}
+
+impl Bus {
+    /// Seals a message with `seal` (under the outbox's lock: sequence numbers follow the
+    /// order of publishing) and publishes it after every message sealed before it: at once if
+    /// nobody is publishing and this is no `burst`, else through the outbox.
+    async fn deliver(
+        bus: &Arc<OnceLock<Bus>>,
+        burst: bool,
+        seal: impl FnOnce(&Bus) -> Result<Sealed>,
+    ) -> Result<()> {
+        let this = NatsTransport::connected(bus)?;
+        match this.enqueue(bus, burst, seal)? {
+            Turn::Publish((subject, message)) => {
+                let _turn = PublishingTurn(bus);
+                this.client.publish(subject, message).await.map_err(|e| {
+                    Error::transport(format!("NATS publish failed: {e}")).with_source(e)
+                })
+            }
+            Turn::Queued { outbox_full } => {
+                if outbox_full {
+                    this.wait_for_room().await;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Seals a message and either queues it or, when it may leave at once, hands it back with
+    /// the turn to publish.
+    fn enqueue(
+        &self,
+        bus: &Arc<OnceLock<Bus>>,
+        burst: bool,
+        seal: impl FnOnce(&Bus) -> Result<Sealed>,
+    ) -> Result<Turn> {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        let sealed = seal(self)?;
+        if !outbox.publishing && !burst {
+            outbox.publishing = true;
+            return Ok(Turn::Publish(sealed));
+        }
+        outbox.bytes += sealed.1.len();
+        outbox.messages.push(sealed);
+        if !outbox.publishing {
+            outbox.publishing = true;
+            tokio::spawn(Self::flush(bus.clone()));
+        }
+        Ok(Turn::Queued {
+            outbox_full: outbox.bytes > OUTBOX_LIMIT,
+        })
+    }
+
+    /// The flush task: after one yield (so every sender woken with it joins first), hands the
+    /// outbox's messages to the client in order until it is empty.
+    async fn flush(bus: Arc<OnceLock<Bus>>) {
+        tokio::task::yield_now().await;
+        let Some(this) = bus.get() else { return };
+        loop {
+            let batch = {
+                let mut outbox = this.outbox.lock().expect("outbox lock");
+                if outbox.messages.is_empty() {
+                    outbox.publishing = false;
+                    return;
+                }
+                outbox.bytes = 0;
+                std::mem::take(&mut outbox.messages)
+            };
+            this.room.notify_waiters();
+            for (subject, message) in batch {
+                // Fails only once the client is closed (the transport stops): the broker fails
+                // what still waits.
+                if let Err(err) = this.client.publish(subject, message).await {
+                    tracing::debug!(%err, "NATS publish failed");
+                }
+            }
+        }
+    }
+
+    /// Returns once the outbox holds at most [`OUTBOX_LIMIT`] bytes.
+    async fn wait_for_room(&self) {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.outbox.lock().expect("outbox lock").bytes <= OUTBOX_LIMIT {
+                return;
+            }
+            room.await;
+        }
+    }
+}
+
+/// A sender's turn at publishing; when it ends (or the sender is dropped mid-way), messages
+/// queued behind it go to a flush task.
+struct PublishingTurn<'a>(&'a Arc<OnceLock<Bus>>);
+
+impl Drop for PublishingTurn<'_> {
+    fn drop(&mut self) {
+        if let Some(bus) = self.0.get() {
+            let mut outbox = bus.outbox.lock().expect("outbox lock");
+            if outbox.messages.is_empty() {
+                outbox.publishing = false;
+            } else {
+                tokio::spawn(Bus::flush(self.0.clone()));
+            }
+        }
+    }
+}
+
 /// Peer subjects a node keeps made; beyond, the table starts over.
 const MAX_KNOWN_SUBJECTS: usize = 4096;
+
+/// Bytes of sealed messages an outbox holds before senders wait for the flush task.
+const OUTBOX_LIMIT: usize = 1 << 20;
+
+/// Messages sealed in sequence order and not yet handed to the NATS client.
+///
+/// Envelopes are sealed under this lock and published by one publisher at a time, so messages
+/// reach the server in sequence order (the receiver's replay window tolerates little
+/// reordering). A sender finding nobody publishing publishes its own message at once; senders
+/// meanwhile, and requests sent while others wait for answers (a burst: the callers woken by
+/// one batch of answers), join the outbox, which a flush task hands to the client after one
+/// yield — all of them before the client's connection task runs, so they leave in one write.
+#[derive(Default)]
+struct Outbox {
+    messages: Vec<(async_nats::Subject, Bytes)>,
+    bytes: usize,
+    /// A sender or the flush task is publishing: others queue behind it.
+    publishing: bool,
+}
 
 impl Bus {
     /// The subject of `node_id`'s messages.
@@ -163,9 +314,9 @@ impl NatsTransport {
         }
     }
 
-    fn bus(&self) -> Result<&Bus> {
-        let bus = self
-            .bus
+    /// The bus, if it is connected to the server.
+    fn connected(bus: &OnceLock<Bus>) -> Result<&Bus> {
+        let bus = bus
             .get()
             .ok_or_else(|| Error::transport("NATS transport is not started"))?;
         if bus.client.connection_state() != async_nats::connection::State::Connected {
@@ -174,6 +325,22 @@ impl NatsTransport {
             ));
         }
         Ok(bus)
+    }
+}
+
+impl NatsTransport {
+    /// Sends `packet` to `node_id`'s subject, sealed for it.
+    async fn send_to(&self, node_id: &str, packet: &Packet, burst: bool) -> Result<()> {
+        let bus = Self::connected(&self.bus)?;
+        let frame = bus.codec.encode(packet)?;
+        let subject = bus.subject_of(node_id);
+        Bus::deliver(&self.bus, burst, |bus| {
+            let sealed = bus.envelopes.seal(node_id, &subject, &frame)?;
+            bus.traffic
+                .record(node_id, LinkKind::Nats, Direction::Sent, sealed.len());
+            Ok((subject, sealed))
+        })
+        .await
     }
 }
 
@@ -288,7 +455,9 @@ impl Transporter for NatsTransport {
                 codec: ctx.codec,
                 traffic: ctx.traffic.clone(),
                 envelopes,
-                in_order: tokio::sync::Mutex::new(()),
+                outbox: Mutex::default(),
+                room: tokio::sync::Notify::new(),
+                waiting: Arc::default(),
                 subjects: Mutex::default(),
                 readers: Mutex::new(readers),
             };
@@ -302,34 +471,36 @@ impl Transporter for NatsTransport {
     }
 
     fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
+        self.send_to(node_id, packet, false).boxed()
+    }
+
+    fn request<'a>(
+        &'a self,
+        node_id: &'a str,
+        packet: &'a Packet,
+        mut reply: PendingReply,
+    ) -> BoxFuture<'a, Result<PendingReply>> {
         async move {
-            let bus = self.bus()?;
-            let frame = bus.codec.encode(packet)?;
-            let subject = bus.subject_of(node_id);
-            let _in_order = bus.in_order.lock().await;
-            let sealed = bus.envelopes.seal(node_id, &subject, &frame)?;
-            bus.traffic
-                .record(node_id, LinkKind::Nats, Direction::Sent, sealed.len());
-            bus.client
-                .publish(subject, sealed)
-                .await
-                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")).with_source(e))
+            // Requests made while others wait are a burst (their answers come back together):
+            // they leave together.
+            let burst = reply.count_in(&NatsTransport::connected(&self.bus)?.waiting) > 1;
+            self.send_to(node_id, packet, burst).await?;
+            Ok(reply)
         }
         .boxed()
     }
 
     fn broadcast<'a>(&'a self, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
         async move {
-            let bus = self.bus()?;
+            let bus = Self::connected(&self.bus)?;
             let frame = bus.codec.encode(packet)?;
-            let _in_order = bus.in_order.lock().await;
-            let signed = bus.envelopes.sign(&bus.broadcast_subject, &frame)?;
-            bus.traffic
-                .record("*", LinkKind::Nats, Direction::Sent, signed.len());
-            bus.client
-                .publish(bus.broadcast_subject.clone(), signed)
-                .await
-                .map_err(|e| Error::transport(format!("NATS publish failed: {e}")).with_source(e))
+            Bus::deliver(&self.bus, false, |bus| {
+                let signed = bus.envelopes.sign(&bus.broadcast_subject, &frame)?;
+                bus.traffic
+                    .record("*", LinkKind::Nats, Direction::Sent, signed.len());
+                Ok((bus.broadcast_subject.clone().into(), signed))
+            })
+            .await
         }
         .boxed()
     }
