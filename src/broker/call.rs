@@ -1,5 +1,6 @@
 //! Request-reply: making calls and serving the ones that arrive from peers.
 
+use super::dispatch::PeerPermit;
 use super::pending::PendingCall;
 use super::{Broker, InFlight};
 use crate::context::{CallOptions, Context, Lineage};
@@ -267,32 +268,19 @@ impl Broker {
     }
 
     /// Runs a handler of this node inside the broker's and its service's middleware, within the
-    /// call's deadline.
-    async fn run_local(
-        &self,
-        action: &str,
-        local: &LocalHandler<Stack>,
+    /// call's deadline. The handler starts here; the future only awaits it (and does not keep
+    /// the context and parameters, which the handler's own future holds).
+    fn run_local<'a>(
+        &'a self,
+        action: &'a str,
+        local: &'a LocalHandler<Stack>,
         ctx: Context,
-        params: Payload<'_>,
-    ) -> Result<Payload<'static>> {
+        params: Payload<'a>,
+    ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'a {
         let (deadline, started) = (ctx.deadline, ctx.started);
         let outer = &self.inner.middleware;
-        let inner = &local.layers;
-        let handler = |call: LocalCall<'_>| {
-            start_handler(
-                call.action,
-                &local.handler,
-                call.service,
-                call.ctx,
-                call.params,
-            )
-        };
-        let service_layers = |call| {
-            inner
-                .next(HookKind::LocalAction, hooks::local_action, &handler)
-                .run(call)
-        };
-        let work = if outer.is_empty(HookKind::LocalAction) && inner.is_empty(HookKind::LocalAction)
+        let work = if outer.is_empty(HookKind::LocalAction)
+            && local.layers.is_empty(HookKind::LocalAction)
         {
             // No `LocalCall` to build and take apart again: the context goes to the handler.
             start_handler(action, &local.handler, &local.service, ctx, params)
@@ -302,20 +290,23 @@ impl Broker {
                 service: &local.service,
                 ctx,
                 params,
+                local,
             };
             outer
                 .next(HookKind::LocalAction, hooks::local_action, &service_layers)
                 .run(call)
         };
-        let result = self.finish_local(action, work, deadline).await;
-        let finished = Finished {
-            action,
-            started,
-            result: &result,
-        };
-        outer.local_action_finished(&finished);
-        inner.local_action_finished(&finished);
-        result
+        self.finish_local(action, work, deadline)
+            .map(move |result| {
+                let finished = Finished {
+                    action,
+                    started,
+                    result: &result,
+                };
+                outer.local_action_finished(&finished);
+                local.layers.local_action_finished(&finished);
+                result
+            })
     }
 
     /// Awaits a local handler within the call's deadline.
@@ -482,15 +473,83 @@ impl Broker {
         })
     }
 
-    /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`.
-    pub(crate) async fn serve_request(&self, sender: Arc<str>, request: Request, link: LinkKind) {
-        // Counted until the response is handed to the transport, so a graceful stop waits for it.
-        let _running = InFlight::enter(self);
+    /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`; `permit` counts
+    /// it against the sender's limit until then.
+    ///
+    /// The request is taken apart and its handler started here, synchronously: the future keeps
+    /// only what the answer needs (a future holds whatever it captures for its whole life, and
+    /// every poll and box of it moves that much).
+    pub(super) fn serve_request(
+        &self,
+        sender: Arc<str>,
+        request: Request,
+        link: LinkKind,
+        permit: Option<PeerPermit>,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let broker = self.clone();
         let id = request.id;
         // The answer comes in the format the question came in (JSON for JSON, else
         // MessagePack), unless the handler's value has a format of its own.
         let answer_format = request.content_type;
-        let result = self.run_request(&sender, request, link).await;
+        let admission = self.admit(&sender, request, link);
+        async move {
+            // Counted until the response is handed to the transport, so a graceful stop waits
+            // for it; a handler starts only while the node runs.
+            let _running = InFlight::enter(&broker);
+            let result = match admission {
+                _ if broker.inner.is_stopped() => Err(Error::new(
+                    ErrorKind::NodeStopping,
+                    format!("node '{}' is stopping", broker.inner.node_id),
+                )),
+                Admission::Ready(ReadyRequest {
+                    action,
+                    local,
+                    ctx,
+                    params,
+                }) => broker.run_local(&action, &local, ctx, params).await,
+                Admission::Newcomer(request) => {
+                    Box::pin(broker.serve_newcomer(&sender, *request, link)).await
+                }
+                Admission::Refused(err) => Err(err),
+            };
+            broker
+                .respond(&sender, link, id, answer_format, result)
+                .await;
+            drop(permit);
+        }
+    }
+
+    /// Sends the RESPONSE to request `id` of `sender`, carrying `result` in `answer_format`.
+    fn respond<'a>(
+        &'a self,
+        sender: &'a Arc<str>,
+        link: LinkKind,
+        id: u64,
+        answer_format: ContentType,
+        result: Result<Payload<'static>>,
+    ) -> impl Future<Output = ()> + Send + 'a {
+        let packet = self.response(sender, link, id, answer_format, result);
+        let transport = self.transport_of(link);
+        async move {
+            let Some(transport) = transport else {
+                return;
+            };
+            if let Err(err) = transport.send(sender, &packet).await {
+                tracing::warn!(peer = %sender, %err, "could not send response");
+                self.cancel_stream(sender, id, false, false);
+            }
+        }
+    }
+
+    /// The RESPONSE packet to request `id` of `sender`; a streamed result starts flowing.
+    fn response(
+        &self,
+        sender: &Arc<str>,
+        link: LinkKind,
+        id: u64,
+        answer_format: ContentType,
+        result: Result<Payload<'static>>,
+    ) -> Packet {
         let mut response = Response {
             id,
             ..Default::default()
@@ -513,19 +572,20 @@ impl Broker {
             Err(err) => response.error = Some(err.with_node(&self.inner.node_id).body().clone()),
         }
         if let Some(stream) = answer_stream
-            && let Err(err) = self.write_stream(&sender, link, id, false, stream)
+            && let Err(err) = self.write_stream(sender, link, id, false, stream)
         {
             response.stream = false;
             response.error = Some(err.with_node(&self.inner.node_id).body().clone());
         }
-        let packet = Packet::new(self.inner.node_id.clone(), PacketBody::Response(response));
-        let Some(transport) = self.transport_of(link) else {
-            return;
-        };
-        if let Err(err) = transport.send(&sender, &packet).await {
-            tracing::warn!(peer = %sender, %err, "could not send response");
-            self.cancel_stream(&sender, id, false, false);
-        }
+        Packet::new(self.inner.node_id.clone(), PacketBody::Response(response))
+    }
+
+    /// Whether `sender` is a member of this namespace that we know and that is available.
+    fn is_member(&self, sender: &str) -> bool {
+        self.inner
+            .registry()
+            .node(sender)
+            .is_some_and(|n| n.available)
     }
 
     /// Checks that `sender` is a member we know; if not, asks it for its INFO and waits briefly.
@@ -535,12 +595,7 @@ impl Broker {
     /// [`UNKNOWN_SENDER_WAIT`] to be introduced before it is refused. At most
     /// [`MAX_UNKNOWN_SENDER_WAITS`] packets wait at once; beyond, they are refused at once.
     pub(super) async fn await_member(&self, sender: &Arc<str>) -> Result<()> {
-        let is_known = || {
-            self.inner
-                .registry()
-                .node(sender)
-                .is_some_and(|n| n.available)
-        };
+        let is_known = || self.is_member(sender);
         if is_known() {
             return Ok(());
         }
@@ -569,19 +624,38 @@ impl Broker {
         }
     }
 
-    async fn run_request(
+    /// Takes a REQUEST from `sender` apart, ready to run here, unless it is refused or its
+    /// sender has not introduced itself yet.
+    fn admit(&self, sender: &Arc<str>, request: Request, link: LinkKind) -> Admission {
+        if !self.is_member(sender) {
+            return Admission::Newcomer(Box::new(request));
+        }
+        match self.prepare_request(sender, request, link) {
+            Ok(ready) => Admission::Ready(ready),
+            Err(err) => Admission::Refused(err),
+        }
+    }
+
+    /// Serves the REQUEST of a sender we have not met yet, once it has introduced itself.
+    async fn serve_newcomer(
+        &self,
+        sender: &Arc<str>,
+        request: Request,
+        link: LinkKind,
+    ) -> Result<Payload<'static>> {
+        self.await_member(sender).await?;
+        let ready = self.prepare_request(sender, request, link)?;
+        self.run_local(&ready.action, &ready.local, ready.ctx, ready.params)
+            .await
+    }
+
+    /// The context, parameters and handler of a member's REQUEST; its deadline counts from now.
+    fn prepare_request(
         &self,
         sender: &Arc<str>,
         mut request: Request,
         link: LinkKind,
-    ) -> Result<Payload<'static>> {
-        if self.inner.is_stopped() {
-            return Err(Error::new(
-                ErrorKind::NodeStopping,
-                format!("node '{}' is stopping", self.inner.node_id),
-            ));
-        }
-        self.await_member(sender).await?;
+    ) -> Result<ReadyRequest> {
         let started = Instant::now();
         let deadline = deadline::of_arrival(started, request.timeout_ms)
             .map_err(|_| Error::timeout(&request.action))?;
@@ -607,7 +681,12 @@ impl Broker {
                 _ => return Err(Error::service_not_found(&request.action)),
             }
         };
-        self.run_local(&request.action, &local, ctx, params).await
+        Ok(ReadyRequest {
+            action: request.action,
+            local,
+            ctx,
+            params,
+        })
     }
 
     /// Completes a pending call with the RESPONSE from `sender`.
@@ -631,6 +710,29 @@ impl Broker {
     pub(crate) fn fail_pending_with(&self, node_id: &str, error: Error) {
         self.inner.pending.fail_node(node_id, &error);
     }
+}
+
+/// What becomes of a peer's REQUEST as it arrives.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "`Ready` is nearly every request: boxing it would allocate per request"
+)]
+enum Admission {
+    /// Its handler may run.
+    Ready(ReadyRequest),
+    /// Its sender has not introduced itself yet: it waits for that first (boxed: rare, and
+    /// a request is several times the other variants).
+    Newcomer(Box<Request>),
+    /// Answered with this error.
+    Refused(Error),
+}
+
+/// A member's REQUEST taken apart for its handler.
+struct ReadyRequest {
+    action: String,
+    local: Arc<LocalHandler<Stack>>,
+    ctx: Context,
+    params: Payload<'static>,
 }
 
 /// The endpoint an attempt goes to, taken out of the registry.
@@ -660,6 +762,26 @@ impl Drop for PendingGuard<'_> {
     fn drop(&mut self) {
         self.broker.inner.pending.remove(self.id);
     }
+}
+
+/// The end of the broker's `local_action` layers: the service's own layers, then its handler.
+fn service_layers(call: LocalCall<'_>) -> BoxFuture<'_, Result<Payload<'static>>> {
+    let local = call.local;
+    local
+        .layers
+        .next(HookKind::LocalAction, hooks::local_action, &handler_of)
+        .run(call)
+}
+
+/// The end of a service's `local_action` layers: its handler.
+fn handler_of(call: LocalCall<'_>) -> BoxFuture<'_, Result<Payload<'static>>> {
+    start_handler(
+        call.action,
+        &call.local.handler,
+        call.service,
+        call.ctx,
+        call.params,
+    )
 }
 
 /// Starts `handler` (synchronously: it decodes its params and returns its future). A panic while

@@ -117,11 +117,7 @@ impl Broker {
                     return;
                 }
                 let permit = serving.map(PeerPermit::take);
-                let broker = self.clone();
-                run_inline_then_spawn(async move {
-                    broker.serve_request(sender, request, link).await;
-                    drop(permit);
-                });
+                run_inline_then_spawn(self.serve_request(sender, request, link, permit));
             }
             PacketBody::Response(response) => self.complete(&sender, response),
             PacketBody::Event(event) => {

@@ -153,11 +153,18 @@ mod tests {
                 }
                 .boxed()
             };
+            // The chain's end here is `handler`; the call still names the endpoint it targets.
+            let local = crate::registry::LocalHandler {
+                handler: Arc::new(|_, _| async { Ok(Payload::local(())) }.boxed()),
+                service: service.clone(),
+                layers: Stack::new(Vec::new()),
+            };
             let call = LocalCall {
                 action: "reports.build",
                 service: &service,
                 ctx: context(),
                 params: Payload::local(()),
+                local: &local,
             };
             stack
                 .next(HookKind::LocalAction, hooks::local_action, &handler)

@@ -82,6 +82,7 @@ pub use tracing_layer::Tracing;
 use crate::context::{CallOptions, Context};
 use crate::error::Result;
 use crate::payload::{ContentType, Payload};
+use crate::registry::LocalHandler;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use std::fmt;
@@ -398,7 +399,6 @@ pub struct RemoteCall<'a> {
 }
 
 /// A handler of this node about to run, as [`local_action`](Middleware::local_action) sees it.
-#[derive(Debug)]
 #[non_exhaustive]
 pub struct LocalCall<'a> {
     /// The action's full name.
@@ -409,6 +409,19 @@ pub struct LocalCall<'a> {
     pub ctx: Context,
     /// The parameters.
     pub params: Payload<'a>,
+    /// The handler and its service's layers: where the chain ends.
+    pub(crate) local: &'a LocalHandler<Stack>,
+}
+
+impl fmt::Debug for LocalCall<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalCall")
+            .field("action", &self.action)
+            .field("service", &self.service)
+            .field("ctx", &self.ctx)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
 }
 
 /// An event handler of this node about to run.
