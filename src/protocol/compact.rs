@@ -248,10 +248,11 @@ impl Reader {
         self.take(len)
     }
 
+    /// A node's name (see [`recent_name`]).
     fn str16(&mut self) -> Result<Arc<str>, String> {
         let raw = self.str16_raw()?;
         std::str::from_utf8(&raw)
-            .map(Arc::from)
+            .map(recent_name)
             .map_err(|e| format!("name is not UTF-8: {e}"))
     }
 
@@ -266,9 +267,67 @@ impl Reader {
     }
 }
 
+/// How many node names each thread keeps from the frames it decoded last.
+const RECENT_NAMES: usize = 8;
+
+thread_local! {
+    static RECENT: std::cell::RefCell<RecentNames> = const {
+        std::cell::RefCell::new(RecentNames {
+            names: [const { None }; RECENT_NAMES],
+            next: 0,
+        })
+    };
+}
+
+/// A small ring of names, overwritten in turn.
+struct RecentNames {
+    names: [Option<Arc<str>>; RECENT_NAMES],
+    next: usize,
+}
+
+/// `name` as a shared string: every frame names its sender, and a link's frames name the same
+/// node again and again, so the names this thread decoded last are kept and shared (an `Arc`
+/// clone instead of an allocation per frame). At most [`RECENT_NAMES`] per thread: a peer
+/// sending many names only turns the ring over.
+fn recent_name(name: &str) -> Arc<str> {
+    RECENT.with_borrow_mut(|recent| {
+        if let Some(known) = recent
+            .names
+            .iter()
+            .flatten()
+            .find(|known| &***known == name)
+        {
+            return known.clone();
+        }
+        let fresh: Arc<str> = Arc::from(name);
+        let slot = recent.next;
+        recent.names[slot] = Some(fresh.clone());
+        recent.next = (slot + 1) % RECENT_NAMES;
+        fresh
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sender_named_again_shares_its_name_and_strangers_only_turn_the_ring() {
+        let first = recent_name("node-a");
+        assert!(Arc::ptr_eq(&first, &recent_name("node-a")));
+        for i in 0..3 * RECENT_NAMES {
+            assert_eq!(
+                &*recent_name(&format!("stranger-{i}")),
+                format!("stranger-{i}")
+            );
+        }
+        let again = recent_name("node-a");
+        assert_eq!(&*again, "node-a");
+        assert!(!Arc::ptr_eq(&first, &again), "evicted, then made anew");
+        RECENT.with_borrow(|recent| {
+            assert_eq!(recent.names.iter().flatten().count(), RECENT_NAMES);
+        });
+    }
 
     fn request() -> Request {
         let mut meta = Meta::new();

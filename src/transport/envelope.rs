@@ -306,7 +306,7 @@ impl Envelopes {
         match r.u8()? {
             KIND_SIGNED => self.open_signed(subject, &message, r, false, replays),
             KIND_SIGNED_ENCRYPTED => self.open_signed(subject, &message, r, true, replays),
-            KIND_SEALED => self.open_sealed(subject, &message, r),
+            KIND_SEALED => self.open_sealed(subject, message, r),
             _ => Err(Refused::Malformed("unknown kind")),
         }
     }
@@ -374,12 +374,7 @@ impl Envelopes {
         })
     }
 
-    fn open_sealed(
-        &self,
-        subject: &str,
-        message: &Bytes,
-        mut r: Reader,
-    ) -> Result<Opened, Refused> {
+    fn open_sealed(&self, subject: &str, message: Bytes, mut r: Reader) -> Result<Opened, Refused> {
         // Looked up by a slice of the message: the sender's id is taken from the known peer, no
         // string made per message.
         let sender_bytes = r.blob16()?;
@@ -418,7 +413,13 @@ impl Envelopes {
             .ok_or_else(|| Refused::Unintroduced(sender.to_string()))?;
         let peer = state.peers.get_mut(&sender).expect("found above");
         let aad = signed_part(subject, &message[..header_len]);
-        let mut body = BytesMut::from(&message[header_len..]);
+        // Opened where it arrived when nothing else holds the message (a Kafka record's own
+        // copy), else in a copy (a NATS message is a slice of the client's read buffer).
+        drop((r, sender_bytes));
+        let mut body = message
+            .try_into_mut()
+            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
+        body.advance(header_len);
         let plain_len = peer
             .recv
             .open_in_place(nonce(seq), Aad::from(&aad), &mut body)
