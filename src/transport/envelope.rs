@@ -266,29 +266,30 @@ impl Envelopes {
         let seq = peer.send_seq;
         let introduce = !peer.introduced;
         peer.introduced = true;
-        let mut out = BytesMut::with_capacity(frame.len() + 64 + if introduce { 1024 } else { 0 });
-        out.put_slice(&[MAGIC, VERSION, KIND_SEALED]);
-        put_str16(&mut out, &self.me);
-        out.put_u64(self.session);
-        out.put_u64(seq);
-        out.put_u8(if introduce { FLAG_INTRO } else { 0 });
-        if introduce {
-            out.put_slice(&self.intro);
-            let (scheme, signature) = self.credentials.sign(&signed_part(subject, &self.intro))?;
-            out.put_u16(u16::from(scheme));
-            put_blob16(&mut out, &signature);
-        }
-        let aad = signed_part(subject, &out);
-        let header = out.len();
-        out.put_slice(frame);
-        let mut body = out.split_off(header);
-        let tag = peer
-            .send
-            .seal_in_place_separate_tag(nonce(seq), Aad::from(&aad), &mut body)
-            .map_err(|_| crate::Error::new(crate::ErrorKind::Internal, "sealing failed"))?;
-        out.unsplit(body);
-        out.put_slice(tag.as_ref());
-        Ok(out.freeze())
+        let expected = frame.len() + 64 + if introduce { 1024 } else { 0 };
+        crate::arena::build(expected, |out| {
+            out.put_slice(&[MAGIC, VERSION, KIND_SEALED]);
+            put_str16(out, &self.me);
+            out.put_u64(self.session);
+            out.put_u64(seq);
+            out.put_u8(if introduce { FLAG_INTRO } else { 0 });
+            if introduce {
+                out.put_slice(&self.intro);
+                let (scheme, signature) =
+                    self.credentials.sign(&signed_part(subject, &self.intro))?;
+                out.put_u16(u16::from(scheme));
+                put_blob16(out, &signature);
+            }
+            let aad = signed_part(subject, out);
+            let header = out.len();
+            out.put_slice(frame);
+            let tag = peer
+                .send
+                .seal_in_place_separate_tag(nonce(seq), Aad::from(&aad), &mut out[header..])
+                .map_err(|_| crate::Error::new(crate::ErrorKind::Internal, "sealing failed"))?;
+            out.put_slice(tag.as_ref());
+            Ok(())
+        })
     }
 
     /// Checks and opens a message received on `subject`, judging a signed message's sequence
@@ -413,26 +414,35 @@ impl Envelopes {
             .ok_or_else(|| Refused::Unintroduced(sender.to_string()))?;
         let peer = state.peers.get_mut(&sender).expect("found above");
         let aad = signed_part(subject, &message[..header_len]);
-        // Opened where it arrived when nothing else holds the message (a Kafka record's own
-        // copy), else in a copy (a NATS message is a slice of the client's read buffer).
         drop((r, sender_bytes));
-        let mut body = message
-            .try_into_mut()
-            .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-        body.advance(header_len);
-        let plain_len = peer
-            .recv
-            .open_in_place(nonce(seq), Aad::from(&aad), &mut body)
-            .map_err(|_| Refused::Forged("seal does not open"))?
-            .len();
+        let open = |sealed: &mut [u8]| {
+            peer.recv
+                .open_in_place(nonce(seq), Aad::from(&aad), sealed)
+                .map(|plain| plain.len())
+                .map_err(|_| Refused::Forged("seal does not open"))
+        };
+        let frame = match message.try_into_mut() {
+            // Opened where it arrived when nothing else holds the message (a Kafka record's
+            // own copy)...
+            Ok(mut body) => {
+                body.advance(header_len);
+                let plain_len = open(&mut body[..])?;
+                body.truncate(plain_len);
+                body.freeze()
+            }
+            // ... else in a copy carved from the thread's arena (a NATS message is a slice of
+            // the client's read buffer).
+            Err(shared) => crate::arena::build(shared.len() - header_len, |body| {
+                body.put_slice(&shared[header_len..]);
+                let plain_len = open(&mut body[..])?;
+                body.truncate(plain_len);
+                Ok(())
+            })?,
+        };
         if !peer.sealed.accept(seq) {
             return Err(Refused::Replayed);
         }
-        body.truncate(plain_len);
-        Ok(Opened {
-            sender,
-            frame: body.freeze(),
-        })
+        Ok(Opened { sender, frame })
     }
 
     /// Checks that an introduction's chain is a member's and names its sender (the leaf already
