@@ -358,6 +358,71 @@ async fn tcp_refuses_strangers_impostors_and_silent_sockets() {
     a.stop().await;
 }
 
+/// The first request of a burst writes the burst after one yield; a caller that gives up during
+/// that yield (its call dropped) must still leave the burst to be written — else the frames
+/// queued behind it would wait for the link's next incoming frame (here: the answer of a slow
+/// call, long after the others' deadlines).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_whose_first_caller_gives_up_still_leaves() {
+    for links in [MeshLinks::Quic, MeshLinks::Tcp] {
+        // Quiet links: no heartbeat to carry the held frames out by the way.
+        let quiet = |mesh: MeshTransport, id: &str| {
+            Broker::builder()
+                .node_id(id)
+                .namespace("quic-test")
+                .transport(mesh)
+                .heartbeat(Duration::from_secs(10), Duration::from_secs(30))
+                .stop_grace(Duration::from_millis(50))
+                .start()
+        };
+        let mesh = mesh_loopback("giveup", links, vec![]);
+        let server = quiet(mesh.clone(), "server").await.unwrap();
+        let caller = quiet(mesh_loopback("giveup", links, vec![addr(&mesh)]), "caller")
+            .await
+            .unwrap();
+        server
+            .service("echo")
+            .action("n", |_ctx: Context, n: u32| async move { Ok(n) })
+            .action("slow", |_ctx: Context, n: u32| async move {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Ok(n)
+            })
+            .start()
+            .await
+            .unwrap();
+        caller.wait_for_services(&["echo"], WAIT).await.unwrap();
+        // Let the links' introductions and service announcements settle: a frame arriving
+        // would carry the held ones out by the way.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fast = CallOptions::new().timeout(Duration::from_millis(1500));
+        // Polled in order in one task: the slow call is alone and leaves at once; call 1
+        // starts a burst (another call waits) and is dropped in its yield; calls 2.. join it.
+        let slow = caller.call::<u32>("echo.slow", 0);
+        let calls = (1..32u32).map(|i| {
+            let call = caller.call_with::<u32>("echo.n", i, fast.clone());
+            async move {
+                if i == 1 {
+                    // Polled once, to its yield, and dropped.
+                    let given_up = futures_util::FutureExt::now_or_never(call);
+                    assert!(given_up.is_none(), "the first of the burst was dropped");
+                    None
+                } else {
+                    Some(call.await)
+                }
+            }
+        });
+        let (slow, answers) = tokio::join!(slow, futures_util::future::join_all(calls));
+        assert_eq!(slow.unwrap(), 0);
+        for (i, answer) in (1..).zip(answers) {
+            if let Some(answer) = answer {
+                assert_eq!(answer.expect("answered before the slow call"), i);
+            }
+        }
+        caller.stop().await;
+        server.stop().await;
+    }
+}
+
 /// Requests made while others wait for their answers leave together: a burst of 64 calls is a
 /// handful of writes to the wire, not 64, on QUIC and on TCP — and every answer still finds its
 /// caller.

@@ -94,6 +94,16 @@ pub(crate) enum Batching {
 /// Bytes of small frames a link holds before senders wait for their own writes.
 const OUTBOX_LIMIT: usize = 256 * 1024;
 
+/// Whether [`Link::hold`] kept a frame for a later write.
+enum Held {
+    /// No: its sender writes it now.
+    No,
+    /// Yes, behind frames someone will write.
+    Yes,
+    /// Yes, as the first of a burst: its sender writes the burst.
+    FirstOfBurst,
+}
+
 impl Link {
     /// A QUIC link whose main stream is `main`.
     pub(super) fn quic(
@@ -216,16 +226,11 @@ impl Link {
     ) -> Result<()> {
         let large = frame.len() >= config.large_frame;
         if !large {
-            let mut outbox = self.outbox.lock().expect("outbox lock");
-            // Someone will write what the outbox holds: the reader that corked it, or a flush.
-            let queued = outbox.corked || outbox.flush_pending;
-            if (queued || batching == Batching::Burst) && outbox.frames.len() < OUTBOX_LIMIT {
-                outbox.frames.extend_from_slice(&frame);
-                if !queued {
-                    outbox.flush_pending = true;
-                    self.flush_soon(config.write_timeout);
-                }
-                return Ok(());
+            match self.hold(&frame, batching) {
+                Held::No => {}
+                Held::Yes => return Ok(()),
+                // The first frame of a burst: this sender writes the burst, after one yield.
+                Held::FirstOfBurst => return self.write_burst(config.write_timeout).await,
             }
         }
         match &self.wire {
@@ -252,6 +257,47 @@ impl Link {
                 self.write_held(Some(&frame), within).await
             }
         }
+    }
+
+    /// Puts a small `frame` in the outbox if someone will write it from there: the reader that
+    /// corked the link, a burst's writer, or (when it starts a burst) its sender.
+    fn hold(&self, frame: &[u8], batching: Batching) -> Held {
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        let queued = outbox.corked || outbox.flush_pending;
+        if !(queued || batching == Batching::Burst) || outbox.frames.len() >= OUTBOX_LIMIT {
+            return Held::No;
+        }
+        outbox.frames.extend_from_slice(frame);
+        if queued {
+            return Held::Yes;
+        }
+        outbox.flush_pending = true;
+        Held::FirstOfBurst
+    }
+
+    /// Writes what the outbox holds once every task already runnable on this thread had its
+    /// turn to add to it (one `yield_now`), from the sender that started the burst: no task to
+    /// spawn (and no other worker woken to run it). A sender dropped while it yields hands the
+    /// write to a task; a failed write closes the link.
+    async fn write_burst(self: &Arc<Self>, within: Duration) -> Result<()> {
+        /// Hands the burst to a flush task unless the sender got to write it.
+        struct Pending<'a>(Option<&'a Arc<Link>>, Duration);
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                if let Some(link) = self.0.take() {
+                    link.flush_soon(self.1);
+                }
+            }
+        }
+        let mut pending = Pending(Some(self), within);
+        tokio::task::yield_now().await;
+        pending.0 = None;
+        let written = self.write_held(None, within).await;
+        if let Err(err) = &written {
+            tracing::debug!(peer = %self.node_id, %err, "closing link: write failed");
+            self.close(CLOSE_STALLED, "write failed");
+        }
+        written
     }
 
     /// Writes what the outbox holds once every task already runnable on this thread had its
