@@ -2,7 +2,7 @@
 
 use super::dispatch::PeerPermit;
 use super::pending::PendingCall;
-use super::{Broker, InFlight};
+use super::{Broker, InFlight, Registry};
 use crate::context::{CallOptions, Context, Lineage};
 use crate::deadline::{self, LazyDeadline};
 use crate::error::{Error, ErrorKind, Result};
@@ -581,11 +581,23 @@ impl Broker {
     }
 
     /// Whether `sender` is a member of this namespace that we know and that is available.
-    fn is_member(&self, sender: &str) -> bool {
-        self.inner
-            .registry()
-            .node(sender)
-            .is_some_and(|n| n.available)
+    fn is_member(registry: &Registry, sender: &str) -> bool {
+        registry.node(sender).is_some_and(|n| n.available)
+    }
+
+    /// This node's handler of `action` (of a peer's REQUEST).
+    fn local_handler(&self, registry: &Registry, action: &str) -> Result<Arc<LocalHandler<Stack>>> {
+        let pick = Pick {
+            action,
+            node_id: Some(&self.inner.node_id),
+            avoid: &[],
+            admits: self.inner.admission.as_deref(),
+            shard_key: None,
+        };
+        match registry.pick(&pick) {
+            Some(Target::Local(local)) => Ok(local.clone()),
+            _ => Err(Error::service_not_found(action)),
+        }
     }
 
     /// Checks that `sender` is a member we know; if not, asks it for its INFO and waits briefly.
@@ -595,7 +607,7 @@ impl Broker {
     /// [`UNKNOWN_SENDER_WAIT`] to be introduced before it is refused. At most
     /// [`MAX_UNKNOWN_SENDER_WAITS`] packets wait at once; beyond, they are refused at once.
     pub(super) async fn await_member(&self, sender: &Arc<str>) -> Result<()> {
-        let is_known = || self.is_member(sender);
+        let is_known = || Self::is_member(&self.inner.registry(), sender);
         if is_known() {
             return Ok(());
         }
@@ -627,10 +639,15 @@ impl Broker {
     /// Takes a REQUEST from `sender` apart, ready to run here, unless it is refused or its
     /// sender has not introduced itself yet.
     fn admit(&self, sender: &Arc<str>, request: Request, link: LinkKind) -> Admission {
-        if !self.is_member(sender) {
-            return Admission::Newcomer(Box::new(request));
-        }
-        match self.prepare_request(sender, request, link) {
+        let local = {
+            // One look at the registry for both questions.
+            let registry = self.inner.registry();
+            if !Self::is_member(&registry, sender) {
+                return Admission::Newcomer(Box::new(request));
+            }
+            self.local_handler(&registry, &request.action)
+        };
+        match local.and_then(|local| self.prepare_request(sender, request, link, local)) {
             Ok(ready) => Admission::Ready(ready),
             Err(err) => Admission::Refused(err),
         }
@@ -644,17 +661,20 @@ impl Broker {
         link: LinkKind,
     ) -> Result<Payload<'static>> {
         self.await_member(sender).await?;
-        let ready = self.prepare_request(sender, request, link)?;
+        let local = self.local_handler(&self.inner.registry(), &request.action)?;
+        let ready = self.prepare_request(sender, request, link, local)?;
         self.run_local(&ready.action, &ready.local, ready.ctx, ready.params)
             .await
     }
 
-    /// The context, parameters and handler of a member's REQUEST; its deadline counts from now.
+    /// The context and parameters of a member's REQUEST for `local`, its handler; its deadline
+    /// counts from now.
     fn prepare_request(
         &self,
         sender: &Arc<str>,
         mut request: Request,
         link: LinkKind,
+        local: Arc<LocalHandler<Stack>>,
     ) -> Result<ReadyRequest> {
         let started = Instant::now();
         let deadline = deadline::of_arrival(started, request.timeout_ms)
@@ -667,20 +687,6 @@ impl Broker {
             let stream = self.read_stream(sender, link, request.id, false, info, deadline)?;
             ctx.stream = StreamSlot::new(stream);
         }
-        let local = {
-            let registry = self.inner.registry();
-            let pick = Pick {
-                action: &request.action,
-                node_id: Some(&self.inner.node_id),
-                avoid: &[],
-                admits: self.inner.admission.as_deref(),
-                shard_key: None,
-            };
-            match registry.pick(&pick) {
-                Some(Target::Local(local)) => local.clone(),
-                _ => return Err(Error::service_not_found(&request.action)),
-            }
-        };
         Ok(ReadyRequest {
             action: request.action,
             local,

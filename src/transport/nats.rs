@@ -151,22 +151,24 @@ impl Bus {
     /// Seals a message with `seal` (under the outbox's lock: sequence numbers follow the
     /// order of publishing) and publishes it after every message sealed before it: at once if
     /// nobody is publishing and this is no `burst`, else through the outbox.
+    ///
+    /// `handle` is the transport's handle on this bus, for the flush task to keep.
     async fn deliver(
-        bus: &Arc<OnceLock<Bus>>,
+        &self,
+        handle: &Arc<OnceLock<Bus>>,
         burst: bool,
         seal: impl FnOnce(&Bus) -> Result<Sealed>,
     ) -> Result<()> {
-        let this = NatsTransport::connected(bus)?;
-        match this.enqueue(bus, burst, seal)? {
+        match self.enqueue(handle, burst, seal)? {
             Turn::Publish((subject, message)) => {
-                let _turn = PublishingTurn(bus);
-                this.client.publish(subject, message).await.map_err(|e| {
+                let _turn = PublishingTurn(handle);
+                self.client.publish(subject, message).await.map_err(|e| {
                     Error::transport(format!("NATS publish failed: {e}")).with_source(e)
                 })
             }
             Turn::Queued { outbox_full } => {
                 if outbox_full {
-                    this.wait_for_room().await;
+                    self.wait_for_room().await;
                 }
                 Ok(())
             }
@@ -177,7 +179,7 @@ impl Bus {
     /// the turn to publish.
     fn enqueue(
         &self,
-        bus: &Arc<OnceLock<Bus>>,
+        handle: &Arc<OnceLock<Bus>>,
         burst: bool,
         seal: impl FnOnce(&Bus) -> Result<Sealed>,
     ) -> Result<Turn> {
@@ -191,7 +193,7 @@ impl Bus {
         outbox.messages.push(sealed);
         if !outbox.publishing {
             outbox.publishing = true;
-            tokio::spawn(Self::flush(bus.clone()));
+            tokio::spawn(Self::flush(handle.clone()));
         }
         Ok(Turn::Queued {
             outbox_full: outbox.bytes > OUTBOX_LIMIT,
@@ -329,12 +331,11 @@ impl NatsTransport {
 }
 
 impl NatsTransport {
-    /// Sends `packet` to `node_id`'s subject, sealed for it.
-    async fn send_to(&self, node_id: &str, packet: &Packet, burst: bool) -> Result<()> {
-        let bus = Self::connected(&self.bus)?;
+    /// Sends `packet` to `node_id`'s subject on `bus`, sealed for it.
+    async fn send_to(&self, bus: &Bus, node_id: &str, packet: &Packet, burst: bool) -> Result<()> {
         let frame = bus.codec.encode(packet)?;
         let subject = bus.subject_of(node_id);
-        Bus::deliver(&self.bus, burst, |bus| {
+        bus.deliver(&self.bus, burst, |bus| {
             let sealed = bus.envelopes.seal(node_id, &subject, &frame)?;
             bus.traffic
                 .record(node_id, LinkKind::Nats, Direction::Sent, sealed.len());
@@ -471,7 +472,11 @@ impl Transporter for NatsTransport {
     }
 
     fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>> {
-        self.send_to(node_id, packet, false).boxed()
+        async move {
+            let bus = Self::connected(&self.bus)?;
+            self.send_to(bus, node_id, packet, false).await
+        }
+        .boxed()
     }
 
     fn request<'a>(
@@ -483,8 +488,9 @@ impl Transporter for NatsTransport {
         async move {
             // Requests made while others wait are a burst (their answers come back together):
             // they leave together.
-            let burst = reply.count_in(&NatsTransport::connected(&self.bus)?.waiting) > 1;
-            self.send_to(node_id, packet, burst).await?;
+            let bus = Self::connected(&self.bus)?;
+            let burst = reply.count_in(&bus.waiting) > 1;
+            self.send_to(bus, node_id, packet, burst).await?;
             Ok(reply)
         }
         .boxed()
@@ -494,7 +500,7 @@ impl Transporter for NatsTransport {
         async move {
             let bus = Self::connected(&self.bus)?;
             let frame = bus.codec.encode(packet)?;
-            Bus::deliver(&self.bus, false, |bus| {
+            bus.deliver(&self.bus, false, |bus| {
                 let signed = bus.envelopes.sign(&bus.broadcast_subject, &frame)?;
                 bus.traffic
                     .record("*", LinkKind::Nats, Direction::Sent, signed.len());

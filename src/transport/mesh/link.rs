@@ -292,25 +292,26 @@ impl Link {
         let mut pending = Pending(Some(self), within);
         tokio::task::yield_now().await;
         pending.0 = None;
+        self.write_outbox(within).await
+    }
+
+    /// Writes what the outbox holds from a task of its own (a burst whose sender was dropped
+    /// before writing it).
+    fn flush_soon(self: &Arc<Self>, within: Duration) {
+        let link = self.clone();
+        tokio::spawn(async move {
+            let _ = link.write_outbox(within).await;
+        });
+    }
+
+    /// Writes what the outbox holds; a failed write closes the link.
+    async fn write_outbox(&self, within: Duration) -> Result<()> {
         let written = self.write_held(None, within).await;
         if let Err(err) = &written {
             tracing::debug!(peer = %self.node_id, %err, "closing link: write failed");
             self.close(CLOSE_STALLED, "write failed");
         }
         written
-    }
-
-    /// Writes what the outbox holds once every task already runnable on this thread had its
-    /// turn to add to it (one `yield_now`); a failed write closes the link.
-    fn flush_soon(self: &Arc<Self>, within: Duration) {
-        let link = self.clone();
-        tokio::spawn(async move {
-            tokio::task::yield_now().await;
-            if let Err(err) = link.write_held(None, within).await {
-                tracing::debug!(peer = %link.node_id, %err, "closing link: write failed");
-                link.close(CLOSE_STALLED, "write failed");
-            }
-        });
     }
 
     /// Writes every frame held in the outbox, then `frame` if given, on the main stream; lets
