@@ -68,10 +68,11 @@ async fn replica(
     (broker, calls)
 }
 
-/// Records the order layers see each hook in.
+/// Records the order layers see each hook in; with `only`, it has work in that action alone.
 struct Recorder {
     name: &'static str,
     log: Arc<Mutex<Vec<String>>>,
+    only: Option<&'static str>,
 }
 
 impl Recorder {
@@ -102,6 +103,15 @@ impl Recorder {
 impl Middleware for Recorder {
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn intercepts_call(&self, action: &str, _options: &CallOptions) -> bool {
+        self.only.is_none_or(|only| only == action)
+    }
+    fn intercepts_remote_call(&self, action: &str, _node_id: &str) -> bool {
+        self.only.is_none_or(|only| only == action)
+    }
+    fn intercepts_local_action(&self, action: &str) -> bool {
+        self.only.is_none_or(|only| only == action)
     }
     fn call<'a>(
         &'a self,
@@ -150,6 +160,7 @@ async fn middleware_runs_outermost_first_on_every_hook() {
     let layer = |name| Recorder {
         name,
         log: log.clone(),
+        only: None,
     };
     let bus = InProcBus::new();
     let a = builder(&bus, "a")
@@ -221,6 +232,83 @@ async fn middleware_runs_outermost_first_on_every_hook() {
     );
     a.stop().await;
     b.stop().await;
+}
+
+/// A layer with no work in a call is gone past on every hook (the layers around it still run,
+/// in order), and a call no layer has work in is still answered, by the direct path.
+#[tokio::test]
+async fn layers_with_no_work_in_a_call_are_gone_past() {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let layer = |name, only| Recorder {
+        name,
+        log: log.clone(),
+        only,
+    };
+    let bus = InProcBus::new();
+    let a = builder(&bus, "a")
+        .middleware(layer("all", None))
+        .middleware(layer("watch", Some("svc.watched")))
+        .start()
+        .await
+        .unwrap();
+    let quiet = builder(&bus, "quiet")
+        .middleware(layer("quiet", Some("svc.watched")))
+        .start()
+        .await
+        .unwrap();
+    let b = builder(&bus, "b").start().await.unwrap();
+    for broker in [&a, &quiet] {
+        broker
+            .service("svc")
+            .action("local", |_ctx: Context, x: i64| async move { Ok(x + 1) })
+            .action("watched", |_ctx: Context, x: i64| async move { Ok(x * 2) })
+            .start()
+            .await
+            .unwrap();
+    }
+    b.service("far")
+        .action("remote", |_ctx: Context, x: i64| async move { Ok(-x) })
+        .start()
+        .await
+        .unwrap();
+    a.wait_for_services(&["far"], WAIT).await.unwrap();
+    take(&log);
+
+    assert_eq!(a.call::<i64>("svc.local", 1).await.unwrap(), 2);
+    assert_eq!(
+        take(&log),
+        ["all>call", "all>local", "all<local", "all<call"]
+    );
+    assert_eq!(a.call::<i64>("svc.watched", 3).await.unwrap(), 6);
+    assert_eq!(
+        take(&log),
+        [
+            "all>call",
+            "watch>call",
+            "all>local",
+            "watch>local",
+            "watch<local",
+            "all<local",
+            "watch<call",
+            "all<call"
+        ]
+    );
+    assert_eq!(a.call::<i64>("far.remote", 5).await.unwrap(), -5);
+    assert_eq!(
+        take(&log),
+        ["all>call", "all>remote", "all<remote", "all<call"]
+    );
+
+    assert_eq!(quiet.call::<i64>("svc.local", 7).await.unwrap(), 8);
+    assert!(take(&log).is_empty(), "no layer had work in the call");
+    assert_eq!(quiet.call::<i64>("svc.watched", 7).await.unwrap(), 14);
+    assert_eq!(
+        take(&log),
+        ["quiet>call", "quiet>local", "quiet<local", "quiet<call"]
+    );
+    for broker in [a, quiet, b] {
+        broker.stop().await;
+    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -153,7 +153,7 @@ impl Broker {
         let _running = InFlight::enter(self);
         let started = ctx.started;
         let stack = &self.inner.middleware;
-        let result = if stack.is_empty(HookKind::Call) {
+        let result = if !stack.intercepts_call(action, options) {
             // One attempt, in this future, with no `Call` to build or move: for a local call
             // those moves of the context were a fifth of its cost (local_call bench).
             match self.pick_endpoint(action, &ctx, &params, options, &[]) {
@@ -179,7 +179,7 @@ impl Broker {
             };
             let end = |call| self.attempt(call);
             stack
-                .next(HookKind::Call, hooks::call, &end)
+                .next(HookKind::Call, hooks::call(), &end)
                 .run(call)
                 .await
         };
@@ -279,8 +279,8 @@ impl Broker {
     ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'a {
         let (deadline, started) = (ctx.deadline, ctx.started);
         let outer = &self.inner.middleware;
-        let work = if outer.is_empty(HookKind::LocalAction)
-            && local.layers.is_empty(HookKind::LocalAction)
+        let work = if !outer.intercepts_local_action(action)
+            && !local.layers.intercepts_local_action(action)
         {
             // No `LocalCall` to build and take apart again: the context goes to the handler.
             start_handler(action, &local.handler, &local.service, ctx, params)
@@ -293,7 +293,11 @@ impl Broker {
                 local,
             };
             outer
-                .next(HookKind::LocalAction, hooks::local_action, &service_layers)
+                .next(
+                    HookKind::LocalAction,
+                    hooks::local_action(),
+                    &service_layers,
+                )
                 .run(call)
         };
         self.finish_local(action, work, deadline)
@@ -346,7 +350,7 @@ impl Broker {
             params,
         };
         let stack = &self.inner.middleware;
-        if stack.is_empty(HookKind::RemoteCall) {
+        if !stack.intercepts_remote_call(action, &call.node_id) {
             // Not awaited inside another async block, which would hold the attempt twice.
             return Either::Left(self.call_remote(call).map(move |outcome| {
                 drop(measured);
@@ -357,7 +361,7 @@ impl Broker {
             let _measured = measured;
             let end = |call| self.call_remote(call).boxed();
             stack
-                .next(HookKind::RemoteCall, hooks::remote_call, &end)
+                .next(HookKind::RemoteCall, hooks::remote_call(), &end)
                 .run(call)
                 .await
         })
@@ -775,7 +779,7 @@ fn service_layers(call: LocalCall<'_>) -> BoxFuture<'_, Result<Payload<'static>>
     let local = call.local;
     local
         .layers
-        .next(HookKind::LocalAction, hooks::local_action, &handler_of)
+        .next(HookKind::LocalAction, hooks::local_action(), &handler_of)
         .run(call)
 }
 

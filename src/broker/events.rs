@@ -96,7 +96,7 @@ impl Broker {
         }
         let end = |emit| self.deliver(emit).boxed();
         stack
-            .next(HookKind::Emit, hooks::emit, &end)
+            .next(HookKind::Emit, hooks::emit(), &end)
             .run(emit)
             .await
     }
@@ -254,13 +254,13 @@ impl Broker {
                 let service_layers = |e| {
                     listener
                         .layers
-                        .next(HookKind::Event, hooks::event, &handler)
+                        .next(HookKind::Event, hooks::event(), &handler)
                         .run(e)
                 };
                 let result = broker
                     .inner
                     .middleware
-                    .next(HookKind::Event, hooks::event, &service_layers)
+                    .next(HookKind::Event, hooks::event(), &service_layers)
                     .run(call);
                 if let Err(err) = AssertUnwindSafe(result)
                     .catch_unwind()

@@ -167,7 +167,7 @@ mod tests {
                 local: &local,
             };
             stack
-                .next(HookKind::LocalAction, hooks::local_action, &handler)
+                .next(HookKind::LocalAction, hooks::local_action(), &handler)
                 .run(call)
                 .await
         })

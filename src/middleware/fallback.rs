@@ -1,7 +1,7 @@
 //! Fallbacks: an answer for a call that failed, per action or per call.
 
 use super::{Call, Hooks, Middleware, Next};
-use crate::context::FallbackFn;
+use crate::context::{CallOptions, FallbackFn};
 use crate::error::Result;
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -38,6 +38,10 @@ impl Middleware for Fallback {
 
     fn hooks(&self) -> Hooks {
         Hooks::CALL
+    }
+
+    fn intercepts_call(&self, action: &str, options: &CallOptions) -> bool {
+        options.fallback.is_some() || self.per_action.contains_key(action)
     }
 
     fn call<'a>(

@@ -15,6 +15,13 @@
 //! [`call_done`](Middleware::call_done), [`local_action_done`](Middleware::local_action_done),
 //! outside every layer of that kind — which costs no boxed future per call ([`Metrics`] does).
 //!
+//! A layer says which calls it has work in — [`intercepts_call`](Middleware::intercepts_call),
+//! [`intercepts_remote_call`](Middleware::intercepts_remote_call),
+//! [`intercepts_local_action`](Middleware::intercepts_local_action) — and the others go past it
+//! untouched; a call no layer has work in takes the broker's direct path, as if there were no
+//! stack. The built-in layers step aside when idle: [`Tracing`] while no subscriber enables
+//! `DEBUG`, [`Retry`] for a call with no retries, [`Fallback`] for a call with no fallback.
+//!
 //! A layer may also veto endpoints with [`admits`](Middleware::admits): the balancer skips a
 //! vetoed endpoint when another one can serve (that is how an open circuit moves traffic).
 //!
@@ -195,6 +202,66 @@ pub trait Middleware: Send + Sync + 'static {
     fn hooks(&self) -> Hooks {
         Hooks::ALL
     }
+
+    /// Whether this layer has work in the [`call`](Middleware::call) of `action` made with
+    /// `options`. When it has not, the call goes past it untouched — not handed to it, not moved,
+    /// nothing boxed — and a call no layer has work in takes the broker's direct path. Asked on
+    /// every call, so it must be cheap; when unsure, say `true`. Default: `true`.
+    ///
+    /// ```
+    /// use futures_util::future::BoxFuture;
+    /// use phalanx::middleware::{Call, Middleware, Next};
+    /// use phalanx::{CallOptions, Payload, Result};
+    ///
+    /// /// Logs the calls to one action.
+    /// struct Watch(&'static str);
+    ///
+    /// impl Middleware for Watch {
+    ///     fn name(&self) -> &'static str { "watch" }
+    ///     fn intercepts_call(&self, action: &str, _options: &CallOptions) -> bool {
+    ///         action == self.0
+    ///     }
+    ///     fn call<'a>(&'a self, call: Call<'a>, next: Next<'a, Call<'a>>) -> BoxFuture<'a, Result<Payload<'static>>> {
+    ///         tracing::info!(action = call.action, "watched call");
+    ///         next.run(call)
+    ///     }
+    /// }
+    /// assert!(!Watch("users.delete").intercepts_call("math.add", &CallOptions::new()));
+    /// ```
+    fn intercepts_call(&self, action: &str, options: &CallOptions) -> bool {
+        let _ = (action, options);
+        true
+    }
+
+    /// Whether this layer has work in the [`remote_call`](Middleware::remote_call) of `action`
+    /// sent to `node_id`; see [`intercepts_call`](Middleware::intercepts_call). Default: `true`.
+    ///
+    /// ```
+    /// use phalanx::middleware::Middleware;
+    ///
+    /// struct Audit;
+    /// impl Middleware for Audit {
+    ///     fn name(&self) -> &'static str { "audit" }
+    /// }
+    /// assert!(Audit.intercepts_remote_call("math.add", "node-2"));
+    /// ```
+    fn intercepts_remote_call(&self, action: &str, node_id: &str) -> bool {
+        let _ = (action, node_id);
+        true
+    }
+
+    /// Whether this layer has work in the [`local_action`](Middleware::local_action) of
+    /// `action`'s handler; see [`intercepts_call`](Middleware::intercepts_call). Default: `true`.
+    ///
+    /// ```
+    /// use phalanx::middleware::{Bulkhead, Middleware};
+    /// let bulkhead = Bulkhead::new(8, 64);
+    /// assert!(bulkhead.intercepts_local_action("math.add"));
+    /// ```
+    fn intercepts_local_action(&self, action: &str) -> bool {
+        let _ = action;
+        true
+    }
 }
 
 impl<M: Middleware> Middleware for Arc<M> {
@@ -254,6 +321,15 @@ impl<M: Middleware> Middleware for Arc<M> {
     fn hooks(&self) -> Hooks {
         (**self).hooks()
     }
+    fn intercepts_call(&self, action: &str, options: &CallOptions) -> bool {
+        (**self).intercepts_call(action, options)
+    }
+    fn intercepts_remote_call(&self, action: &str, node_id: &str) -> bool {
+        (**self).intercepts_remote_call(action, node_id)
+    }
+    fn intercepts_local_action(&self, action: &str) -> bool {
+        (**self).intercepts_local_action(action)
+    }
 }
 
 /// The rest of the stack after a layer: [`Next::run`] hands the request on. Cheap to copy.
@@ -263,7 +339,20 @@ pub struct Next<'a, R, O = Result<Payload<'static>>> {
     end: &'a (dyn Fn(R) -> BoxFuture<'a, O> + Send + Sync + 'a),
 }
 
-type Hook<'a, R, O> = fn(&'a dyn Middleware, R, Next<'a, R, O>) -> BoxFuture<'a, O>;
+/// How a stack hands a request of one hook to a layer, and asks the layer whether it has work
+/// in it (see [`Middleware::intercepts_call`]).
+pub(crate) struct Hook<'a, R, O> {
+    run: fn(&'a dyn Middleware, R, Next<'a, R, O>) -> BoxFuture<'a, O>,
+    intercepts: fn(&dyn Middleware, &R) -> bool,
+}
+
+impl<R, O> Clone for Hook<'_, R, O> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<R, O> Copy for Hook<'_, R, O> {}
 
 impl<R, O> Clone for Next<'_, R, O> {
     fn clone(&self) -> Self {
@@ -285,19 +374,24 @@ impl<R, O> fmt::Debug for Next<'_, R, O> {
 }
 
 impl<'a, R, O> Next<'a, R, O> {
-    /// Runs the remaining layers, then the call itself.
+    /// Runs the remaining layers, then the call itself. A layer with no work in `request` is
+    /// gone past (see [`Middleware::intercepts_call`]).
     pub fn run(self, request: R) -> BoxFuture<'a, O> {
-        match self.layers.split_first() {
-            Some((layer, rest)) => (self.hook)(
-                &**layer,
-                request,
-                Next {
-                    layers: rest,
-                    ..self
-                },
-            ),
-            None => (self.end)(request),
+        let mut layers = self.layers;
+        while let Some((layer, rest)) = layers.split_first() {
+            if (self.hook.intercepts)(&**layer, &request) {
+                return (self.hook.run)(
+                    &**layer,
+                    request,
+                    Next {
+                        layers: rest,
+                        ..self
+                    },
+                );
+            }
+            layers = rest;
         }
+        (self.end)(request)
     }
 }
 
@@ -574,6 +668,27 @@ impl Stack {
         self.per_hook[kind as usize].is_empty()
     }
 
+    /// Whether a layer has work in the call of `action` made with `options`.
+    pub(crate) fn intercepts_call(&self, action: &str, options: &CallOptions) -> bool {
+        self.per_hook[HookKind::Call as usize]
+            .iter()
+            .any(|layer| layer.intercepts_call(action, options))
+    }
+
+    /// Whether a layer has work in an attempt at `action` on `node_id`.
+    pub(crate) fn intercepts_remote_call(&self, action: &str, node_id: &str) -> bool {
+        self.per_hook[HookKind::RemoteCall as usize]
+            .iter()
+            .any(|layer| layer.intercepts_remote_call(action, node_id))
+    }
+
+    /// Whether a layer has work around `action`'s handler.
+    pub(crate) fn intercepts_local_action(&self, action: &str) -> bool {
+        self.per_hook[HookKind::LocalAction as usize]
+            .iter()
+            .any(|layer| layer.intercepts_local_action(action))
+    }
+
     pub(crate) fn layers(&self) -> &[Arc<dyn Middleware>] {
         &self.all
     }
@@ -615,47 +730,42 @@ impl Stack {
     }
 }
 
-/// The hook functions, as plain function pointers for [`Stack::next`].
+/// The hooks, as function pointers for [`Stack::next`].
 pub(crate) mod hooks {
     use super::*;
 
-    pub(crate) fn call<'a>(
-        m: &'a dyn Middleware,
-        r: Call<'a>,
-        n: Next<'a, Call<'a>>,
-    ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        m.call(r, n)
+    pub(crate) fn call<'a>() -> Hook<'a, Call<'a>, Result<Payload<'static>>> {
+        Hook {
+            run: |m, r, n| m.call(r, n),
+            intercepts: |m, r| m.intercepts_call(r.action, r.options),
+        }
     }
 
-    pub(crate) fn remote_call<'a>(
-        m: &'a dyn Middleware,
-        r: RemoteCall<'a>,
-        n: Next<'a, RemoteCall<'a>>,
-    ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        m.remote_call(r, n)
+    pub(crate) fn remote_call<'a>() -> Hook<'a, RemoteCall<'a>, Result<Payload<'static>>> {
+        Hook {
+            run: |m, r, n| m.remote_call(r, n),
+            intercepts: |m, r| m.intercepts_remote_call(r.action, &r.node_id),
+        }
     }
 
-    pub(crate) fn local_action<'a>(
-        m: &'a dyn Middleware,
-        r: LocalCall<'a>,
-        n: Next<'a, LocalCall<'a>>,
-    ) -> BoxFuture<'a, Result<Payload<'static>>> {
-        m.local_action(r, n)
+    pub(crate) fn local_action<'a>() -> Hook<'a, LocalCall<'a>, Result<Payload<'static>>> {
+        Hook {
+            run: |m, r, n| m.local_action(r, n),
+            intercepts: |m, r| m.intercepts_local_action(r.action),
+        }
     }
 
-    pub(crate) fn event<'a>(
-        m: &'a dyn Middleware,
-        r: LocalEvent<'a>,
-        n: Next<'a, LocalEvent<'a>, Result<()>>,
-    ) -> BoxFuture<'a, Result<()>> {
-        m.event(r, n)
+    pub(crate) fn event<'a>() -> Hook<'a, LocalEvent<'a>, Result<()>> {
+        Hook {
+            run: |m, r, n| m.event(r, n),
+            intercepts: |_, _| true,
+        }
     }
 
-    pub(crate) fn emit<'a>(
-        m: &'a dyn Middleware,
-        r: OutgoingEvent<'a>,
-        n: Next<'a, OutgoingEvent<'a>, Result<()>>,
-    ) -> BoxFuture<'a, Result<()>> {
-        m.emit(r, n)
+    pub(crate) fn emit<'a>() -> Hook<'a, OutgoingEvent<'a>, Result<()>> {
+        Hook {
+            run: |m, r, n| m.emit(r, n),
+            intercepts: |_, _| true,
+        }
     }
 }

@@ -4,6 +4,7 @@
 //! [idempotent](crate::CallOptions::idempotent): nothing runs twice by surprise.
 
 use super::{Call, Hooks, Middleware, Next};
+use crate::context::CallOptions;
 use crate::error::Result;
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -128,6 +129,10 @@ impl Middleware for Retry {
 
     fn hooks(&self) -> Hooks {
         Hooks::CALL
+    }
+
+    fn intercepts_call(&self, _action: &str, options: &CallOptions) -> bool {
+        options.retries.unwrap_or(self.policy.retries) > 0
     }
 
     fn call<'a>(

@@ -2,6 +2,7 @@
 //! node: every log line written inside carries them.
 
 use super::{Call, Hooks, LocalCall, LocalEvent, Middleware, Next, RemoteCall};
+use crate::context::CallOptions;
 use crate::error::Result;
 use crate::payload::Payload;
 use futures_util::FutureExt;
@@ -25,6 +26,18 @@ impl Middleware for Tracing {
 
     fn hooks(&self) -> Hooks {
         Hooks::CALL | Hooks::REMOTE_CALL | Hooks::LOCAL_ACTION | Hooks::EVENT
+    }
+
+    fn intercepts_call(&self, _action: &str, _options: &CallOptions) -> bool {
+        spans_may_be_enabled()
+    }
+
+    fn intercepts_remote_call(&self, _action: &str, _node_id: &str) -> bool {
+        spans_may_be_enabled()
+    }
+
+    fn intercepts_local_action(&self, _action: &str) -> bool {
+        spans_may_be_enabled()
     }
 
     fn call<'a>(
@@ -95,6 +108,12 @@ impl Middleware for Tracing {
         }
         next.run(event).map(log_failure).instrument(span).boxed()
     }
+}
+
+/// Whether any subscriber may want a `DEBUG` span: with none (or nothing below `INFO`
+/// enabled anywhere) this layer has nothing to do, and calls go past it.
+fn spans_may_be_enabled() -> bool {
+    tracing::level_enabled!(tracing::Level::DEBUG)
 }
 
 fn log_failure<T>(result: Result<T>) -> Result<T> {
