@@ -744,7 +744,7 @@ async fn metrics_count_calls_events_and_traffic_and_reach_other_nodes() {
 
 /// What an observer layer saw finish: `call:` or `handler:`, the action, and whether it failed.
 #[derive(Default)]
-struct Finishes(Mutex<Vec<(String, bool)>>);
+struct Finishes(Mutex<Vec<(String, bool)>>, Mutex<Vec<Duration>>);
 
 impl Middleware for Finishes {
     fn name(&self) -> &'static str {
@@ -756,10 +756,12 @@ impl Middleware for Finishes {
     fn call_done(&self, call: &Finished<'_>) {
         let seen = (format!("call:{}", call.action), call.result.is_err());
         self.0.lock().unwrap().push(seen);
+        self.1.lock().unwrap().push(call.ended - call.started);
     }
     fn local_action_done(&self, call: &Finished<'_>) {
         let seen = (format!("handler:{}", call.action), call.result.is_err());
         self.0.lock().unwrap().push(seen);
+        self.1.lock().unwrap().push(call.ended - call.started);
     }
 }
 
@@ -811,6 +813,26 @@ async fn local_calls_are_counted_and_observed_when_done() {
             seen("call:math.half", true),
             seen("call:math.none", true),
         ]
+    );
+
+    // How long a call took is told to both sides' observers, measured to when it ended.
+    broker
+        .service("slow")
+        .action("nap", |_ctx, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        })
+        .start()
+        .await
+        .unwrap();
+    finishes.1.lock().unwrap().clear();
+    assert_eq!(broker.call::<u64>("slow.nap", 30).await.unwrap(), 30);
+    let took = finishes.1.lock().unwrap().clone();
+    assert_eq!(took.len(), 2, "the handler's end and the call's: {took:?}");
+    assert!(
+        took.iter()
+            .all(|t| *t >= Duration::from_millis(30) && *t < WAIT),
+        "{took:?}"
     );
     broker.stop().await;
 }

@@ -153,11 +153,18 @@ impl Broker {
         let _running = InFlight::enter(self);
         let started = ctx.started;
         let stack = &self.inner.middleware;
+        // When a handler of this node answered, the time it was seen to end: the call ended
+        // then too, and the clock is read once for both.
+        let mut handler_ended = None;
         let result = if !stack.intercepts_call(action, options) {
             // One attempt, in this future, with no `Call` to build or move: for a local call
             // those moves of the context were a fifth of its cost (local_call bench).
             match self.pick_endpoint(action, &ctx, &params, options, &[]) {
-                Ok(Picked::Local(local)) => self.run_local(action, &local, ctx, params).await,
+                Ok(Picked::Local(local)) => {
+                    let (result, ended) = self.run_local(action, &local, ctx, params).await;
+                    handler_ended = ended;
+                    result
+                }
                 // Boxed: a remote attempt's state (request, pending reply, transport futures)
                 // is several times a local one's, and inline it would make every call's
                 // future — and what each poll moves — that large. A remote call allocates
@@ -183,11 +190,14 @@ impl Broker {
                 .run(call)
                 .await
         };
-        stack.call_finished(&Finished {
-            action,
-            started,
-            result: &result,
-        });
+        if stack.observes(HookKind::CallDone) {
+            stack.call_finished(&Finished {
+                action,
+                started,
+                ended: handler_ended.unwrap_or_else(Instant::now),
+                result: &result,
+            });
+        }
         result
     }
 
@@ -242,7 +252,7 @@ impl Broker {
         } = call;
         match picked {
             Ok(Picked::Local(local)) => {
-                async move { self.run_local(action, &local, ctx, params).await }.boxed()
+                async move { self.run_local(action, &local, ctx, params).await.0 }.boxed()
             }
             // Boxed as it is: wrapped in another future it would be held (and moved) twice.
             Ok(Picked::Remote(node_id, stats)) => self
@@ -269,14 +279,15 @@ impl Broker {
 
     /// Runs a handler of this node inside the broker's and its service's middleware, within the
     /// call's deadline. The handler starts here; the future only awaits it (and does not keep
-    /// the context and parameters, which the handler's own future holds).
+    /// the context and parameters, which the handler's own future holds). With its answer comes
+    /// the time it ended, if a layer observing handlers was told of it.
     fn run_local<'a>(
         &'a self,
         action: &'a str,
         local: &'a LocalHandler<Stack>,
         ctx: Context,
         params: Payload<'a>,
-    ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'a {
+    ) -> impl Future<Output = (Result<Payload<'static>>, Option<Instant>)> + Send + 'a {
         let (deadline, started) = (ctx.deadline, ctx.started);
         let outer = &self.inner.middleware;
         let work = if !outer.intercepts_local_action(action)
@@ -302,14 +313,21 @@ impl Broker {
         };
         self.finish_local(action, work, deadline)
             .map(move |result| {
+                let observed = outer.observes(HookKind::LocalActionDone)
+                    || local.layers.observes(HookKind::LocalActionDone);
+                if !observed {
+                    return (result, None);
+                }
+                let ended = Instant::now();
                 let finished = Finished {
                     action,
                     started,
+                    ended,
                     result: &result,
                 };
                 outer.local_action_finished(&finished);
                 local.layers.local_action_finished(&finished);
-                result
+                (result, Some(ended))
             })
     }
 
@@ -510,7 +528,7 @@ impl Broker {
                     local,
                     ctx,
                     params,
-                }) => broker.run_local(&action, &local, ctx, params).await,
+                }) => broker.run_local(&action, &local, ctx, params).await.0,
                 Admission::Newcomer(request) => {
                     Box::pin(broker.serve_newcomer(&sender, *request, link)).await
                 }
@@ -669,6 +687,7 @@ impl Broker {
         let ready = self.prepare_request(sender, request, link, local)?;
         self.run_local(&ready.action, &ready.local, ready.ctx, ready.params)
             .await
+            .0
     }
 
     /// The context and parameters of a member's REQUEST for `local`, its handler; its deadline

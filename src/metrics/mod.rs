@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use tokio::time::Instant;
+use std::time::Duration;
 
 /// Counters of one action on one side (calls made, or calls handled).
 struct ActionStats {
@@ -278,15 +278,14 @@ impl BrokerMetrics {
         self.limits.hit(limit, detail);
     }
 
-    /// Records one finished call (`Err(code)` when it failed).
+    /// Records one finished call that took `elapsed` (`Err(code)` when it failed).
     pub(crate) fn record(
         &self,
         side: Side,
         action: &str,
-        started: Instant,
+        elapsed: Duration,
         result: Result<(), u16>,
     ) {
-        let elapsed = started.elapsed();
         self.with_stats(side, action, |stats| {
             stats.total.fetch_add(1, Ordering::Relaxed);
             stats.latency.record(elapsed);

@@ -29,7 +29,8 @@ impl Metrics {
     /// Records `call` on `side`, once a broker started this layer.
     fn record(&self, side: Side, call: &Finished<'_>) {
         if let Some(metrics) = self.node.get() {
-            metrics.record(side, call.action, call.started, outcome(call.result));
+            let elapsed = call.ended.saturating_duration_since(call.started);
+            metrics.record(side, call.action, elapsed, outcome(call.result));
         }
     }
 }

@@ -557,6 +557,9 @@ pub struct Finished<'a> {
     pub action: &'a str,
     /// When the call started (its context's [`started`](Context::started)).
     pub started: tokio::time::Instant,
+    /// When it finished: read once and shared by every layer told of it (for a call answered
+    /// by this node, by its caller's layers and its handler's alike).
+    pub ended: tokio::time::Instant,
     /// Its answer.
     pub result: &'a Result<Payload<'static>>,
 }
@@ -705,6 +708,11 @@ impl Stack {
         for layer in self.per_hook[HookKind::LocalActionDone as usize].iter() {
             layer.local_action_done(call);
         }
+    }
+
+    /// Whether a layer is told of finished calls (`CallDone`) or handlers (`LocalActionDone`).
+    pub(crate) fn observes(&self, kind: HookKind) -> bool {
+        !self.is_empty(kind)
     }
 
     /// Whether every vetoing layer admits `action` on `node_id`.

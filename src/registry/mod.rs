@@ -429,10 +429,10 @@ impl<L: Clone> Registry<L> {
         let strategy = self.strategy_for(pick.action);
         let simple = pick.avoid.is_empty() && pick.admits.is_none();
         if simple && set.local > 0 {
-            let turn = set.counter.fetch_add(1, Ordering::Relaxed);
             let i = if set.local == 1 {
                 0
             } else {
+                let turn = set.counter.fetch_add(1, Ordering::Relaxed);
                 strategy.pick_nth(set.local, turn)
             };
             return set
