@@ -101,7 +101,8 @@ fn body() -> impl Strategy<Value = PacketBody> {
             .prop_map(|(id, data, code, failed)| PacketBody::Response(Response {
                 id,
                 data,
-                error: failed.then(|| phalanx::Error::handler(code, "T", "m").body().clone()),
+                error: failed
+                    .then(|| Box::new(phalanx::Error::handler(code, "T", "m").body().clone())),
                 ..Default::default()
             })),
         (any::<u64>(), text(), bytes(), any::<bool>()).prop_map(|(id, event, data, broadcast)| {

@@ -417,7 +417,7 @@ impl Broker {
             let outcome = match answered {
                 Ok(mut response) => match response.error.take() {
                     None => Ok(response),
-                    Some(error) => Err(Error::from_peer(error)),
+                    Some(error) => Err(Error::from_peer(*error)),
                 },
                 Err(err) => Err(err),
             };
@@ -504,7 +504,7 @@ impl Broker {
     pub(super) fn serve_request(
         &self,
         sender: Arc<str>,
-        request: Request,
+        request: &mut Request,
         link: LinkKind,
         permit: Option<PeerPermit>,
     ) -> impl Future<Output = ()> + Send + 'static {
@@ -591,13 +591,15 @@ impl Broker {
                 response.data = Some(data);
                 response.content_type = content_type;
             }
-            Err(err) => response.error = Some(err.with_node(&self.inner.node_id).body().clone()),
+            Err(err) => {
+                response.error = Some(Box::new(err.with_node(&self.inner.node_id).body().clone()))
+            }
         }
         if let Some(stream) = answer_stream
             && let Err(err) = self.write_stream(sender, link, id, false, stream)
         {
             response.stream = false;
-            response.error = Some(err.with_node(&self.inner.node_id).body().clone());
+            response.error = Some(Box::new(err.with_node(&self.inner.node_id).body().clone()));
         }
         Packet::new(self.inner.node_id.clone(), PacketBody::Response(response))
     }
@@ -660,12 +662,12 @@ impl Broker {
 
     /// Takes a REQUEST from `sender` apart, ready to run here, unless it is refused or its
     /// sender has not introduced itself yet.
-    fn admit(&self, sender: &Arc<str>, request: Request, link: LinkKind) -> Admission {
+    fn admit(&self, sender: &Arc<str>, request: &mut Request, link: LinkKind) -> Admission {
         let local = {
             // One look at the registry for both questions.
             let registry = self.inner.registry();
             if !Self::is_member(&registry, sender) {
-                return Admission::Newcomer(Box::new(request));
+                return Admission::Newcomer(Box::new(std::mem::take(request)));
             }
             self.local_handler(&registry, &request.action)
         };
@@ -679,39 +681,40 @@ impl Broker {
     async fn serve_newcomer(
         &self,
         sender: &Arc<str>,
-        request: Request,
+        mut request: Request,
         link: LinkKind,
     ) -> Result<Payload<'static>> {
         self.await_member(sender).await?;
         let local = self.local_handler(&self.inner.registry(), &request.action)?;
-        let ready = self.prepare_request(sender, request, link, local)?;
+        let ready = self.prepare_request(sender, &mut request, link, local)?;
         self.run_local(&ready.action, &ready.local, ready.ctx, ready.params)
             .await
             .0
     }
 
-    /// The context and parameters of a member's REQUEST for `local`, its handler; its deadline
-    /// counts from now.
+    /// The context and parameters of a member's REQUEST for `local`, its handler, taken out
+    /// of it (a request is large, and moving it whole at each step cost more than the rest of
+    /// serving it); its deadline counts from now.
     fn prepare_request(
         &self,
         sender: &Arc<str>,
-        mut request: Request,
+        request: &mut Request,
         link: LinkKind,
         local: Arc<LocalHandler<Stack>>,
     ) -> Result<ReadyRequest> {
         let started = Instant::now();
         let deadline = deadline::of_arrival(started, request.timeout_ms)
             .map_err(|_| Error::timeout(&request.action))?;
-        let lineage = Lineage::of_request(&mut request);
+        let lineage = Lineage::of_request(request);
         let mut ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
             .arrived_from(sender.clone());
-        let params = Payload::encoded(request.params, request.content_type);
+        let params = Payload::encoded(std::mem::take(&mut request.params), request.content_type);
         if let Some(info) = request.stream.take() {
             let stream = self.read_stream(sender, link, request.id, false, info, deadline)?;
             ctx.stream = StreamSlot::new(stream);
         }
         Ok(ReadyRequest {
-            action: request.action,
+            action: std::mem::take(&mut request.action),
             local,
             ctx,
             params,

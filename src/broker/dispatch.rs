@@ -88,7 +88,7 @@ impl Broker {
                     self.send_control(sender, link, discover);
                 }
             }
-            PacketBody::Request(request) => {
+            PacketBody::Request(mut request) => {
                 let serving = self.inner.registry().serving(&sender);
                 if let Some(serving) = &serving
                     && serving.load(Ordering::Relaxed) >= self.inner.limits.max_peer_in_flight
@@ -108,7 +108,7 @@ impl Broker {
                     .with_node(&self.inner.node_id);
                     let response = crate::protocol::packet::Response {
                         id: request.id,
-                        error: Some(busy.body().clone()),
+                        error: Some(Box::new(busy.body().clone())),
                         ..Default::default()
                     };
                     let packet =
@@ -117,7 +117,7 @@ impl Broker {
                     return;
                 }
                 let permit = serving.map(PeerPermit::take);
-                run_inline_then_spawn(self.serve_request(sender, request, link, permit));
+                run_inline_then_spawn(self.serve_request(sender, &mut request, link, permit));
             }
             PacketBody::Response(response) => self.complete(&sender, response),
             PacketBody::Event(event) => {

@@ -159,7 +159,7 @@ pub(crate) fn read_response(body: Bytes) -> Result<(Arc<str>, Response), String>
     let id = r.u64()?;
     let flags = r.u8()?;
     let content_type = ContentType::try_from(r.u8()?)?;
-    let error: Option<ErrorBody> = (flags & HAS_ERROR != 0).then(|| r.blob32()).transpose()?;
+    let error: Option<Box<ErrorBody>> = (flags & HAS_ERROR != 0).then(|| r.blob32()).transpose()?;
     let meta = (flags & HAS_META != 0).then(|| r.blob32()).transpose()?;
     let headers = (flags & HAS_HEADERS != 0).then(|| r.blob32()).transpose()?;
     let data = (flags & HAS_DATA != 0).then_some(r.0);
@@ -366,7 +366,7 @@ mod tests {
         let response = Response {
             id: 7,
             data: Some(Bytes::from_static(b"\x03")),
-            error: Some(crate::Error::validation("bad").body().clone()),
+            error: Some(Box::new(crate::Error::validation("bad").body().clone())),
             ..Response::default()
         };
         let mut buf = BytesMut::new();

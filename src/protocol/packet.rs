@@ -365,8 +365,9 @@ pub struct Response {
     pub data: Option<Bytes>,
     /// How `data` is encoded.
     pub content_type: ContentType,
-    /// The error when the call failed.
-    pub error: Option<ErrorBody>,
+    /// The error when the call failed (boxed: rare, and it is most of an answer's size, which
+    /// every step of the hot path moves).
+    pub error: Option<Box<ErrorBody>>,
     /// Metadata returned by the handler.
     pub meta: Option<Meta>,
     /// Headers.
