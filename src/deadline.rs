@@ -52,15 +52,15 @@ pub(crate) fn of_arrival(
 }
 
 /// A deadline whose timer is armed only if the work does not finish on its first poll: most
-/// local handlers complete at once and never pay for a timer.
+/// local handlers complete at once and never pay for a timer. Without a deadline, the work alone.
 pub(crate) struct LazyDeadline<F> {
     work: F,
-    deadline: Instant,
+    deadline: Option<Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<F> LazyDeadline<F> {
-    pub(crate) fn new(work: F, deadline: Instant) -> Self {
+    pub(crate) fn new(work: F, deadline: Option<Instant>) -> Self {
         Self {
             work,
             deadline,
@@ -76,7 +76,9 @@ impl<F: Future + Unpin> Future for LazyDeadline<F> {
         if let Poll::Ready(output) = Pin::new(&mut self.work).poll(cx) {
             return Poll::Ready(Ok(output));
         }
-        let deadline = self.deadline;
+        let Some(deadline) = self.deadline else {
+            return Poll::Pending;
+        };
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
@@ -91,6 +93,7 @@ pub(crate) struct Elapsed;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[tokio::test(start_paused = true)]
     async fn the_sooner_deadline_wins_and_travels_as_time_left() {
@@ -127,9 +130,16 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn work_that_finishes_at_once_needs_no_timer() {
-        let done = LazyDeadline::new(std::future::ready(7), Instant::now()).await;
+        let done = LazyDeadline::new(std::future::ready(7), Some(Instant::now())).await;
         assert_eq!(done, Ok(7));
-        let never = LazyDeadline::new(std::future::pending::<()>(), Instant::now());
+        let never = LazyDeadline::new(std::future::pending::<()>(), Some(Instant::now()));
         assert_eq!(never.await, Err(Elapsed));
+        let mut unbounded = LazyDeadline::new(std::future::pending::<()>(), None);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert!(
+            (&mut unbounded).now_or_never().is_none(),
+            "no deadline, no end"
+        );
+        assert!(unbounded.timer.is_none());
     }
 }

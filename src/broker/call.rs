@@ -4,7 +4,7 @@ use super::dispatch::PeerPermit;
 use super::pending::PendingCall;
 use super::{Broker, InFlight, Registry};
 use crate::context::{CallOptions, Context, Lineage};
-use crate::deadline::{self, LazyDeadline};
+use crate::deadline::{self, Elapsed, LazyDeadline};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::ActionFn;
 use crate::middleware::{
@@ -311,43 +311,32 @@ impl Broker {
                 )
                 .run(call)
         };
-        self.finish_local(action, work, deadline)
-            .map(move |result| {
-                let observed = outer.observes(HookKind::LocalActionDone)
-                    || local.layers.observes(HookKind::LocalActionDone);
-                if !observed {
-                    return (result, None);
-                }
-                let ended = Instant::now();
-                let finished = Finished {
-                    action,
-                    started,
-                    ended,
-                    result: &result,
-                };
-                outer.local_action_finished(&finished);
-                local.layers.local_action_finished(&finished);
-                (result, Some(ended))
-            })
-    }
-
-    /// Awaits a local handler within the call's deadline.
-    async fn finish_local(
-        &self,
-        action: &str,
-        work: BoxFuture<'_, Result<Payload<'static>>>,
-        deadline: Option<Instant>,
-    ) -> Result<Payload<'static>> {
-        let work = AssertUnwindSafe(work)
-            .catch_unwind()
-            .map(|outcome| outcome.unwrap_or_else(|panic| Err(panic_error(action, &*panic))));
-        let result = match deadline {
-            Some(deadline) => LazyDeadline::new(work, deadline)
-                .await
-                .unwrap_or_else(|_| Err(Error::timeout(action))),
-            None => work.await,
-        };
-        result.map_err(|e| e.with_node(&self.inner.node_id))
+        // One flat future (no `async` block, which would hold its arguments and its awaitee
+        // both): small enough that handing it on is a few register copies, not a memmove.
+        LazyDeadline::new(AssertUnwindSafe(work).catch_unwind(), deadline).map(move |outcome| {
+            let result = match outcome {
+                Ok(Ok(result)) => result,
+                Ok(Err(panic)) => Err(panic_error(action, &*panic)),
+                Err(Elapsed) => Err(Error::timeout(action)),
+            }
+            .map_err(|e| e.with_node(&self.inner.node_id));
+            let outer = &self.inner.middleware;
+            let observed = outer.observes(HookKind::LocalActionDone)
+                || local.layers.observes(HookKind::LocalActionDone);
+            if !observed {
+                return (result, None);
+            }
+            let ended = Instant::now();
+            let finished = Finished {
+                action,
+                started,
+                ended,
+                result: &result,
+            };
+            outer.local_action_finished(&finished);
+            local.layers.local_action_finished(&finished);
+            (result, Some(ended))
+        })
     }
 
     /// One attempt at another node, inside the `remote_call` middleware. Without such a
