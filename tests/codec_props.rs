@@ -84,7 +84,7 @@ fn body() -> impl Strategy<Value = PacketBody> {
             .prop_map(
                 |(id, action, params, meta, timeout_ms, level)| PacketBody::Request(Request {
                     id,
-                    action,
+                    action: action.into(),
                     params,
                     meta,
                     timeout_ms,

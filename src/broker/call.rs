@@ -459,7 +459,7 @@ impl Broker {
         let guard = PendingGuard { broker: self, id };
         let mut request = Request {
             id,
-            action: action.to_owned(),
+            action: crate::protocol::names::action(action),
             params,
             content_type,
             timeout_ms: deadline::remaining_ms(ctx.deadline),
@@ -703,7 +703,7 @@ impl Broker {
             ctx.stream = StreamSlot::new(stream);
         }
         Ok(ReadyRequest {
-            action: std::mem::take(&mut request.action),
+            action: request.action.clone(),
             local,
             ctx,
             params,
@@ -750,7 +750,7 @@ enum Admission {
 
 /// A member's REQUEST taken apart for its handler.
 struct ReadyRequest {
-    action: String,
+    action: Arc<str>,
     local: Arc<LocalHandler<Stack>>,
     ctx: Context,
     params: Payload<'static>,

@@ -18,6 +18,7 @@
 //! allocation beyond the frame.
 
 use crate::error::ErrorBody;
+use crate::protocol::names;
 #[cfg(test)]
 use crate::protocol::packet::StreamInfo;
 use crate::protocol::packet::{ContentType, Headers, Meta, Request, Response, StreamChunk};
@@ -70,7 +71,7 @@ pub(crate) fn write_request(buf: &mut BytesMut, sender: &str, r: &Request) -> Re
 /// Reads a REQUEST body; `params` is a slice of `body`.
 pub(crate) fn read_request(body: Bytes) -> Result<(Arc<str>, Request), String> {
     let mut r = Reader(body);
-    let sender = r.str16()?;
+    let sender = r.node_name()?;
     let id = r.u64()?;
     let flags = r.u8()?;
     let content_type = ContentType::try_from(r.u8()?)?;
@@ -78,7 +79,7 @@ pub(crate) fn read_request(body: Bytes) -> Result<(Arc<str>, Request), String> {
     let request_id = r.u64()?;
     let timeout_ms = (flags & HAS_TIMEOUT != 0).then(|| r.u64()).transpose()?;
     let parent_id = (flags & HAS_PARENT != 0).then(|| r.u64()).transpose()?;
-    let action = r.string16()?;
+    let action = r.action_name()?;
     let caller = (flags & HAS_CALLER != 0)
         .then(|| r.string16())
         .transpose()?;
@@ -118,7 +119,7 @@ pub(crate) fn write_chunk(buf: &mut BytesMut, sender: &str, c: &StreamChunk) -> 
 /// Reads a STREAM_CHUNK body; `data` is a slice of `body`.
 pub(crate) fn read_chunk(body: Bytes) -> Result<(Arc<str>, StreamChunk), String> {
     let mut r = Reader(body);
-    let sender = r.str16()?;
+    let sender = r.node_name()?;
     let id = r.u64()?;
     let flags = r.u8()?;
     let seq = r.u64()?;
@@ -155,7 +156,7 @@ pub(crate) fn write_response(buf: &mut BytesMut, sender: &str, r: &Response) -> 
 /// Reads a RESPONSE body; `data` is a slice of `body`.
 pub(crate) fn read_response(body: Bytes) -> Result<(Arc<str>, Response), String> {
     let mut r = Reader(body);
-    let sender = r.str16()?;
+    let sender = r.node_name()?;
     let id = r.u64()?;
     let flags = r.u8()?;
     let content_type = ContentType::try_from(r.u8()?)?;
@@ -248,12 +249,20 @@ impl Reader {
         self.take(len)
     }
 
-    /// A node's name (see [`recent_name`]).
-    fn str16(&mut self) -> Result<Arc<str>, String> {
+    /// A node's name, shared with the frames before it (see [`names`]).
+    fn node_name(&mut self) -> Result<Arc<str>, String> {
         let raw = self.str16_raw()?;
         std::str::from_utf8(&raw)
-            .map(recent_name)
+            .map(names::node)
             .map_err(|e| format!("name is not UTF-8: {e}"))
+    }
+
+    /// An action's name, shared with the frames before it (see [`names`]).
+    fn action_name(&mut self) -> Result<Arc<str>, String> {
+        let raw = self.str16_raw()?;
+        std::str::from_utf8(&raw)
+            .map(names::action)
+            .map_err(|e| format!("action name is not UTF-8: {e}"))
     }
 
     fn string16(&mut self) -> Result<String, String> {
@@ -267,67 +276,9 @@ impl Reader {
     }
 }
 
-/// How many node names each thread keeps from the frames it decoded last.
-const RECENT_NAMES: usize = 8;
-
-thread_local! {
-    static RECENT: std::cell::RefCell<RecentNames> = const {
-        std::cell::RefCell::new(RecentNames {
-            names: [const { None }; RECENT_NAMES],
-            next: 0,
-        })
-    };
-}
-
-/// A small ring of names, overwritten in turn.
-struct RecentNames {
-    names: [Option<Arc<str>>; RECENT_NAMES],
-    next: usize,
-}
-
-/// `name` as a shared string: every frame names its sender, and a link's frames name the same
-/// node again and again, so the names this thread decoded last are kept and shared (an `Arc`
-/// clone instead of an allocation per frame). At most [`RECENT_NAMES`] per thread: a peer
-/// sending many names only turns the ring over.
-fn recent_name(name: &str) -> Arc<str> {
-    RECENT.with_borrow_mut(|recent| {
-        if let Some(known) = recent
-            .names
-            .iter()
-            .flatten()
-            .find(|known| &***known == name)
-        {
-            return known.clone();
-        }
-        let fresh: Arc<str> = Arc::from(name);
-        let slot = recent.next;
-        recent.names[slot] = Some(fresh.clone());
-        recent.next = (slot + 1) % RECENT_NAMES;
-        fresh
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_sender_named_again_shares_its_name_and_strangers_only_turn_the_ring() {
-        let first = recent_name("node-a");
-        assert!(Arc::ptr_eq(&first, &recent_name("node-a")));
-        for i in 0..3 * RECENT_NAMES {
-            assert_eq!(
-                &*recent_name(&format!("stranger-{i}")),
-                format!("stranger-{i}")
-            );
-        }
-        let again = recent_name("node-a");
-        assert_eq!(&*again, "node-a");
-        assert!(!Arc::ptr_eq(&first, &again), "evicted, then made anew");
-        RECENT.with_borrow(|recent| {
-            assert_eq!(recent.names.iter().flatten().count(), RECENT_NAMES);
-        });
-    }
 
     fn request() -> Request {
         let mut meta = Meta::new();

@@ -6,4 +6,5 @@
 
 pub mod codec;
 mod compact;
+pub(crate) mod names;
 pub mod packet;

@@ -322,7 +322,7 @@ pub struct Request {
     /// Correlates the response on this link.
     pub id: u64,
     /// Full action name.
-    pub action: String,
+    pub action: Arc<str>,
     /// Encoded parameters.
     pub params: Bytes,
     /// How `params` is encoded.
