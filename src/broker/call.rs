@@ -5,7 +5,7 @@ use super::pending::PendingCall;
 use super::{Broker, InFlight, Registry};
 use crate::context::{CallOptions, Context, Lineage};
 use crate::deadline::{self, Elapsed, LazyDeadline};
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, ErrorBody, ErrorKind, Result};
 use crate::handler::ActionFn;
 use crate::middleware::{
     Call, DeclaredIdempotent, Finished, HookKind, LocalCall, RemoteCall, Stack, hooks,
@@ -580,17 +580,20 @@ impl Broker {
                 response.data = Some(data);
                 response.content_type = content_type;
             }
-            Err(err) => {
-                response.error = Some(Box::new(err.with_node(&self.inner.node_id).body().clone()))
-            }
+            Err(err) => response.error = Some(self.wire_error(err)),
         }
         if let Some(stream) = answer_stream
             && let Err(err) = self.write_stream(sender, link, id, false, stream)
         {
             response.stream = false;
-            response.error = Some(Box::new(err.with_node(&self.inner.node_id).body().clone()));
+            response.error = Some(self.wire_error(err));
         }
         Packet::new(self.inner.node_id.clone(), PacketBody::Response(response))
+    }
+
+    /// `err` as a RESPONSE carries it, naming this node.
+    fn wire_error(&self, err: Error) -> Box<ErrorBody> {
+        Box::new(err.with_node(&self.inner.node_id).body().clone())
     }
 
     /// Whether `sender` is a member of this namespace that we know and that is available.
