@@ -704,6 +704,43 @@ async fn shard_strategy_keeps_a_key_on_one_node() {
     }
 }
 
+/// With the least-latency strategy, remote calls are timed and most go to the faster of two
+/// replicas (untimed, both would stay unmeasured and share the calls).
+#[tokio::test]
+async fn least_latency_sends_most_calls_to_the_faster_replica() {
+    let bus = InProcBus::new();
+    let mut replicas = Vec::new();
+    for (id, delay_ms) in [("slow", 20), ("fast", 1)] {
+        let broker = builder(&bus, id).start().await.unwrap();
+        broker
+            .service("echo")
+            .action("who", move |_ctx: Context, _: ()| async move {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                Ok(id.to_owned())
+            })
+            .start()
+            .await
+            .unwrap();
+        replicas.push(broker);
+    }
+    let caller = builder(&bus, "caller")
+        .strategy(Strategy::LeastLatency)
+        .start()
+        .await
+        .unwrap();
+    wait_for_endpoints(&caller, "echo.who", 2).await;
+    let mut fast = 0;
+    for _ in 0..40 {
+        if caller.call::<String>("echo.who", ()).await.unwrap() == "fast" {
+            fast += 1;
+        }
+    }
+    assert!(fast >= 30, "{fast} of 40 calls went to the faster replica");
+    for b in replicas.into_iter().chain([caller]) {
+        b.stop().await;
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_calls_events_and_traffic_and_reach_other_nodes() {
     let bus = InProcBus::new();

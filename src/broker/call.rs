@@ -12,7 +12,7 @@ use crate::middleware::{
 };
 use crate::payload::{Payload, encode_msgpack};
 use crate::protocol::packet::{ContentType, Packet, PacketBody, Request, Response, StreamInfo};
-use crate::registry::{EndpointStats, LocalHandler, Pick, Target};
+use crate::registry::{InFlightCall, LocalHandler, Pick, Target};
 use crate::stream::{ByteStream, StreamSlot};
 use crate::transport::{LinkKind, PendingReply};
 use futures_util::FutureExt;
@@ -169,8 +169,8 @@ impl Broker {
                 // is several times a local one's, and inline it would make every call's
                 // future — and what each poll moves — that large. A remote call allocates
                 // anyway.
-                Ok(Picked::Remote(node_id, stats)) => {
-                    Box::pin(self.attempt_remote(action, node_id, stats, ctx, params)).await
+                Ok(Picked::Remote(node_id, measured)) => {
+                    Box::pin(self.attempt_remote(action, node_id, measured, ctx, params)).await
                 }
                 Err(err) => Err(err),
             }
@@ -211,8 +211,8 @@ impl Broker {
         avoid: &[Arc<str>],
     ) -> Result<Picked> {
         let registry = self.inner.registry();
-        let shard_key = registry
-            .strategy_for(action)
+        let strategy = registry.strategy_for(action);
+        let shard_key = strategy
             .shard_key()
             .and_then(|key| shard_key(key, ctx, params));
         let pick = Pick {
@@ -224,7 +224,10 @@ impl Broker {
         };
         match registry.pick(&pick) {
             Some(Target::Local(local)) => Ok(Picked::Local(local.clone())),
-            Some(Target::Remote(node, stats)) => Ok(Picked::Remote(node.clone(), stats.clone())),
+            Some(Target::Remote(node, stats)) => {
+                let timed = strategy.measures_latency();
+                Ok(Picked::Remote(node.clone(), stats.clone().begin(timed)))
+            }
             None if options.node_id.is_none() && registry.has_action(action) => Err(Error::new(
                 ErrorKind::CircuitOpen,
                 format!("every endpoint of '{action}' has an open circuit"),
@@ -255,8 +258,8 @@ impl Broker {
                 async move { self.run_local(action, &local, ctx, params).await.0 }.boxed()
             }
             // Boxed as it is: wrapped in another future it would be held (and moved) twice.
-            Ok(Picked::Remote(node_id, stats)) => self
-                .attempt_remote(action, node_id, stats, ctx, params)
+            Ok(Picked::Remote(node_id, measured)) => self
+                .attempt_remote(action, node_id, measured, ctx, params)
                 .boxed(),
             Err(err) => futures_util::future::ready(Err(err)).boxed(),
         }
@@ -345,11 +348,10 @@ impl Broker {
         &'b self,
         action: &'b str,
         node_id: Arc<str>,
-        stats: Arc<EndpointStats>,
+        measured: InFlightCall,
         ctx: Context,
         params: Payload<'b>,
     ) -> impl Future<Output = Result<Payload<'static>>> + Send + 'b {
-        let measured = stats.begin();
         let call = RemoteCall {
             action,
             node_id,
@@ -762,7 +764,8 @@ struct ReadyRequest {
 /// The endpoint an attempt goes to, taken out of the registry.
 enum Picked {
     Local(Arc<LocalHandler<Stack>>),
-    Remote(Arc<str>, Arc<EndpointStats>),
+    /// The node, and the attempt counted in flight to it from the pick on.
+    Remote(Arc<str>, InFlightCall),
 }
 
 /// A REQUEST ready to go (see `Broker::outgoing_request`).

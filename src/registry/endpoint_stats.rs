@@ -17,20 +17,22 @@ pub(crate) struct EndpointStats {
     ewma_micros: AtomicU64,
 }
 
-/// One call in flight; records its latency when dropped. It holds the endpoint's figures, so
-/// an attempt's future can own it without borrowing from whoever picked the endpoint.
+/// One call in flight; records its latency when dropped, if it was timed. It holds the
+/// endpoint's figures, so an attempt's future can own it without borrowing from whoever picked
+/// the endpoint.
 pub(crate) struct InFlightCall {
     stats: Arc<EndpointStats>,
-    started: Instant,
+    started: Option<Instant>,
 }
 
 impl EndpointStats {
-    /// Counts a call until the returned guard is dropped.
-    pub(crate) fn begin(self: Arc<Self>) -> InFlightCall {
+    /// Counts a call until the returned guard is dropped; `timed`, its latency joins the
+    /// average (only a strategy that reads it pays the two clock reads).
+    pub(crate) fn begin(self: Arc<Self>, timed: bool) -> InFlightCall {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlightCall {
             stats: self,
-            started: Instant::now(),
+            started: timed.then(Instant::now),
         }
     }
 
@@ -61,7 +63,9 @@ impl EndpointStats {
 impl Drop for InFlightCall {
     fn drop(&mut self) {
         self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.stats.record(self.started.elapsed());
+        if let Some(started) = self.started {
+            self.stats.record(started.elapsed());
+        }
     }
 }
 
@@ -74,17 +78,25 @@ mod tests {
         let stats = Arc::new(EndpointStats::default());
         assert_eq!(stats.latency(), None);
         for _ in 0..20 {
-            let call = stats.clone().begin();
+            let call = stats.clone().begin(true);
             assert_eq!(stats.in_flight(), 1);
             tokio::time::advance(Duration::from_millis(10)).await;
             drop(call);
         }
         assert_eq!(stats.in_flight(), 0);
         assert_eq!(stats.latency(), Some(Duration::from_millis(10)));
-        let call = stats.clone().begin();
+        let call = stats.clone().begin(true);
         tokio::time::advance(Duration::from_millis(90)).await;
         drop(call);
         // 3/4 · 10 ms + 1/4 · 90 ms
+        assert_eq!(stats.latency(), Some(Duration::from_millis(30)));
+
+        // Untimed calls are counted in flight and leave the average alone.
+        let call = stats.clone().begin(false);
+        assert_eq!(stats.in_flight(), 1);
+        tokio::time::advance(Duration::from_millis(500)).await;
+        drop(call);
+        assert_eq!(stats.in_flight(), 0);
         assert_eq!(stats.latency(), Some(Duration::from_millis(30)));
     }
 }

@@ -12,7 +12,7 @@ mod pattern;
 mod strategy;
 
 pub use circuit::BreakerState;
-pub(crate) use endpoint_stats::EndpointStats;
+pub(crate) use endpoint_stats::{EndpointStats, InFlightCall};
 pub use pattern::pattern_matches;
 pub use strategy::{Candidate, Strategy};
 

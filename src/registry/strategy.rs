@@ -39,6 +39,13 @@ pub enum Strategy {
     Shard(String),
 }
 
+impl Strategy {
+    /// Whether it reads the endpoints' latency: only then are remote calls timed for it.
+    pub(crate) fn measures_latency(&self) -> bool {
+        matches!(self, Self::LeastLatency)
+    }
+}
+
 /// What a strategy knows about one endpoint.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Candidate<'a> {
