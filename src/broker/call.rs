@@ -190,7 +190,7 @@ impl Broker {
                 .run(call)
                 .await
         };
-        if stack.observes(HookKind::CallDone) {
+        if !stack.is_empty(HookKind::CallDone) {
             stack.call_finished(&Finished {
                 action,
                 started,
@@ -324,8 +324,8 @@ impl Broker {
             }
             .map_err(|e| e.with_node(&self.inner.node_id));
             let outer = &self.inner.middleware;
-            let observed = outer.observes(HookKind::LocalActionDone)
-                || local.layers.observes(HookKind::LocalActionDone);
+            let observed = !outer.is_empty(HookKind::LocalActionDone)
+                || !local.layers.is_empty(HookKind::LocalActionDone);
             if !observed {
                 return (result, None);
             }

@@ -710,11 +710,6 @@ impl Stack {
         }
     }
 
-    /// Whether a layer is told of finished calls (`CallDone`) or handlers (`LocalActionDone`).
-    pub(crate) fn observes(&self, kind: HookKind) -> bool {
-        !self.is_empty(kind)
-    }
-
     /// Whether every vetoing layer admits `action` on `node_id`.
     pub(crate) fn admits(&self, action: &str, node_id: &str) -> bool {
         !self.vetoes || self.all.iter().all(|l| l.admits(action, node_id))
