@@ -421,16 +421,19 @@ async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_
         "3000",
         "--concurrency",
         "6",
+        "--replicas",
+        "3",
         "--json",
     ];
 
-    // Without retries the calls m3 gets fail, with its code: about a third, up to a half (the
-    // bench starts calling as soon as one replica serves, and the others link to it within its
-    // first milliseconds, in either order); every call is counted once, by the node that served it.
+    // Without retries the calls m3 gets fail, with its code: about a third (the bench starts
+    // once all three replicas serve; 3000 calls take a few milliseconds, so waiting for just
+    // one would often finish before m3 links); every call is counted once, by the node that
+    // served it.
     let plain = bench_report(&bench, &secret, &m1.addr);
     assert_eq!(plain["calls"], 3000);
     let errors = plain["errors"].as_u64().unwrap();
-    assert!((100..=1500).contains(&errors), "{plain}");
+    assert!((500..=1500).contains(&errors), "{plain}");
     assert!(
         plain["first_error"].as_str().unwrap().contains("(503)"),
         "{plain}"

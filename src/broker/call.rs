@@ -1,6 +1,6 @@
 //! Request-reply: making calls and serving the ones that arrive from peers.
 
-use super::dispatch::PeerPermit;
+use super::dispatch::{PeerPermit, run_inline_then_spawn};
 use super::pending::PendingCall;
 use super::{Broker, InFlight, Registry};
 use crate::context::{CallOptions, Context, Lineage};
@@ -14,13 +14,14 @@ use crate::payload::{Payload, encode_msgpack};
 use crate::protocol::packet::{ContentType, Packet, PacketBody, Request, Response, StreamInfo};
 use crate::registry::{InFlightCall, LocalHandler, Pick, Target};
 use crate::stream::{ByteStream, StreamSlot};
-use crate::transport::{LinkKind, PendingReply};
+use crate::transport::{LinkKind, PendingReply, TrySend};
 use futures_util::FutureExt;
-use futures_util::future::{BoxFuture, Either};
+use futures_util::future::{BoxFuture, CatchUnwind, Either};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -292,13 +293,7 @@ impl Broker {
         params: Payload<'a>,
     ) -> impl Future<Output = (Result<Payload<'static>>, Option<Instant>)> + Send + 'a {
         let (deadline, started) = (ctx.deadline, ctx.started);
-        let outer = &self.inner.middleware;
-        let work = if !outer.intercepts_local_action(action)
-            && !local.layers.intercepts_local_action(action)
-        {
-            // No `LocalCall` to build and take apart again: the context goes to the handler.
-            start_handler(action, &local.handler, &local.service, ctx, params)
-        } else {
+        let work = if self.intercepts_local_action(action, local) {
             let call = LocalCall {
                 action,
                 service: &local.service,
@@ -306,40 +301,61 @@ impl Broker {
                 params,
                 local,
             };
-            outer
+            self.inner
+                .middleware
                 .next(
                     HookKind::LocalAction,
                     hooks::local_action(),
                     &service_layers,
                 )
                 .run(call)
+        } else {
+            // No `LocalCall` to build and take apart again: the context goes to the handler.
+            start_handler(action, &local.handler, &local.service, ctx, params)
         };
         // One flat future (no `async` block, which would hold its arguments and its awaitee
         // both): small enough that handing it on is a few register copies, not a memmove.
-        LazyDeadline::new(AssertUnwindSafe(work).catch_unwind(), deadline).map(move |outcome| {
-            let result = match outcome {
-                Ok(Ok(result)) => result,
-                Ok(Err(panic)) => Err(panic_error(action, &*panic)),
-                Err(Elapsed) => Err(Error::timeout(action)),
-            }
-            .map_err(|e| e.with_node(&self.inner.node_id));
-            let outer = &self.inner.middleware;
-            let observed = !outer.is_empty(HookKind::LocalActionDone)
-                || !local.layers.is_empty(HookKind::LocalActionDone);
-            if !observed {
-                return (result, None);
-            }
-            let ended = Instant::now();
-            let finished = Finished {
-                action,
-                started,
-                ended,
-                result: &result,
-            };
-            outer.local_action_finished(&finished);
-            local.layers.local_action_finished(&finished);
-            (result, Some(ended))
-        })
+        within_deadline(work, deadline)
+            .map(move |outcome| self.local_outcome(action, local, started, outcome))
+    }
+
+    /// Whether a `local_action` layer (the broker's or the service's) takes part in `action`.
+    fn intercepts_local_action(&self, action: &str, local: &LocalHandler<Stack>) -> bool {
+        self.inner.middleware.intercepts_local_action(action)
+            || local.layers.intercepts_local_action(action)
+    }
+
+    /// What a local handler's run came to (a panic and a passed deadline are errors naming
+    /// this node), told to the layers observing handlers; with the time it ended if any did.
+    fn local_outcome(
+        &self,
+        action: &str,
+        local: &LocalHandler<Stack>,
+        started: Instant,
+        outcome: HandlerOutcome,
+    ) -> (Result<Payload<'static>>, Option<Instant>) {
+        let result = match outcome {
+            Ok(Ok(result)) => result,
+            Ok(Err(panic)) => Err(panic_error(action, &*panic)),
+            Err(Elapsed) => Err(Error::timeout(action)),
+        }
+        .map_err(|e| e.with_node(&self.inner.node_id));
+        let outer = &self.inner.middleware;
+        let observed = !outer.is_empty(HookKind::LocalActionDone)
+            || !local.layers.is_empty(HookKind::LocalActionDone);
+        if !observed {
+            return (result, None);
+        }
+        let ended = Instant::now();
+        let finished = Finished {
+            action,
+            started,
+            ended,
+            result: &result,
+        };
+        outer.local_action_finished(&finished);
+        local.layers.local_action_finished(&finished);
+        (result, Some(ended))
     }
 
     /// One attempt at another node, inside the `remote_call` middleware. Without such a
@@ -392,10 +408,14 @@ impl Broker {
             // The block captures the fields it uses, not `out`: the guard must come along.
             let guard = out.guard;
             // Fields used in place: moved into locals, they would take their room twice.
-            let sent = out
-                .transport
-                .request(&node_id, &out.packet, out.reply)
-                .await;
+            // A request the transport takes at once needs no boxed future of its own.
+            let sent = match out.transport.try_request(&node_id, &out.packet, out.reply) {
+                Ok(TrySend::Sent(reply)) => Ok(reply),
+                Ok(TrySend::WouldWait(reply)) => {
+                    out.transport.request(&node_id, &out.packet, reply).await
+                }
+                Err(err) => Err(err),
+            };
             let answered = match sent {
                 Ok(reply) => match deadline {
                     Some(deadline) => tokio::time::timeout_at(deadline, reply)
@@ -489,69 +509,111 @@ impl Broker {
     /// Serves a REQUEST from `sender` and sends the RESPONSE back over `link`; `permit` counts
     /// it against the sender's limit until then.
     ///
-    /// The request is taken apart and its handler started here, synchronously: the future keeps
-    /// only what the answer needs (a future holds whatever it captures for its whole life, and
-    /// every poll and box of it moves that much).
+    /// The request is taken apart and its handler started here, synchronously, and a handler
+    /// that answers at once is answered from here too: no future is boxed and no task spawned.
+    /// Only a handler still working after its first poll (or one inside `local_action` layers)
+    /// goes on in a task, which holds just what the answer needs.
     pub(super) fn serve_request(
         &self,
         sender: Arc<str>,
         request: &mut Request,
         link: LinkKind,
         permit: Option<PeerPermit>,
-    ) -> impl Future<Output = ()> + Send + 'static {
-        let broker = self.clone();
-        let id = request.id;
+    ) {
         // The answer comes in the format the question came in (JSON for JSON, else
         // MessagePack), unless the handler's value has a format of its own.
-        let answer_format = request.content_type;
-        let admission = self.admit(&sender, request, link);
-        async move {
-            // Counted until the response is handed to the transport, so a graceful stop waits
-            // for it; a handler starts only while the node runs.
-            let _running = InFlight::enter(&broker);
-            let result = match admission {
-                _ if broker.inner.is_stopped() => Err(Error::new(
+        let to = Requester {
+            id: request.id,
+            answer_format: request.content_type,
+            sender,
+            link,
+        };
+        let admission = self.admit(&to.sender, request, link);
+        // Counted until the response is handed to the transport, so a graceful stop waits
+        // for it; a handler starts only while the node runs.
+        let serving = Serving {
+            _running: InFlight::enter_owned(self),
+            _permit: permit,
+        };
+        let ReadyRequest {
+            action,
+            local,
+            ctx,
+            params,
+        } = match admission {
+            _ if self.inner.is_stopped() => {
+                let stopping = Error::new(
                     ErrorKind::NodeStopping,
-                    format!("node '{}' is stopping", broker.inner.node_id),
-                )),
-                Admission::Ready(ReadyRequest {
-                    action,
-                    local,
-                    ctx,
-                    params,
-                }) => broker.run_local(&action, &local, ctx, params).await.0,
-                Admission::Newcomer(request) => {
-                    Box::pin(broker.serve_newcomer(&sender, *request, link)).await
-                }
-                Admission::Refused(err) => Err(err),
-            };
-            broker
-                .respond(&sender, link, id, answer_format, result)
-                .await;
-            drop(permit);
+                    format!("node '{}' is stopping", self.inner.node_id),
+                );
+                return self.respond(to, Err(stopping), serving);
+            }
+            Admission::Ready(ready) => ready,
+            Admission::Newcomer(request) => {
+                let broker = self.clone();
+                return run_inline_then_spawn(async move {
+                    let result = broker.serve_newcomer(&to.sender, *request, link).await;
+                    broker.respond(to, result, serving);
+                });
+            }
+            Admission::Refused(err) => return self.respond(to, Err(err), serving),
+        };
+        if self.intercepts_local_action(&action, &local) {
+            let broker = self.clone();
+            return run_inline_then_spawn(async move {
+                let (result, _) = broker.run_local(&action, &local, ctx, params).await;
+                broker.respond(to, result, serving);
+            });
+        }
+        let started = ctx.started;
+        let deadline = ctx.deadline;
+        let work = start_handler(&action, &local.handler, &local.service, ctx, params);
+        let mut answer = within_deadline(work, deadline);
+        // A no-op waker for the first poll; a task polls again with its real one.
+        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
+        match answer.poll_unpin(&mut noop) {
+            Poll::Ready(outcome) => {
+                let (result, _) = self.local_outcome(&action, &local, started, outcome);
+                self.respond(to, result, serving);
+            }
+            Poll::Pending => {
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    let outcome = answer.await;
+                    let (result, _) = broker.local_outcome(&action, &local, started, outcome);
+                    broker.respond(to, result, serving);
+                });
+            }
         }
     }
 
-    /// Sends the RESPONSE to request `id` of `sender`, carrying `result` in `answer_format`.
-    fn respond<'a>(
-        &'a self,
-        sender: &'a Arc<str>,
-        link: LinkKind,
-        id: u64,
-        answer_format: ContentType,
-        result: Result<Payload<'static>>,
-    ) -> impl Future<Output = ()> + Send + 'a {
-        let packet = self.response(sender, link, id, answer_format, result);
-        let transport = self.transport_of(link);
-        async move {
-            let Some(transport) = transport else {
-                return;
-            };
-            if let Err(err) = transport.send(sender, &packet).await {
-                tracing::warn!(peer = %sender, %err, "could not send response");
-                self.cancel_stream(sender, id, false, false);
+    /// Sends the RESPONSE carrying `result` to the request `to` describes: from here if the
+    /// transport takes it without waiting, else from a future run here first (and in a task
+    /// if it must wait). `serving` is released once the response is handed over.
+    fn respond(&self, to: Requester, result: Result<Payload<'static>>, serving: Serving) {
+        let packet = self.response(&to.sender, to.link, to.id, to.answer_format, result);
+        let Some(transport) = self.transport_of(to.link) else {
+            return;
+        };
+        match transport.try_send(&to.sender, &packet) {
+            Ok(TrySend::Sent(())) => drop(serving),
+            Ok(TrySend::WouldWait(())) => {
+                let broker = self.clone();
+                run_inline_then_spawn(async move {
+                    if let Err(err) = transport.send(&to.sender, &packet).await {
+                        broker.response_lost(&to, &err);
+                    }
+                    drop(serving);
+                });
             }
+            Err(err) => self.response_lost(&to, &err),
         }
+    }
+
+    /// A RESPONSE could not be sent: the answer's stream, if any, stops.
+    fn response_lost(&self, to: &Requester, err: &Error) {
+        tracing::warn!(peer = %to.sender, %err, "could not send response");
+        self.cancel_stream(&to.sender, to.id, false, false);
     }
 
     /// The RESPONSE packet to request `id` of `sender`; a streamed result starts flowing.
@@ -753,6 +815,21 @@ enum Admission {
     Refused(Error),
 }
 
+/// Where the RESPONSE to a peer's REQUEST goes, and in what format.
+struct Requester {
+    id: u64,
+    answer_format: ContentType,
+    sender: Arc<str>,
+    link: LinkKind,
+}
+
+/// What serving a peer's REQUEST holds until its RESPONSE is handed over: its place in the
+/// node's in-flight count and in its sender's.
+struct Serving {
+    _running: InFlight<Arc<super::BrokerInner>>,
+    _permit: Option<PeerPermit>,
+}
+
 /// A member's REQUEST taken apart for its handler.
 struct ReadyRequest {
     action: Arc<str>,
@@ -809,6 +886,21 @@ fn handler_of(call: LocalCall<'_>) -> BoxFuture<'_, Result<Payload<'static>>> {
         call.ctx,
         call.params,
     )
+}
+
+/// How a handler's run ended: its answer, a panic, or its deadline passing first.
+type HandlerOutcome = std::result::Result<std::thread::Result<Result<Payload<'static>>>, Elapsed>;
+
+/// A started handler's `work`, caught if it panics and cut off at `deadline`.
+type Answer<'a> =
+    LazyDeadline<CatchUnwind<AssertUnwindSafe<BoxFuture<'a, Result<Payload<'static>>>>>>;
+
+/// `work`, a started handler's future, caught if it panics and cut off at `deadline`.
+fn within_deadline<'a>(
+    work: BoxFuture<'a, Result<Payload<'static>>>,
+    deadline: Option<Instant>,
+) -> Answer<'a> {
+    LazyDeadline::new(AssertUnwindSafe(work).catch_unwind(), deadline)
 }
 
 /// Starts `handler` (synchronously: it decodes its params and returns its future). A panic while

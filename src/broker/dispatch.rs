@@ -117,7 +117,7 @@ impl Broker {
                     return;
                 }
                 let permit = serving.map(PeerPermit::take);
-                run_inline_then_spawn(self.serve_request(sender, &mut request, link, permit));
+                self.serve_request(sender, &mut request, link, permit);
             }
             PacketBody::Response(response) => self.complete(&sender, response),
             PacketBody::Event(event) => {
@@ -208,7 +208,7 @@ impl Drop for PeerPermit {
 ///
 /// The first poll uses a no-op waker; the spawned task polls again with its real one, which is
 /// what every future must honour (wakers may change between polls).
-fn run_inline_then_spawn(work: impl std::future::Future<Output = ()> + Send + 'static) {
+pub(super) fn run_inline_then_spawn(work: impl std::future::Future<Output = ()> + Send + 'static) {
     let mut work = Box::pin(work);
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     if work.as_mut().poll(&mut cx).is_pending() {

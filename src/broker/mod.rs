@@ -44,6 +44,7 @@ use crate::transport::{LinkKind, Transporter};
 use pending::PendingCalls;
 use service::LifecycleFn;
 use std::fmt;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -547,17 +548,25 @@ impl BrokerInner {
     }
 }
 
-/// Counts a running handler; wakes the drain when the last one ends.
-pub(crate) struct InFlight<'a>(&'a BrokerInner);
+/// Counts a running handler; wakes the drain when the last one ends. Borrows its broker, or
+/// (`InFlight<Arc<BrokerInner>>`) owns a handle to it, to travel with a task.
+pub(crate) struct InFlight<B: Deref<Target = BrokerInner>>(B);
 
-impl<'a> InFlight<'a> {
+impl<'a> InFlight<&'a BrokerInner> {
     pub(crate) fn enter(broker: &'a Broker) -> Self {
         broker.inner.in_flight.fetch_add(1, Ordering::AcqRel);
         Self(&broker.inner)
     }
 }
 
-impl Drop for InFlight<'_> {
+impl InFlight<Arc<BrokerInner>> {
+    pub(crate) fn enter_owned(broker: &Broker) -> Self {
+        broker.inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(broker.inner.clone())
+    }
+}
+
+impl<B: Deref<Target = BrokerInner>> Drop for InFlight<B> {
     fn drop(&mut self) {
         // SeqCst pairs with `stop`: either it sees the count reach zero or we see it stopping.
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1

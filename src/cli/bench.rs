@@ -43,6 +43,9 @@ pub(crate) struct BenchArgs {
     /// Keep calls away from endpoints failing half their calls (circuit breaker per endpoint).
     #[arg(long)]
     breaker: bool,
+    /// Start calling once this many nodes serve the action (within the mesh's wait).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -95,7 +98,9 @@ pub(crate) async fn run(args: BenchArgs) -> Result<ExitCode> {
     }
     let joined = args.mesh.join(builder).await?;
     let broker = joined.broker.clone();
-    if let Err(err) = wait_for_action(&joined, &args.action, None, args.mesh.wait()).await {
+    let replicas = args.replicas.max(1);
+    if let Err(err) = wait_for_action(&joined, &args.action, None, replicas, args.mesh.wait()).await
+    {
         broker.stop().await;
         return Err(err);
     }

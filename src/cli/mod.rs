@@ -307,7 +307,7 @@ pub(crate) async fn run(cli: Cli) -> Result<ExitCode> {
             let joined = mesh.join(Broker::builder()).await?;
             let broker = &joined.broker;
             let result = async {
-                wait_for_action(&joined, &action, node.as_deref(), mesh.wait()).await?;
+                wait_for_action(&joined, &action, node.as_deref(), 1, mesh.wait()).await?;
                 let mut options = CallOptions::new()
                     .timeout(Duration::from_millis(timeout))
                     .retries(retries);
@@ -373,20 +373,22 @@ fn print_json(value: &impl serde::Serialize) {
     }
 }
 
-/// Waits until `action` is served (by `node`, if given); explains why not when it never is.
+/// Waits until at least `replicas` nodes serve `action` (`node` among them, if given);
+/// explains why not when they never do.
 pub(crate) async fn wait_for_action(
     joined: &Joined,
     action: &str,
     node: Option<&str>,
+    replicas: usize,
     wait: Duration,
 ) -> Result<()> {
     let deadline = Instant::now() + wait;
     loop {
-        let served = joined
-            .broker
-            .actions()
-            .iter()
-            .any(|a| a.name == action && node.is_none_or(|n| a.nodes.iter().any(|x| x == n)));
+        let served = joined.broker.actions().iter().any(|a| {
+            a.name == action
+                && a.nodes.len() >= replicas
+                && node.is_none_or(|n| a.nodes.iter().any(|x| x == n))
+        });
         if served {
             return Ok(());
         }

@@ -227,6 +227,22 @@ impl fmt::Debug for TransportContext {
     }
 }
 
+/// What [`Transporter::try_send`] and [`Transporter::try_request`] did, with what they hand back.
+///
+/// ```
+/// use phalanx::transport::TrySend;
+///
+/// let outcome: TrySend<()> = TrySend::WouldWait(());
+/// assert!(matches!(outcome, TrySend::WouldWait(())));
+/// ```
+#[derive(Debug)]
+pub enum TrySend<T> {
+    /// The packet is on its way.
+    Sent(T),
+    /// Nothing was sent: sending would have to wait.
+    WouldWait(T),
+}
+
 /// Moves packets between this node and the others.
 pub trait Transporter: Send + Sync + 'static {
     /// The kind of link this transport provides.
@@ -243,6 +259,27 @@ pub trait Transporter: Send + Sync + 'static {
 
     /// Sends `packet` to one node. Fails (retryable) if no link to it exists.
     fn send<'a>(&'a self, node_id: &'a str, packet: &'a Packet) -> BoxFuture<'a, Result<()>>;
+
+    /// Sends `packet` to one node if that needs no waiting (room in the link's buffer, no
+    /// other writer holding it): [`TrySend::Sent`], or [`TrySend::WouldWait`] with nothing
+    /// sent, and then the caller awaits [`send`](Transporter::send). A reply on the hot path
+    /// goes out this way without a future to box. The default always would wait.
+    ///
+    /// ```
+    /// use phalanx::protocol::packet::{Discover, PacketBody};
+    /// use phalanx::transport::{InProcBus, Packet, Transporter, TrySend};
+    ///
+    /// let transport = InProcBus::new().transport();
+    /// let packet = Packet::new("me", PacketBody::Discover(Discover {}));
+    /// assert!(matches!(
+    ///     transport.try_send("someone", &packet),
+    ///     Ok(TrySend::WouldWait(()))
+    /// ));
+    /// ```
+    fn try_send(&self, node_id: &str, packet: &Packet) -> Result<TrySend<()>> {
+        let _ = (node_id, packet);
+        Ok(TrySend::WouldWait(()))
+    }
 
     /// Sends `packet` to every node this transport reaches.
     fn broadcast<'a>(&'a self, packet: &'a Packet) -> BoxFuture<'a, Result<()>>;
@@ -295,6 +332,21 @@ pub trait Transporter: Send + Sync + 'static {
         self.send(node_id, packet)
             .map(|sent| sent.map(|()| reply))
             .boxed()
+    }
+
+    /// [`request`](Transporter::request) if it needs no waiting: [`TrySend::Sent`] with the
+    /// `reply` to await, or [`TrySend::WouldWait`] handing `reply` back with nothing sent (the
+    /// caller then awaits `request`). The default is [`try_send`](Transporter::try_send).
+    fn try_request(
+        &self,
+        node_id: &str,
+        packet: &Packet,
+        reply: PendingReply,
+    ) -> Result<TrySend<PendingReply>> {
+        Ok(match self.try_send(node_id, packet)? {
+            TrySend::Sent(()) => TrySend::Sent(reply),
+            TrySend::WouldWait(()) => TrySend::WouldWait(reply),
+        })
     }
 
     /// Whether this transport balances a group's events among its members itself (Kafka, with

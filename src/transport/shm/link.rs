@@ -66,10 +66,7 @@ impl ShmTransport {
         let mut started = None;
         while sent < frame.len() {
             if link.closed.load(Ordering::Acquire) {
-                return Err(Error::transport(format!(
-                    "shared-memory link to '{}' closed",
-                    link.node_id
-                )));
+                return Err(closed(link));
             }
             match link.outgoing.push(&frame[sent..]) {
                 Ok(0) => {
@@ -89,13 +86,26 @@ impl ShmTransport {
                 }
                 Err(err) => {
                     self.lost(&link.node_id, &err.to_string());
-                    return Err(Error::transport(format!(
-                        "shared-memory link broken: {err}"
-                    )));
+                    return Err(broken(&err));
                 }
             }
         }
         Ok(())
+    }
+
+    /// Copies `frame` whole into the link's outgoing ring if it fits now and no other writer
+    /// holds the link; whether it did (nothing is written when it did not).
+    pub(super) fn try_write(&self, link: &Link, frame: &[u8]) -> Result<bool> {
+        let Ok(_turn) = link.writer.try_lock() else {
+            return Ok(false);
+        };
+        if link.closed.load(Ordering::Acquire) {
+            return Err(closed(link));
+        }
+        link.outgoing.push_whole(frame).map_err(|err| {
+            self.lost(&link.node_id, &err.to_string());
+            broken(&err)
+        })
     }
 
     /// Starts a negotiated link: `outgoing` is the ring this side writes.
@@ -181,4 +191,14 @@ impl ShmTransport {
         tracing::debug!(peer = %link.node_id, "shared-memory link up");
         running.ctx.handler.on_link_up(&link.node_id, LinkKind::Shm);
     }
+}
+
+/// The error of a write to a closed link.
+fn closed(link: &Link) -> Error {
+    Error::transport(format!("shared-memory link to '{}' closed", link.node_id))
+}
+
+/// The error of a write to a ring found broken.
+fn broken(err: &ring::RingError) -> Error {
+    Error::transport(format!("shared-memory link broken: {err}"))
 }

@@ -19,6 +19,7 @@ mod tests;
 
 use super::{
     Direction, LinkKind, LinkTable, PeerSource, PendingReply, TransportContext, Transporter,
+    TrySend,
 };
 use crate::error::{Error, Result};
 use crate::protocol::packet::Packet;
@@ -227,6 +228,35 @@ impl Transporter for ShmTransport {
         .boxed()
     }
 
+    fn try_send(&self, node_id: &str, packet: &Packet) -> Result<TrySend<()>> {
+        let link = self.link(node_id)?;
+        Ok(if self.try_send_on(&link, packet)? {
+            TrySend::Sent(())
+        } else {
+            TrySend::WouldWait(())
+        })
+    }
+
+    fn try_request(
+        &self,
+        node_id: &str,
+        packet: &Packet,
+        mut reply: PendingReply,
+    ) -> Result<TrySend<PendingReply>> {
+        let link = self.link(node_id)?;
+        // A call alone in flight reads its answer on this thread: that is `request`'s work.
+        if link.waiting.load(Ordering::Acquire) == 0 {
+            return Ok(TrySend::WouldWait(reply));
+        }
+        reply.count_in(&link.waiting);
+        if !self.try_send_on(&link, packet)? {
+            return Ok(TrySend::WouldWait(reply));
+        }
+        // As `request` does: answers already here wake their tasks on this thread.
+        self.read_while_waiting(&link, &mut || true);
+        Ok(TrySend::Sent(reply))
+    }
+
     fn request<'a>(
         &'a self,
         node_id: &'a str,
@@ -357,6 +387,20 @@ impl ShmTransport {
             .traffic
             .record(&link.node_id, LinkKind::Shm, Direction::Sent, frame.len());
         self.write(link, frame).await
+    }
+
+    /// Encodes `packet` and writes it to `link` if it fits now; whether it did.
+    fn try_send_on(&self, link: &Link, packet: &Packet) -> Result<bool> {
+        let running = self.running()?;
+        let frame = running.ctx.codec.encode(packet)?;
+        let sent = self.try_write(link, &frame)?;
+        if sent {
+            running
+                .ctx
+                .traffic
+                .record(&link.node_id, LinkKind::Shm, Direction::Sent, frame.len());
+        }
+        Ok(sent)
     }
 
     /// Forgets the link to `node_id` and tells the broker.

@@ -269,7 +269,26 @@ impl Ring {
         if n == 0 {
             return Ok(0);
         }
-        self.copy_in(write, &bytes[..n]);
+        self.publish(write, &bytes[..n]);
+        Ok(n)
+    }
+
+    /// Producer: copies all of `bytes` and publishes them if they fit now; whether they did
+    /// (nothing is written when they do not).
+    pub(crate) fn push_whole(&self, bytes: &[u8]) -> Result<bool, RingError> {
+        let (write, read) = self.positions()?;
+        let free = (self.capacity() - (write - read)) as usize;
+        if free < bytes.len() {
+            return Ok(false);
+        }
+        self.publish(write, bytes);
+        Ok(true)
+    }
+
+    /// Copies `bytes` in at `write`, publishes them and wakes a sleeping consumer.
+    fn publish(&self, write: u64, bytes: &[u8]) {
+        let n = bytes.len();
+        self.copy_in(write, bytes);
         self.write_pos().store(write + n as u64, Ordering::SeqCst);
         // SeqCst pairs with the consumer's `sleeping` store then position re-check: either it
         // sees our bytes, or we see it asleep and wake it.
@@ -281,7 +300,6 @@ impl Ring {
                 1,
             );
         }
-        Ok(n)
     }
 
     /// Consumer: appends every published byte to `out` and frees them; returns how many.
@@ -431,6 +449,19 @@ mod tests {
         // Full: only the free space is taken.
         assert_eq!(producer.push(&[1; 5000]).unwrap(), PAGE);
         assert_eq!(producer.push(&[1]).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_whole_push_writes_all_or_nothing() {
+        let (producer, consumer) = pair(PAGE);
+        let mut out = bytes::BytesMut::new();
+        assert!(producer.push_whole(&[7; 3000]).unwrap());
+        // 3000 of PAGE taken: a frame larger than what is left is not cut in two.
+        assert!(!producer.push_whole(&vec![8; PAGE - 2999]).unwrap());
+        assert!(producer.push_whole(&vec![9; PAGE - 3000]).unwrap());
+        assert_eq!(consumer.pop(&mut out).unwrap(), PAGE);
+        assert!(out[..3000].iter().all(|&b| b == 7));
+        assert!(out[3000..].iter().all(|&b| b == 9));
     }
 
     #[test]
