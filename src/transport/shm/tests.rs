@@ -149,6 +149,48 @@ async fn a_corrupted_ring_closes_the_link_on_both_sides() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A frame the ring has room for goes out from `try_send` at once; one it has no room for is
+/// not cut in two but left to `send`, and the frames around it arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_sent_without_waiting_goes_whole_or_not_at_all() {
+    let dir = test_dir();
+    let ((a, _), (b, b_seen)) = linked_pair(&dir).await;
+    let ping = |id| Packet::new("a", PacketBody::Ping(Ping { id, time_us: 0 }));
+    assert!(matches!(a.try_send("b", &ping(1)), Ok(TrySend::Sent(()))));
+    let big = crate::protocol::packet::Event {
+        event: "big".into(),
+        data: Bytes::from(vec![7u8; 200_000]),
+        ..Default::default()
+    };
+    let big = Packet::new("a", PacketBody::Event(big));
+    assert!(matches!(a.try_send("b", &big), Ok(TrySend::WouldWait(()))));
+    assert!(matches!(a.try_send("b", &ping(2)), Ok(TrySend::Sent(()))));
+    a.send("b", &big).await.unwrap();
+    b_seen.wait_for("packet a Event shm").await;
+    assert!(matches!(a.try_send("b", &ping(3)), Ok(TrySend::Sent(()))));
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while b_seen.pings.lock().unwrap().len() < 3 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("three pings");
+    let ids: Vec<u64> = b_seen.pings.lock().unwrap().iter().map(|p| p.0).collect();
+    assert_eq!(ids, [1, 2, 3]);
+    let packets: Vec<String> = (b_seen.events.lock().unwrap().iter())
+        .filter(|e| e.starts_with("packet a"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        packets,
+        ["Ping", "Ping", "Event", "Ping"].map(|kind| format!("packet a {kind} shm"))
+    );
+    assert!(a.try_send("nobody", &ping(4)).is_err());
+    a.stop().await;
+    b.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Callers reading the link themselves and the reader thread take turns without losing,
 /// duplicating or reordering a frame.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
