@@ -424,8 +424,8 @@ async fn a_burst_whose_first_caller_gives_up_still_leaves() {
 }
 
 /// Requests made while others wait for their answers leave together: a burst of 64 calls is a
-/// handful of writes to the wire, not 64, on QUIC and on TCP — and every answer still finds its
-/// caller.
+/// handful of writes to the wire, not 64, on QUIC and on TCP — and so are their answers, and
+/// every answer still finds its caller.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_calls_leaves_in_few_writes() {
     for links in [MeshLinks::Quic, MeshLinks::Tcp] {
@@ -442,29 +442,45 @@ async fn a_burst_of_calls_leaves_in_few_writes() {
             .await
             .unwrap();
         caller.wait_for_services(&["echo"], WAIT).await.unwrap();
-        let sent_to_server = |broker: &Broker| {
+        let sent_to = |broker: &Broker, peer: &str| {
             let metrics = broker.metrics();
             let link = metrics
                 .links
                 .iter()
-                .find(|l| l.peer == "server" && l.link == kind.as_str())
+                .find(|l| l.peer == peer && l.link == kind.as_str())
                 .cloned();
             link.map_or((0, 0), |l| (l.packets_sent, l.writes))
         };
-        let (frames_before, writes_before) = sent_to_server(&caller);
+        let (frames_before, writes_before) = sent_to(&caller, "server");
+        let (answers_before, answer_writes_before) = sent_to(&server, "caller");
         const ROUNDS: u32 = 20;
         for round in 0..ROUNDS {
             let calls = (0..64u32).map(|i| caller.call::<u32>("echo.n", round * 64 + i));
             let answers = futures_util::future::try_join_all(calls).await.unwrap();
             assert!(answers.iter().copied().eq(round * 64..(round + 1) * 64));
         }
-        let (frames, writes) = sent_to_server(&caller);
+        let (frames, writes) = sent_to(&caller, "server");
         let (frames, writes) = (frames - frames_before, writes - writes_before);
         assert!(frames >= u64::from(ROUNDS) * 64, "{kind}: {frames} frames");
         // Unbatched, every frame is a write of its own.
         assert!(
             writes * 3 <= frames,
             "{kind}: {frames} frames took {writes} writes (fewer than 3 frames a write)"
+        );
+        // The answers, written from the server's reader as it serves each batch, leave
+        // together too.
+        let (answers, answer_writes) = sent_to(&server, "caller");
+        let (answers, answer_writes) = (
+            answers - answers_before,
+            answer_writes - answer_writes_before,
+        );
+        assert!(
+            answers >= u64::from(ROUNDS) * 64,
+            "{kind}: {answers} answers"
+        );
+        assert!(
+            answer_writes * 3 <= answers,
+            "{kind}: {answers} answers took {answer_writes} writes"
         );
         caller.stop().await;
         server.stop().await;

@@ -259,6 +259,20 @@ impl Link {
         }
     }
 
+    /// Puts a small `frame` in the outbox if someone will write it from there anyway (the
+    /// reader that corked the link, or a burst's writer); whether it did.
+    pub(super) fn try_hold(&self, frame: &[u8], config: &MeshConfig) -> bool {
+        frame.len() < config.large_frame
+            && matches!(self.hold(frame, Batching::IfQueued), Held::Yes)
+    }
+
+    /// Whether the outbox takes frames now (see [`try_hold`](Link::try_hold)): a look before
+    /// encoding a frame that would be encoded again for `send`.
+    pub(super) fn holds_now(&self) -> bool {
+        let outbox = self.outbox.lock().expect("outbox lock");
+        (outbox.corked || outbox.flush_pending) && outbox.frames.len() < OUTBOX_LIMIT
+    }
+
     /// Puts a small `frame` in the outbox if someone will write it from there: the reader that
     /// corked the link, a burst's writer, or (when it starts a burst) its sender.
     fn hold(&self, frame: &[u8], batching: Batching) -> Held {

@@ -58,6 +58,7 @@ mod tcp;
 
 use super::{
     Direction, LinkKind, LinkTable, PeerSource, PendingReply, TransportContext, Transporter,
+    TrySend,
 };
 use crate::discovery::DialPlan;
 use crate::discovery::address_record;
@@ -395,6 +396,32 @@ impl Transporter for MeshTransport {
         .boxed()
     }
 
+    fn try_send(&self, node_id: &str, packet: &Packet) -> Result<TrySend<()>> {
+        let mesh = self.mesh()?;
+        let link = mesh.link(node_id)?;
+        Ok(if mesh.try_send_on(&link, packet)? {
+            TrySend::Sent(())
+        } else {
+            TrySend::WouldWait(())
+        })
+    }
+
+    fn try_request(
+        &self,
+        node_id: &str,
+        packet: &Packet,
+        mut reply: PendingReply,
+    ) -> Result<TrySend<PendingReply>> {
+        let mesh = self.mesh()?;
+        let link = mesh.link(node_id)?;
+        // A call alone in flight leaves at once: that is `request`'s work.
+        if link.waiting.load(Ordering::Acquire) == 0 || !mesh.try_send_on(&link, packet)? {
+            return Ok(TrySend::WouldWait(reply));
+        }
+        reply.count_in(&link.waiting);
+        Ok(TrySend::Sent(reply))
+    }
+
     fn request<'a>(
         &'a self,
         node_id: &'a str,
@@ -635,6 +662,22 @@ impl Mesh {
             .traffic
             .record(&link.node_id, link.kind, Direction::Sent, frame.len());
         link.send(frame, &self.config, batching).await
+    }
+
+    /// Encodes `packet` and adds it to `link`'s outbox if someone writes that anyway (the
+    /// reader that corked the link, a burst's writer); whether it did.
+    fn try_send_on(&self, link: &Link, packet: &Packet) -> Result<bool> {
+        if !link.holds_now() {
+            return Ok(false);
+        }
+        let frame = self.ctx.codec.encode(packet)?;
+        let held = link.try_hold(&frame, &self.config);
+        if held {
+            self.ctx
+                .traffic
+                .record(&link.node_id, link.kind, Direction::Sent, frame.len());
+        }
+        Ok(held)
     }
 
     fn link(&self, node_id: &str) -> Result<Arc<Link>> {
