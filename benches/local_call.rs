@@ -2,16 +2,26 @@
 //! same async handler, in the same run, on a current-thread runtime (one core): the bare call
 //! path (no middleware, no timeout), the default stack a user gets (tracing spans, metrics,
 //! fallback, retry layers and the 30 s default timeout), and that stack with retries and a
-//! circuit breaker turned on. Also emit to 1 and to 20 local listeners.
+//! circuit breaker turned on. Also emit to 1 and to 20 local listeners. A counting allocator
+//! reports the allocations each kind of call makes (printed after the timings).
 //!
 //! Run: `cargo bench --bench local_call`
+#![allow(clippy::print_stdout)]
+
+#[path = "support/process.rs"]
+mod process;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use phalanx::middleware::{CircuitBreakerConfig, RetryConfig};
 use phalanx::{Broker, BrokerBuilder, Context};
+use process::ALLOCATIONS;
 use serde::{Deserialize, Serialize};
 use std::hint::black_box;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
+
+/// Calls counted for the allocations per call.
+const COUNTED_CALLS: u64 = 100_000;
 
 #[derive(Serialize, Deserialize)]
 struct Add {
@@ -87,6 +97,23 @@ fn local_call(c: &mut Criterion) {
         });
     }
     group.finish();
+    let direct = allocations_per_call(&rt, || async {
+        add(None, black_box(Add { a: 1, b: 2 })).await.expect("ok");
+    });
+    println!("local_call/direct_await: {direct:.2} allocations per call");
+    for (name, broker) in [
+        ("broker_call_bare", &bare),
+        ("broker_call_default_middleware", &default),
+        ("broker_call_retry_and_breaker", &resilient),
+    ] {
+        let allocations = allocations_per_call(&rt, || async {
+            broker
+                .call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
+                .await
+                .expect("ok");
+        });
+        println!("local_call/{name}: {allocations:.2} allocations per call");
+    }
 
     let mut group = c.benchmark_group("local_emit");
     for listeners in [1usize, 20] {
@@ -100,6 +127,24 @@ fn local_call(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// Allocations per call of `call` (after a warm-up), counted over the whole process: the
+/// runtime runs on this thread alone, so they are the call's.
+fn allocations_per_call<F: Future<Output = ()>>(
+    rt: &tokio::runtime::Runtime,
+    mut call: impl FnMut() -> F,
+) -> f64 {
+    rt.block_on(async {
+        for _ in 0..1_000 {
+            call().await;
+        }
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for _ in 0..COUNTED_CALLS {
+            call().await;
+        }
+        (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / COUNTED_CALLS as f64
+    })
 }
 
 criterion_group! {
