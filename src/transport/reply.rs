@@ -1,15 +1,29 @@
 //! The answer to a request: what [`Transporter::request`](super::Transporter::request) hands
 //! back once the request is on its way. The broker fills it when the RESPONSE arrives, or fails
 //! it when the node is lost; a transport may look whether it is already there.
+//!
+//! The slot an answer is left in is shared by two threads, so it lives on the heap; a reply
+//! that took its answer hands its slot to a small per-thread pool when the broker's end has
+//! let go of it too, and the next request of that thread reuses it: a remote call allocates
+//! no slot once its thread has made a few.
 
 use crate::error::{Error, Result};
 use crate::protocol::packet::Response;
 use futures_util::task::AtomicWaker;
+use std::cell::RefCell;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+
+/// Most answered slots a thread keeps for reuse: about the calls it has in flight at once.
+const POOLED_SLOTS: usize = 64;
+
+thread_local! {
+    /// Answered slots nobody else holds, emptied, for this thread's next requests.
+    static FREE_SLOTS: RefCell<Vec<Arc<Slot>>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Where the answer to one request is left: shared by its [`ReplySender`] and its
 /// [`PendingReply`], so the reply stays two words however large a response is, and whether it
@@ -40,6 +54,30 @@ impl Drop for ReplySender {
         if let Some(slot) = self.0.take() {
             fill(&slot, Err(abandoned()));
         }
+    }
+}
+
+impl Slot {
+    /// An empty slot: one from this thread's pool if it has one.
+    fn take_free() -> Arc<Slot> {
+        FREE_SLOTS
+            .with(|free| free.borrow_mut().pop())
+            .unwrap_or_default()
+    }
+
+    /// Empties `slot` and keeps it for this thread's next request, if nobody else holds it
+    /// and the pool has room; otherwise it is simply dropped.
+    fn recycle(mut slot: Arc<Slot>) {
+        let Some(unshared) = Arc::get_mut(&mut slot) else {
+            return;
+        };
+        *unshared = Slot::default();
+        FREE_SLOTS.with(|free| {
+            let mut free = free.borrow_mut();
+            if free.len() < POOLED_SLOTS {
+                free.push(slot);
+            }
+        });
     }
 }
 
@@ -87,7 +125,7 @@ impl Drop for Counted {
 impl PendingReply {
     /// A reply and the sender the broker fills it with.
     pub(crate) fn channel() -> (ReplySender, Self) {
-        let slot = Arc::new(Slot::default());
+        let slot = Slot::take_free();
         let reply = Self {
             slot: Some(slot.clone()),
             counted: None,
@@ -138,7 +176,9 @@ impl Future for PendingReply {
             .expect("reply slot lock")
             .take()
             .unwrap_or_else(|| Err(abandoned()));
-        self.slot = None;
+        if let Some(slot) = self.slot.take() {
+            Slot::recycle(slot);
+        }
         self.counted = None;
         Poll::Ready(answer)
     }
@@ -174,6 +214,26 @@ mod tests {
         tokio::task::yield_now().await;
         std::thread::spawn(move || sender.send(answer(2)));
         assert_eq!(waiter.await.unwrap().unwrap().id, 2);
+    }
+
+    #[tokio::test]
+    async fn an_answered_slot_is_reused_by_the_next_request_and_starts_empty() {
+        let (sender, reply) = PendingReply::channel();
+        let first = Arc::as_ptr(reply.slot.as_ref().expect("slot"));
+        sender.send(answer(1));
+        assert_eq!(reply.await.unwrap().id, 1);
+        let (sender, mut reply) = PendingReply::channel();
+        assert_eq!(Arc::as_ptr(reply.slot.as_ref().expect("slot")), first);
+        assert!(!reply.is_ready(), "a reused slot holds no old answer");
+        sender.send(answer(2));
+        assert_eq!(reply.await.unwrap().id, 2);
+        // A slot the broker's end still holds is not reused.
+        let (sender, reply) = PendingReply::channel();
+        let held = reply.slot.clone().expect("slot");
+        sender.send(answer(3));
+        assert_eq!(reply.await.unwrap().id, 3);
+        let (_sender, reply) = PendingReply::channel();
+        assert!(!Arc::ptr_eq(reply.slot.as_ref().expect("slot"), &held));
     }
 
     #[tokio::test]
