@@ -763,7 +763,7 @@ impl Broker {
             .map_err(|_| Error::timeout(&request.action))?;
         let lineage = Lineage::of_request(request);
         let mut ctx = Context::new(self.dispatch(), self.next_id(), lineage, deadline, started)
-            .arrived_from(sender.clone());
+            .arrived_from(sender.clone(), request.content_type);
         let params = Payload::encoded(std::mem::take(&mut request.params), request.content_type);
         if let Some(info) = request.stream.take() {
             let stream = self.read_stream(sender, link, request.id, false, info, deadline)?;

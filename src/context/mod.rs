@@ -105,6 +105,9 @@ pub struct Context {
     pub(crate) deadline: Option<Instant>,
     /// How the params travel if the call crosses a link (and how the answer is asked for).
     pub(crate) format: ContentType,
+    /// Serving a peer's request, the format its answer travels in: the handler's value is
+    /// encoded in it as soon as it is ready. `None` for a call made on this node.
+    pub(crate) answer_format: Option<ContentType>,
     /// When the call was made (or, serving a peer, when its request arrived).
     pub(crate) started: Instant,
 }
@@ -139,13 +142,15 @@ impl Context {
             stream: StreamSlot::default(),
             deadline,
             format: ContentType::MsgPack,
+            answer_format: None,
             started,
         }
     }
 
-    /// The same context, as it reached this node from `node_id`.
-    pub(crate) fn arrived_from(mut self, node_id: Arc<str>) -> Self {
+    /// The same context, as a request from `node_id` whose answer travels in `answer_format`.
+    pub(crate) fn arrived_from(mut self, node_id: Arc<str>, answer_format: ContentType) -> Self {
         self.node_id = Some(node_id);
+        self.answer_format = Some(answer_format);
         self
     }
 
