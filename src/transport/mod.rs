@@ -243,6 +243,17 @@ pub enum TrySend<T> {
     WouldWait(T),
 }
 
+impl TrySend<()> {
+    /// Whether a frame was taken (`sent`) or not, as a transport's `try_send` answers it.
+    pub(crate) fn sent_if(sent: bool) -> Self {
+        if sent {
+            Self::Sent(())
+        } else {
+            Self::WouldWait(())
+        }
+    }
+}
+
 /// Moves packets between this node and the others.
 pub trait Transporter: Send + Sync + 'static {
     /// The kind of link this transport provides.

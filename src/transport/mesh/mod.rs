@@ -399,11 +399,7 @@ impl Transporter for MeshTransport {
     fn try_send(&self, node_id: &str, packet: &Packet) -> Result<TrySend<()>> {
         let mesh = self.mesh()?;
         let link = mesh.link(node_id)?;
-        Ok(if mesh.try_send_on(&link, packet)? {
-            TrySend::Sent(())
-        } else {
-            TrySend::WouldWait(())
-        })
+        mesh.try_send_on(&link, packet).map(TrySend::sent_if)
     }
 
     fn try_request(

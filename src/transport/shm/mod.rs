@@ -230,11 +230,7 @@ impl Transporter for ShmTransport {
 
     fn try_send(&self, node_id: &str, packet: &Packet) -> Result<TrySend<()>> {
         let link = self.link(node_id)?;
-        Ok(if self.try_send_on(&link, packet)? {
-            TrySend::Sent(())
-        } else {
-            TrySend::WouldWait(())
-        })
+        self.try_send_on(&link, packet).map(TrySend::sent_if)
     }
 
     fn try_request(
