@@ -348,6 +348,19 @@ pub trait Transporter: Send + Sync + 'static {
     /// [`request`](Transporter::request) if it needs no waiting: [`TrySend::Sent`] with the
     /// `reply` to await, or [`TrySend::WouldWait`] handing `reply` back with nothing sent (the
     /// caller then awaits `request`). The default is [`try_send`](Transporter::try_send).
+    ///
+    /// ```
+    /// use phalanx::protocol::packet::{Discover, PacketBody};
+    /// use phalanx::transport::{InProcBus, Packet, PendingReply, Transporter, TrySend};
+    ///
+    /// let transport = InProcBus::new().transport();
+    /// let packet = Packet::new("me", PacketBody::Discover(Discover {}));
+    /// let reply = PendingReply::abandoned();
+    /// match transport.try_request("someone", &packet, reply) {
+    ///     Ok(TrySend::WouldWait(reply)) => drop(reply), // then: transport.request(..).await
+    ///     other => panic!("the in-process bus always awaits: {other:?}"),
+    /// }
+    /// ```
     fn try_request(
         &self,
         node_id: &str,
