@@ -1,6 +1,6 @@
 //! Request-reply: making calls and serving the ones that arrive from peers.
 
-use super::dispatch::{PeerPermit, run_inline_then_spawn};
+use super::dispatch::PeerPermit;
 use super::pending::PendingCall;
 use super::{Broker, InFlight, Registry};
 use crate::context::{CallOptions, Context, Lineage};
@@ -21,7 +21,6 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -551,7 +550,7 @@ impl Broker {
             Admission::Ready(ready) => ready,
             Admission::Newcomer(request) => {
                 let broker = self.clone();
-                return run_inline_then_spawn(async move {
+                return self.run_inline_then_spawn(async move {
                     let result = broker.serve_newcomer(&to.sender, *request, link).await;
                     broker.respond(to, result, serving);
                 });
@@ -560,7 +559,7 @@ impl Broker {
         };
         if self.intercepts_local_action(&action, &local) {
             let broker = self.clone();
-            return run_inline_then_spawn(async move {
+            return self.run_inline_then_spawn(async move {
                 let (result, _) = broker.run_local(&action, &local, ctx, params).await;
                 broker.respond(to, result, serving);
             });
@@ -568,23 +567,10 @@ impl Broker {
         let started = ctx.started;
         let deadline = ctx.deadline;
         let work = start_handler(&action, &local.handler, &local.service, ctx, params);
-        let mut answer = within_deadline(work, deadline);
-        // A no-op waker for the first poll; a task polls again with its real one.
-        let mut noop = std::task::Context::from_waker(std::task::Waker::noop());
-        match answer.poll_unpin(&mut noop) {
-            Poll::Ready(outcome) => {
-                let (result, _) = self.local_outcome(&action, &local, started, outcome);
-                self.respond(to, result, serving);
-            }
-            Poll::Pending => {
-                let broker = self.clone();
-                tokio::spawn(async move {
-                    let outcome = answer.await;
-                    let (result, _) = broker.local_outcome(&action, &local, started, outcome);
-                    broker.respond(to, result, serving);
-                });
-            }
-        }
+        self.finish_inline_or_spawn(within_deadline(work, deadline), move |broker, outcome| {
+            let (result, _) = broker.local_outcome(&action, &local, started, outcome);
+            broker.respond(to, result, serving);
+        });
     }
 
     /// Sends the RESPONSE carrying `result` to the request `to` describes: from here if the
@@ -599,7 +585,7 @@ impl Broker {
             Ok(TrySend::Sent(())) => drop(serving),
             Ok(TrySend::WouldWait(())) => {
                 let broker = self.clone();
-                run_inline_then_spawn(async move {
+                self.run_inline_then_spawn(async move {
                     if let Err(err) = transport.send(&to.sender, &packet).await {
                         broker.response_lost(&to, &err);
                     }

@@ -6,8 +6,11 @@ use super::{Broker, BrokerInner};
 use crate::limits::Limit;
 use crate::protocol::packet::{Discover, Packet, PacketBody, Pong};
 use crate::transport::{LinkKind, TransportHandler};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The broker as the transports see it. Holds the broker weakly: transports must not keep a
@@ -178,7 +181,7 @@ impl Broker {
         let Some(transport) = self.transport_of(link) else {
             return;
         };
-        run_inline_then_spawn(async move {
+        self.run_inline_then_spawn(async move {
             if let Err(err) = transport.send(&node_id, &packet).await {
                 tracing::debug!(peer = %node_id, %err, "control packet not sent");
             }
@@ -202,17 +205,39 @@ impl Drop for PeerPermit {
     }
 }
 
-/// Polls `work` once right here, on the transport's reader; only if it is not done at once is it
-/// spawned as a task. A handler that answers immediately then writes its response from the
-/// reader, where it batches with its neighbours, instead of paying a task hop per request.
-///
-/// The first poll uses a no-op waker; the spawned task polls again with its real one, which is
-/// what every future must honour (wakers may change between polls).
-pub(super) fn run_inline_then_spawn(work: impl std::future::Future<Output = ()> + Send + 'static) {
-    let mut work = Box::pin(work);
-    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-    if work.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(work);
+impl Broker {
+    /// Polls `work` once right here, on the transport's reader; only if it is not done at once
+    /// is it spawned as a task. A handler that answers immediately then writes its response
+    /// from the reader, where it batches with its neighbours, instead of paying a task hop per
+    /// request.
+    pub(super) fn run_inline_then_spawn(&self, work: impl Future<Output = ()> + Send + 'static) {
+        self.finish_inline_or_spawn(Box::pin(work), |_, ()| {});
+    }
+
+    /// Polls `work` once right here and hands its output to `then`; work not done at once goes
+    /// on in a task, which calls `then` when it is. Work that is `Unpin` needs no box for its
+    /// first poll: an answer ready at once costs no allocation and no clone of the broker.
+    ///
+    /// The first poll uses a no-op waker; the spawned task polls again with its real one, which
+    /// is what every future must honour (wakers may change between polls).
+    pub(super) fn finish_inline_or_spawn<F>(
+        &self,
+        mut work: F,
+        then: impl FnOnce(&Broker, F::Output) + Send + 'static,
+    ) where
+        F: Future + Unpin + Send + 'static,
+    {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        match Pin::new(&mut work).poll(&mut cx) {
+            Poll::Ready(output) => then(self, output),
+            Poll::Pending => {
+                let broker = self.clone();
+                tokio::spawn(async move {
+                    let output = work.await;
+                    then(&broker, output);
+                });
+            }
+        }
     }
 }
 
