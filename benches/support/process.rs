@@ -1,41 +1,85 @@
 //! The two sides of a cross-process bench: the measuring process starts a serving process (the
-//! same bench binary, re-run with arguments saying what to serve), reads its CPU time from
-//! `/proc`, and asks it how many allocations it has made; the serving process answers on stdin
-//! until stdin closes. A counting allocator in both processes supplies the allocation counts.
+//! same bench binary, re-run with arguments saying what to serve), reads its CPU time and
+//! resident memory from `/proc`, and asks it questions (how many allocations it has made, how
+//! many heap bytes it holds, and whatever the bench's server answers besides); the serving
+//! process answers on stdin until stdin closes. A counting allocator in both processes
+//! supplies the allocation and heap counts.
 #![allow(dead_code)] // each bench uses part of it
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::time::Duration;
 
-/// Counts allocations of this process.
-struct Counting;
+/// What the counting allocator counts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Counting {
+    /// Nothing: timings taken without the counters' cost.
+    Nothing,
+    /// Allocations (the default).
+    Allocations,
+    /// Allocations and the heap bytes held (a second counter touched on every free too).
+    AllocationsAndHeap,
+}
 
+/// Starts counting what `counting` says, from now on.
+pub(crate) fn count(counting: Counting) {
+    COUNTING.store(counting as u8, Ordering::Relaxed);
+}
+
+fn counting() -> u8 {
+    COUNTING.load(Ordering::Relaxed)
+}
+
+static COUNTING: AtomicU8 = AtomicU8::new(Counting::Allocations as u8);
+
+/// Allocations this process has made while counting.
 pub(crate) static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+/// Heap bytes allocated minus heap bytes freed while counting them.
+pub(crate) static HEAP_BYTES: AtomicI64 = AtomicI64::new(0);
+
+/// The counting allocator: the system's, counted.
+struct CountingAllocator;
+
+impl CountingAllocator {
+    fn counted(&self, grown: i64) {
+        let counting = counting();
+        if counting >= Counting::Allocations as u8 {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        if counting == Counting::AllocationsAndHeap as u8 {
+            HEAP_BYTES.fetch_add(grown, Ordering::Relaxed);
+        }
+    }
+}
 
 // SAFETY: forwards every call to the system allocator unchanged; only counts.
 #[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
+unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        self.counted(layout.size() as i64);
         // SAFETY: the caller upholds `alloc`'s contract, which we pass on.
         unsafe { System.alloc(layout) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if counting() == Counting::AllocationsAndHeap as u8 {
+            HEAP_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        }
         // SAFETY: `ptr` came from `alloc` above, i.e. from `System`.
         unsafe { System.dealloc(ptr, layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        self.counted(new_size as i64 - layout.size() as i64);
         // SAFETY: as for `dealloc`, and the caller upholds `realloc`'s contract.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: CountingAllocator = CountingAllocator;
 
 /// The serving process of one row, killed on drop.
 pub(crate) struct Server {
@@ -76,11 +120,26 @@ impl Server {
         process_cpu_us(&format!("/proc/{}/stat", self.child.id()))
     }
 
+    /// Resident memory of the serving process now, bytes.
+    pub(crate) fn resident_bytes(&self) -> f64 {
+        resident_bytes(&format!("/proc/{}/status", self.child.id()))
+    }
+
     /// Allocations the serving process has made so far.
     pub(crate) fn allocations(&mut self) -> u64 {
+        self.ask("allocations").parse().expect("a count")
+    }
+
+    /// Heap bytes the serving process holds now (counted only where its bench counts them).
+    pub(crate) fn heap_bytes(&mut self) -> i64 {
+        self.ask("heap").parse().expect("a byte count")
+    }
+
+    /// The serving process's answer to `question` (one line each way).
+    pub(crate) fn ask(&mut self, question: &str) -> String {
         let input = self.input.as_mut().expect("the server runs");
-        writeln!(input, "allocations").expect("ask the server");
-        read_line(&mut self.output).parse().expect("a count")
+        writeln!(input, "{question}").expect("ask the server");
+        read_line(&mut self.output)
     }
 }
 
@@ -125,17 +184,45 @@ pub(crate) fn process_cpu_us(path: &str) -> f64 {
     (ticks(11) + ticks(12)) / hz * 1e6
 }
 
-/// The serving side: says `ready ADDRESS`, then answers `allocations` on stdin until stdin
-/// closes (the measuring process is done).
+/// Resident memory (`VmRSS`) of the process whose `status` file is `path`, bytes.
+pub(crate) fn resident_bytes(path: &str) -> f64 {
+    let status = std::fs::read_to_string(path).unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| {
+            rest.trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .unwrap_or(0.0);
+    kib * 1024.0
+}
+
+/// The serving side: says `ready ADDRESS`, then answers `allocations` and `heap` on stdin until
+/// stdin closes (the measuring process is done).
 pub(crate) async fn serve_until_stdin_closes(address: &str) {
+    serve_questions_until_stdin_closes(address, |_| None).await;
+}
+
+/// As [`serve_until_stdin_closes`], with `answer` answering the bench's own questions (`None`:
+/// not one of them; the measuring process is then told `?`).
+pub(crate) async fn serve_questions_until_stdin_closes(
+    address: &str,
+    answer: impl Fn(&str) -> Option<String> + Send + 'static,
+) {
     println!("ready {address}");
-    tokio::task::spawn_blocking(|| {
+    tokio::task::spawn_blocking(move || {
         for line in std::io::stdin().lock().lines() {
-            match line.as_deref() {
-                Ok("allocations") => println!("{}", ALLOCATIONS.load(Ordering::Relaxed)),
-                Ok(_) => {}
-                Err(_) => break,
-            }
+            let Ok(question) = line else { break };
+            let reply = match question.as_str() {
+                "allocations" => ALLOCATIONS.load(Ordering::Relaxed).to_string(),
+                "heap" => HEAP_BYTES.load(Ordering::Relaxed).to_string(),
+                other => answer(other).unwrap_or_else(|| "?".to_owned()),
+            };
+            println!("{reply}");
         }
     })
     .await
