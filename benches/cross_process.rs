@@ -27,14 +27,14 @@ mod tarpc_echo;
 
 use bytes::Bytes;
 use mux::{MuxClient, echo};
-use phalanx::transport::{LinkKind, MeshLinks, NatsTransport, ShmTransport};
+use phalanx::transport::{LinkKind, NatsTransport};
 use phalanx::{Broker, BrokerBuilder};
 use process::{ALLOCATIONS, Server, process_cpu_us, serve_until_stdin_closes};
 use std::future::Future;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 use support::{
-    IN_FLIGHT, Options, closed_loop, echo_call, mesh_loopback, nats_request_call, runtime,
+    IN_FLIGHT, Options, closed_loop, echo_call, mesh_node, nats_request_call, row_link, runtime,
     sequential, serve_echo,
 };
 
@@ -141,13 +141,7 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
                 .start()
                 .await
                 .expect("caller");
-            let want = match row {
-                "phalanx-shm" => LinkKind::Shm,
-                "phalanx-nats" => LinkKind::Nats,
-                "phalanx-tcp" => LinkKind::Tcp,
-                _ => LinkKind::Quic,
-            };
-            wait_for_echo(&caller, want).await;
+            wait_for_echo(&caller, row_link(row)).await;
             let figures = run(row, &mut server, options, echo_call(&caller, &body)).await;
             caller.stop().await;
             figures
@@ -192,22 +186,13 @@ where
 /// A Phalanx node of `row`: the mesh over QUIC (plus shared memory for `phalanx-shm`) or TCP,
 /// or NATS.
 fn phalanx_node(row: &str, id: &str, seed: Option<&str>, nats: &str) -> BrokerBuilder {
-    let builder = Broker::builder().node_id(id).namespace("bench");
     if row == "phalanx-nats" {
-        return builder.transport(NatsTransport::builder(nats).build());
+        return Broker::builder()
+            .node_id(id)
+            .namespace("bench")
+            .transport(NatsTransport::builder(nats).build());
     }
-    let links = if row == "phalanx-tcp" {
-        MeshLinks::Tcp
-    } else {
-        MeshLinks::Quic
-    };
-    let mesh = mesh_loopback(links, seed.filter(|s| !s.is_empty()).map(str::to_owned));
-    let builder = builder.transport(mesh);
-    if row == "phalanx-shm" {
-        builder.transport(ShmTransport::builder().build())
-    } else {
-        builder
-    }
+    mesh_node(row, id, "bench", seed)
 }
 
 /// Waits until `caller` reaches the server's echo service over `link`.

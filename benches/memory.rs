@@ -21,17 +21,19 @@
 mod process;
 mod support;
 
-use phalanx::transport::{LinkKind, MeshLinks, ShmTransport};
-use phalanx::{Broker, BrokerBuilder, Context};
+use phalanx::transport::LinkKind;
+use phalanx::{Broker, Context};
 use process::{Counting, HEAP_BYTES, Server, count, serve_questions_until_stdin_closes};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{mesh_loopback, runtime};
+use support::{mesh_node, row_link, runtime};
 use tokio::sync::Semaphore;
 
 /// The rows, in the order they run.
 const ROWS: [&str; 3] = ["phalanx-quic", "phalanx-tcp", "phalanx-shm"];
 
+/// The namespace of this bench's nodes.
+const NAMESPACE: &str = "bench-memory";
 /// Calls the serving node runs at once from one peer: under the 1024 a peer may keep running
 /// on a node (`Limits::max_peer_in_flight`), so none is refused.
 const DEFAULT_CALLS: usize = 1000;
@@ -107,21 +109,21 @@ async fn measure_row(row: &'static str, peers: usize, calls: usize) -> RowMemory
 
     let mut nodes = Vec::with_capacity(peers);
     for i in 0..peers {
-        let node = node(row, &format!("peer{i}"), Some(&server.address))
+        let node = mesh_node(row, &format!("peer{i}"), NAMESPACE, Some(&server.address))
             .start()
             .await
             .expect("peer node");
         nodes.push(node);
     }
     for node in &nodes {
-        wait_for_hold(node, link_of(row)).await;
+        wait_for_hold(node, row_link(row)).await;
         node.call::<()>("hold.now", ()).await.expect("a first call");
     }
     // The peers find each other too (the mesh is full): links forming later would be counted
     // as the calls' memory.
     for node in &nodes {
         wait_until(
-            || linked_to(node, link_of(row)) == peers,
+            || linked_to(node, row_link(row)) == peers,
             "every peer linked to every other",
         )
         .await;
@@ -171,34 +173,6 @@ async fn measure_row(row: &'static str, peers: usize, calls: usize) -> RowMemory
     }
 }
 
-/// The link a row's calls take.
-fn link_of(row: &str) -> LinkKind {
-    match row {
-        "phalanx-shm" => LinkKind::Shm,
-        "phalanx-tcp" => LinkKind::Tcp,
-        _ => LinkKind::Quic,
-    }
-}
-
-/// A node of `row`: the mesh over QUIC (plus shared memory for `phalanx-shm`) or TCP.
-fn node(row: &str, id: &str, seed: Option<&str>) -> BrokerBuilder {
-    let links = if row == "phalanx-tcp" {
-        MeshLinks::Tcp
-    } else {
-        MeshLinks::Quic
-    };
-    let mesh = mesh_loopback(links, seed.filter(|s| !s.is_empty()).map(str::to_owned));
-    let builder = Broker::builder()
-        .node_id(id)
-        .namespace("bench-memory")
-        .transport(mesh);
-    if row == "phalanx-shm" {
-        builder.transport(ShmTransport::builder().build())
-    } else {
-        builder
-    }
-}
-
 /// How many other nodes `node` reaches over `link`.
 fn linked_to(node: &Broker, link: LinkKind) -> usize {
     node.nodes()
@@ -237,7 +211,7 @@ static RELEASE: Semaphore = Semaphore::const_new(0);
 /// The serving process: a node with the `hold` service (`now` answers at once, `wait` when
 /// released), answering `peers`, `held` and `release` on stdin besides the heap.
 async fn serve(row: &str) {
-    let server = node(row, "server", None)
+    let server = mesh_node(row, "server", NAMESPACE, None)
         .start()
         .await
         .expect("server node");
@@ -258,7 +232,7 @@ async fn serve(row: &str) {
         .first()
         .and_then(|n| n.addresses.iter().find(|a| !a.starts_with("shm:")).cloned())
         .unwrap_or_default();
-    let (view, link) = (server.clone(), link_of(row));
+    let (view, link) = (server.clone(), row_link(row));
     serve_questions_until_stdin_closes(&address, move |question| match question {
         "peers" => Some(linked_to(&view, link).to_string()),
         "held" => Some(HELD.load(Ordering::SeqCst).to_string()),

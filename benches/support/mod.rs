@@ -3,9 +3,9 @@
 #![allow(dead_code)] // each bench uses part of it
 
 use bytes::Bytes;
-use phalanx::Broker;
 use phalanx::identity::ClusterCa;
-use phalanx::transport::{MeshLinks, MeshTransport};
+use phalanx::transport::{LinkKind, MeshLinks, MeshTransport, ShmTransport};
+use phalanx::{Broker, BrokerBuilder};
 use serde_bytes::ByteBuf;
 use std::future::Future;
 use std::time::Duration;
@@ -71,6 +71,36 @@ pub(crate) fn mesh_loopback(links: MeshLinks, seed: Option<String>) -> MeshTrans
         .mdns(false)
         .seeds(seed)
         .build()
+}
+
+/// A node of a bench row over the mesh, dialing `seed`: TCP links for `phalanx-tcp`, else QUIC,
+/// plus shared memory for `phalanx-shm`.
+pub(crate) fn mesh_node(row: &str, id: &str, namespace: &str, seed: Option<&str>) -> BrokerBuilder {
+    let links = if row == "phalanx-tcp" {
+        MeshLinks::Tcp
+    } else {
+        MeshLinks::Quic
+    };
+    let mesh = mesh_loopback(links, seed.filter(|s| !s.is_empty()).map(str::to_owned));
+    let builder = Broker::builder()
+        .node_id(id)
+        .namespace(namespace)
+        .transport(mesh);
+    if row == "phalanx-shm" {
+        builder.transport(ShmTransport::builder().build())
+    } else {
+        builder
+    }
+}
+
+/// The link a Phalanx row's calls take.
+pub(crate) fn row_link(row: &str) -> LinkKind {
+    match row {
+        "phalanx-shm" => LinkKind::Shm,
+        "phalanx-nats" => LinkKind::Nats,
+        "phalanx-tcp" => LinkKind::Tcp,
+        _ => LinkKind::Quic,
+    }
 }
 
 /// The runtime both sides of a bench share: two worker threads, like the machine's two cores.
