@@ -93,6 +93,9 @@ pub(crate) enum Batching {
 
 /// Bytes of small frames a link holds before senders wait for their own writes.
 const OUTBOX_LIMIT: usize = 256 * 1024;
+/// What a frame usually adds to its payload (envelope, names, meta): a payload this much under
+/// the large-frame size is encoded into the outbox without a look at its whole size first.
+const FRAME_HEADROOM: usize = 1024;
 
 /// Whether [`Link::hold`] kept a frame for a later write.
 enum Held {
@@ -259,18 +262,34 @@ impl Link {
         }
     }
 
-    /// Puts a small `frame` in the outbox if someone will write it from there anyway (the
-    /// reader that corked the link, or a burst's writer); whether it did.
-    pub(super) fn try_hold(&self, frame: &[u8], config: &MeshConfig) -> bool {
-        frame.len() < config.large_frame
-            && matches!(self.hold(frame, Batching::IfQueued), Held::Yes)
-    }
-
-    /// Whether the outbox takes frames now (see [`try_hold`](Link::try_hold)): a look before
-    /// encoding a frame that would be encoded again for `send`.
-    pub(super) fn holds_now(&self) -> bool {
-        let outbox = self.outbox.lock().expect("outbox lock");
-        (outbox.corked || outbox.flush_pending) && outbox.frames.len() < OUTBOX_LIMIT
+    /// Encodes a small frame with `encode` straight into the outbox if someone will write it
+    /// from there anyway (the reader that corked the link, or a burst's writer): one lock, and
+    /// no buffer of the frame's own to copy from. `Ok(Some(len))` if it did; `Ok(None)` if the
+    /// frame goes the usual way (nobody writes the outbox now, it is full, or the frame —
+    /// `payload` bytes of payload — is large enough for a stream of its own).
+    pub(super) fn try_hold_encoded<E>(
+        &self,
+        payload: usize,
+        encode: impl FnOnce(&mut BytesMut) -> std::result::Result<(), E>,
+        config: &MeshConfig,
+    ) -> std::result::Result<Option<usize>, E> {
+        // Decided before encoding, so a large body never grows the outbox's buffer.
+        if payload + FRAME_HEADROOM >= config.large_frame {
+            return Ok(None);
+        }
+        let mut outbox = self.outbox.lock().expect("outbox lock");
+        if !(outbox.corked || outbox.flush_pending) || outbox.frames.len() >= OUTBOX_LIMIT {
+            return Ok(None);
+        }
+        let start = outbox.frames.len();
+        encode(&mut outbox.frames)?;
+        let len = outbox.frames.len() - start;
+        if len >= config.large_frame {
+            // Headers larger than the headroom: the frame takes a stream of its own after all.
+            outbox.frames.truncate(start);
+            return Ok(None);
+        }
+        Ok(Some(len))
     }
 
     /// Puts a small `frame` in the outbox if someone will write it from there: the reader that

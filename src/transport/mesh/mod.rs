@@ -663,17 +663,17 @@ impl Mesh {
     /// Encodes `packet` and adds it to `link`'s outbox if someone writes that anyway (the
     /// reader that corked the link, a burst's writer); whether it did.
     fn try_send_on(&self, link: &Link, packet: &Packet) -> Result<bool> {
-        if !link.holds_now() {
-            return Ok(false);
-        }
-        let frame = self.ctx.codec.encode(packet)?;
-        let held = link.try_hold(&frame, &self.config);
-        if held {
+        let held = link.try_hold_encoded(
+            packet.payload_len(),
+            |buf| self.ctx.codec.encode_into(packet, buf),
+            &self.config,
+        )?;
+        if let Some(len) = held {
             self.ctx
                 .traffic
-                .record(&link.node_id, link.kind, Direction::Sent, frame.len());
+                .record(&link.node_id, link.kind, Direction::Sent, len);
         }
-        Ok(held)
+        Ok(held.is_some())
     }
 
     fn link(&self, node_id: &str) -> Result<Arc<Link>> {
