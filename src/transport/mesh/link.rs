@@ -82,6 +82,62 @@ struct Outbox {
     frames: BytesMut,
 }
 
+impl Outbox {
+    /// Whether someone will write what the outbox holds: the reader that corked it, or a
+    /// burst's writer.
+    fn is_written_soon(&self) -> bool {
+        self.corked || self.flush_pending
+    }
+
+    /// Whether senders must write their frames themselves (back-pressure).
+    fn is_full(&self) -> bool {
+        self.frames.len() >= OUTBOX_LIMIT
+    }
+
+    /// Encodes a frame with `encode` at the end of the outbox if someone will write it from
+    /// here; `Ok(Some(len))` if it did. `Ok(None)` — and the outbox as it was — if nobody
+    /// writes the outbox now, it is full, or the frame (`payload` bytes of payload) is large
+    /// enough for a stream of its own (`large_frame`): a large body is told apart before it is
+    /// encoded, so it never grows the outbox's buffer, and a frame whose headers make it large
+    /// after all is taken back out. A failed encoding leaves the outbox as it was too.
+    fn try_encode<E>(
+        &mut self,
+        payload: usize,
+        large_frame: usize,
+        encode: impl FnOnce(&mut BytesMut) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Option<usize>, E> {
+        if payload + FRAME_HEADROOM >= large_frame || !self.is_written_soon() || self.is_full() {
+            return Ok(None);
+        }
+        let start = self.frames.len();
+        if let Err(err) = encode(&mut self.frames) {
+            self.frames.truncate(start);
+            return Err(err);
+        }
+        let len = self.frames.len() - start;
+        if len >= large_frame {
+            self.frames.truncate(start);
+            return Ok(None);
+        }
+        Ok(Some(len))
+    }
+
+    /// Puts a small `frame` in the outbox if someone will write it from there: the reader that
+    /// corked the link, a burst's writer, or (when it starts a burst) its sender.
+    fn hold(&mut self, frame: &[u8], batching: Batching) -> Held {
+        let queued = self.is_written_soon();
+        if !(queued || batching == Batching::Burst) || self.is_full() {
+            return Held::No;
+        }
+        self.frames.extend_from_slice(frame);
+        if queued {
+            return Held::Yes;
+        }
+        self.flush_pending = true;
+        Held::FirstOfBurst
+    }
+}
+
 /// Whether a small frame may wait for others to leave with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Batching {
@@ -264,48 +320,26 @@ impl Link {
 
     /// Encodes a small frame with `encode` straight into the outbox if someone will write it
     /// from there anyway (the reader that corked the link, or a burst's writer): one lock, and
-    /// no buffer of the frame's own to copy from. `Ok(Some(len))` if it did; `Ok(None)` if the
-    /// frame goes the usual way (nobody writes the outbox now, it is full, or the frame —
-    /// `payload` bytes of payload — is large enough for a stream of its own).
+    /// no buffer of the frame's own to copy from. See [`Outbox::try_encode`].
     pub(super) fn try_hold_encoded<E>(
         &self,
         payload: usize,
         encode: impl FnOnce(&mut BytesMut) -> std::result::Result<(), E>,
         config: &MeshConfig,
     ) -> std::result::Result<Option<usize>, E> {
-        // Decided before encoding, so a large body never grows the outbox's buffer.
-        if payload + FRAME_HEADROOM >= config.large_frame {
-            return Ok(None);
-        }
-        let mut outbox = self.outbox.lock().expect("outbox lock");
-        if !(outbox.corked || outbox.flush_pending) || outbox.frames.len() >= OUTBOX_LIMIT {
-            return Ok(None);
-        }
-        let start = outbox.frames.len();
-        encode(&mut outbox.frames)?;
-        let len = outbox.frames.len() - start;
-        if len >= config.large_frame {
-            // Headers larger than the headroom: the frame takes a stream of its own after all.
-            outbox.frames.truncate(start);
-            return Ok(None);
-        }
-        Ok(Some(len))
+        self.outbox
+            .lock()
+            .expect("outbox lock")
+            .try_encode(payload, config.large_frame, encode)
     }
 
-    /// Puts a small `frame` in the outbox if someone will write it from there: the reader that
-    /// corked the link, a burst's writer, or (when it starts a burst) its sender.
+    /// Puts a small `frame` in the outbox if someone will write it from there (see
+    /// [`Outbox::hold`]).
     fn hold(&self, frame: &[u8], batching: Batching) -> Held {
-        let mut outbox = self.outbox.lock().expect("outbox lock");
-        let queued = outbox.corked || outbox.flush_pending;
-        if !(queued || batching == Batching::Burst) || outbox.frames.len() >= OUTBOX_LIMIT {
-            return Held::No;
-        }
-        outbox.frames.extend_from_slice(frame);
-        if queued {
-            return Held::Yes;
-        }
-        outbox.flush_pending = true;
-        Held::FirstOfBurst
+        self.outbox
+            .lock()
+            .expect("outbox lock")
+            .hold(frame, batching)
     }
 
     /// Writes what the outbox holds once every task already runnable on this thread had its
@@ -493,5 +527,103 @@ impl MainReader {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LARGE: usize = 64 * 1024;
+
+    /// An outbox the link's reader has corked, holding `held` already.
+    fn corked_with(held: &[u8]) -> Outbox {
+        let mut outbox = Outbox {
+            corked: true,
+            ..Outbox::default()
+        };
+        outbox.frames.extend_from_slice(held);
+        outbox
+    }
+
+    fn write(bytes: &[u8]) -> impl FnOnce(&mut BytesMut) -> std::result::Result<(), ()> + '_ {
+        move |buf| {
+            buf.extend_from_slice(bytes);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_frame_is_encoded_into_the_outbox_only_when_someone_writes_it() {
+        let mut idle = Outbox::default();
+        let mut encoded = false;
+        let held = idle.try_encode(5, LARGE, |_| {
+            encoded = true;
+            Ok::<(), ()>(())
+        });
+        assert_eq!(held, Ok(None));
+        assert!(!encoded, "nothing is encoded for an outbox nobody writes");
+
+        let mut corked = corked_with(b"one");
+        assert_eq!(corked.try_encode(3, LARGE, write(b"two")), Ok(Some(3)));
+        assert_eq!(&corked.frames[..], b"onetwo");
+    }
+
+    #[test]
+    fn a_large_body_is_not_encoded_into_the_outbox() {
+        let mut corked = corked_with(b"");
+        let mut encoded = false;
+        let held = corked.try_encode(LARGE - 10, LARGE, |_| {
+            encoded = true;
+            Ok::<(), ()>(())
+        });
+        assert_eq!(held, Ok(None));
+        assert!(!encoded);
+        assert_eq!(
+            corked.frames.capacity(),
+            0,
+            "the outbox's buffer did not grow"
+        );
+    }
+
+    #[test]
+    fn a_frame_its_headers_make_large_is_taken_back_out() {
+        let mut corked = corked_with(b"one");
+        let large = vec![7u8; LARGE];
+        assert_eq!(corked.try_encode(10, LARGE, write(&large)), Ok(None));
+        assert_eq!(&corked.frames[..], b"one");
+    }
+
+    #[test]
+    fn a_failed_encoding_leaves_the_outbox_as_it_was() {
+        let mut corked = corked_with(b"one");
+        let failed = corked.try_encode(3, LARGE, |buf| {
+            buf.extend_from_slice(b"half");
+            Err("broken")
+        });
+        assert_eq!(failed, Err("broken"));
+        assert_eq!(&corked.frames[..], b"one");
+    }
+
+    #[test]
+    fn a_full_outbox_takes_no_more_frames() {
+        let mut full = corked_with(&vec![0u8; OUTBOX_LIMIT]);
+        assert_eq!(full.try_encode(3, LARGE, write(b"two")), Ok(None));
+        assert!(matches!(full.hold(b"two", Batching::Burst), Held::No));
+        assert_eq!(full.frames.len(), OUTBOX_LIMIT);
+    }
+
+    #[test]
+    fn a_burst_starts_in_an_idle_outbox_and_a_lone_frame_does_not() {
+        let mut idle = Outbox::default();
+        assert!(matches!(idle.hold(b"lone", Batching::IfQueued), Held::No));
+        assert!(idle.frames.is_empty());
+        assert!(matches!(
+            idle.hold(b"first", Batching::Burst),
+            Held::FirstOfBurst
+        ));
+        assert!(idle.flush_pending);
+        assert!(matches!(idle.hold(b"next", Batching::IfQueued), Held::Yes));
+        assert_eq!(&idle.frames[..], b"firstnext");
     }
 }
