@@ -216,6 +216,8 @@ async fn wait_for_echo(caller: &Broker, link: LinkKind) {
 /// until stdin closes.
 async fn serve(row: &str, nats: &str) {
     let mut broker = None;
+    // The raw Unix row's socket file, removed when serving ends.
+    let mut socket = None;
     let address = match row {
         "raw-quinn" => raw_quinn::serve().to_string(),
         "tarpc" => tarpc_echo::serve().await.to_string(),
@@ -230,7 +232,9 @@ async fn serve(row: &str, nats: &str) {
                     tokio::spawn(echo(read, write));
                 }
             });
-            path.display().to_string()
+            let address = path.display().to_string();
+            socket = Some(path);
+            address
         }
         "raw-tcp" => {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -276,6 +280,9 @@ async fn serve(row: &str, nats: &str) {
         }
     };
     serve_until_stdin_closes(&address).await;
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
     if let Some(broker) = broker {
         broker.stop().await;
     }
