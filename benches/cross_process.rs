@@ -319,11 +319,5 @@ fn report(results: &[RowFigures], options: &Options) {
     table.push_str(&ratio("phalanx-tcp", "raw-tcp"));
     table.push_str(&ratio("phalanx-shm", "raw-unix"));
     table.push_str(&ratio("phalanx-nats", "raw-nats"));
-    println!("\n{table}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let _ = std::fs::create_dir_all(&target);
-    let _ = std::fs::write(target.join("cross_process.md"), &table);
-    if let Ok(json) = serde_json::to_string_pretty(results) {
-        let _ = std::fs::write(target.join("cross_process.json"), json);
-    }
+    support::publish("cross_process", &table, &results);
 }

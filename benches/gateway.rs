@@ -68,10 +68,7 @@ fn main() {
         options.duration.as_secs_f64(),
         lines.join("\n")
     );
-    println!("\n{table}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let _ = std::fs::create_dir_all(&target);
-    let _ = std::fs::write(target.join("gateway_bench.md"), table);
+    support::publish_table("gateway_bench", &table);
 }
 
 struct RowFigures {

@@ -258,11 +258,5 @@ fn report(results: &[RowMemory], peers: usize, calls: usize) {
         table.push_str(&row.markdown_row());
         table.push('\n');
     }
-    println!("\n{table}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let _ = std::fs::create_dir_all(&target);
-    let _ = std::fs::write(target.join("memory.md"), &table);
-    if let Ok(json) = serde_json::to_string_pretty(results) {
-        let _ = std::fs::write(target.join("memory.json"), json);
-    }
+    support::publish("memory", &table, &results);
 }

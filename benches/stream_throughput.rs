@@ -64,10 +64,7 @@ fn main() {
          |---|---|---|---|---|\n{}\n",
         lines.join("\n")
     );
-    println!("\n{table}");
-    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
-    let _ = std::fs::create_dir_all(&target);
-    let _ = std::fs::write(target.join("stream_throughput.md"), table);
+    support::publish_table("stream_throughput", &table);
 }
 
 /// `mib` MiB of one shared block, without a copy per chunk.

@@ -222,6 +222,26 @@ pub(crate) fn print_table(
     }
 }
 
+/// Prints a bench's markdown `table` and writes it to `target/NAME.md`.
+#[allow(clippy::print_stdout)]
+pub(crate) fn publish_table(name: &str, table: &str) {
+    println!("\n{table}");
+    let _ = std::fs::create_dir_all(target_dir());
+    let _ = std::fs::write(target_dir().join(format!("{name}.md")), table);
+}
+
+/// As [`publish_table`], and writes the `figures` behind it to `target/NAME.json`.
+pub(crate) fn publish(name: &str, table: &str, figures: &impl serde::Serialize) {
+    publish_table(name, table);
+    if let Ok(json) = serde_json::to_string_pretty(figures) {
+        let _ = std::fs::write(target_dir().join(format!("{name}.json")), json);
+    }
+}
+
+fn target_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target")
+}
+
 /// Sequential calls measured for p50/p99.
 const SEQUENTIAL_CALLS: usize = 20_000;
 /// Calls in flight in the closed loop.
