@@ -58,10 +58,13 @@ impl Drop for ReplySender {
 }
 
 impl Slot {
-    /// An empty slot: one from this thread's pool if it has one.
+    /// An empty slot: one from this thread's pool if it has one (a thread that is exiting has
+    /// none: its pool may already be gone).
     fn take_free() -> Arc<Slot> {
         FREE_SLOTS
-            .with(|free| free.borrow_mut().pop())
+            .try_with(|free| free.borrow_mut().pop())
+            .ok()
+            .flatten()
             .unwrap_or_default()
     }
 
@@ -72,7 +75,9 @@ impl Slot {
             return;
         };
         *unshared = Slot::default();
-        FREE_SLOTS.with(|free| {
+        // A reply dropped while its thread exits (a task torn down with its runtime) finds the
+        // pool gone: its slot is simply dropped.
+        let _ = FREE_SLOTS.try_with(|free| {
             let mut free = free.borrow_mut();
             if free.len() < POOLED_SLOTS {
                 free.push(slot);
