@@ -79,41 +79,21 @@ fn local_call(c: &mut Criterion) {
             .circuit_breaker(CircuitBreakerConfig::default()),
         0,
     ));
-    let mut group = c.benchmark_group("local_call");
-    group.bench_function("direct_await", |b| {
-        b.to_async(&rt)
-            .iter(|| async { add(None, black_box(Add { a: 1, b: 2 })).await.expect("ok") })
-    });
-    for (name, broker) in [
+    let brokers = [
         ("broker_call_bare", &bare),
         ("broker_call_default_middleware", &default),
         ("broker_call_retry_and_breaker", &resilient),
-    ] {
-        group.bench_function(name, |b| {
-            b.to_async(&rt).iter(|| async {
-                broker
-                    .call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
-                    .await
-                    .expect("ok")
-            })
-        });
+    ];
+    let mut group = c.benchmark_group("local_call");
+    group.bench_function("direct_await", |b| b.to_async(&rt).iter(direct_add));
+    for (name, broker) in brokers {
+        group.bench_function(name, |b| b.to_async(&rt).iter(|| call_add(broker)));
     }
     group.finish();
-    let direct = allocations_per_call(&rt, || async {
-        add(None, black_box(Add { a: 1, b: 2 })).await.expect("ok");
-    });
+    let direct = allocations_per_call(&rt, direct_add);
     println!("local_call/direct_await: {direct:.2} allocations per call");
-    for (name, broker) in [
-        ("broker_call_bare", &bare),
-        ("broker_call_default_middleware", &default),
-        ("broker_call_retry_and_breaker", &resilient),
-    ] {
-        let allocations = allocations_per_call(&rt, || async {
-            broker
-                .call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
-                .await
-                .expect("ok");
-        });
+    for (name, broker) in brokers {
+        let allocations = allocations_per_call(&rt, || call_add(broker));
         println!("local_call/{name}: {allocations:.2} allocations per call");
     }
 
@@ -131,9 +111,22 @@ fn local_call(c: &mut Criterion) {
     group.finish();
 }
 
+/// The handler, awaited directly.
+async fn direct_add() -> i64 {
+    add(None, black_box(Add { a: 1, b: 2 })).await.expect("ok")
+}
+
+/// The handler, called through `broker`.
+async fn call_add(broker: &Broker) -> i64 {
+    broker
+        .call::<i64>("math.add", black_box(Add { a: 1, b: 2 }))
+        .await
+        .expect("ok")
+}
+
 /// Allocations per call of `call` (after a warm-up), counted over the whole process: the
 /// runtime runs on this thread alone, so they are the call's.
-fn allocations_per_call<F: Future<Output = ()>>(
+fn allocations_per_call<F: Future>(
     rt: &tokio::runtime::Runtime,
     mut call: impl FnMut() -> F,
 ) -> f64 {
