@@ -27,15 +27,14 @@ mod tarpc_echo;
 
 use bytes::Bytes;
 use mux::{MuxClient, echo};
-use phalanx::transport::{LinkKind, NatsTransport};
+use phalanx::transport::NatsTransport;
 use phalanx::{Broker, BrokerBuilder};
 use process::{ALLOCATIONS, Server, process_cpu_us, serve_until_stdin_closes};
 use std::future::Future;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 use support::{
     IN_FLIGHT, Options, closed_loop, echo_call, mesh_node, nats_request_call, row_link, runtime,
-    sequential, serve_echo,
+    sequential, serve_echo, wait_for_service,
 };
 
 /// The rows, in the order they run: raw baselines first.
@@ -141,7 +140,7 @@ async fn measure_row(row: &'static str, nats: &str, options: &Options) -> RowFig
                 .start()
                 .await
                 .expect("caller");
-            wait_for_echo(&caller, row_link(row)).await;
+            wait_for_service(&caller, "echo", row_link(row)).await;
             let figures = run(row, &mut server, options, echo_call(&caller, &body)).await;
             caller.stop().await;
             figures
@@ -193,23 +192,6 @@ fn phalanx_node(row: &str, id: &str, seed: Option<&str>, nats: &str) -> BrokerBu
             .transport(NatsTransport::builder(nats).build());
     }
     mesh_node(row, id, "bench", seed)
-}
-
-/// Waits until `caller` reaches the server's echo service over `link`.
-async fn wait_for_echo(caller: &Broker, link: LinkKind) {
-    let found =
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while !caller.nodes().iter().any(|n| {
-                n.id == "server" && n.link == link && n.services.iter().any(|s| s == "echo")
-            }) {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-        .await;
-    assert!(
-        found.is_ok(),
-        "the server's echo never appeared over {link}"
-    );
 }
 
 /// The serving process: announces `ready ADDRESS`, serves, and answers `allocations` on stdin

@@ -26,7 +26,7 @@ use phalanx::{Broker, Context};
 use process::{Counting, HEAP_BYTES, Server, count, serve_questions_until_stdin_closes};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
-use support::{mesh_node, row_link, runtime};
+use support::{mesh_node, row_link, runtime, wait_for_service, wait_until};
 use tokio::sync::Semaphore;
 
 /// The rows, in the order they run.
@@ -116,7 +116,7 @@ async fn measure_row(row: &'static str, peers: usize, calls: usize) -> RowMemory
         nodes.push(node);
     }
     for node in &nodes {
-        wait_for_hold(node, row_link(row)).await;
+        wait_for_service(node, "hold", row_link(row)).await;
         node.call::<()>("hold.now", ()).await.expect("a first call");
     }
     // The peers find each other too (the mesh is full): links forming later would be counted
@@ -179,28 +179,6 @@ fn linked_to(node: &Broker, link: LinkKind) -> usize {
         .iter()
         .filter(|n| !n.local && n.available && n.link == link)
         .count()
-}
-
-/// Waits until `node` reaches the server's `hold` service over `link`.
-async fn wait_for_hold(node: &Broker, link: LinkKind) {
-    wait_until(
-        || {
-            node.nodes().iter().any(|n| {
-                n.id == "server" && n.link == link && n.services.iter().any(|s| s == "hold")
-            })
-        },
-        "the server's hold service",
-    )
-    .await;
-}
-
-/// Looks at `done` every 20 ms for up to 20 s; panics naming `what` if it never holds.
-async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "never saw {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Calls of `hold.wait` running on the serving node.

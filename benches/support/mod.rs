@@ -103,6 +103,28 @@ pub(crate) fn row_link(row: &str) -> LinkKind {
     }
 }
 
+/// Waits until `node` reaches the serving node's (`server`) `service` over `link`.
+pub(crate) async fn wait_for_service(node: &Broker, service: &str, link: LinkKind) {
+    wait_until(
+        || {
+            node.nodes().iter().any(|n| {
+                n.id == "server" && n.link == link && n.services.iter().any(|s| s == service)
+            })
+        },
+        &format!("the server's {service} service over {link}"),
+    )
+    .await;
+}
+
+/// Looks at `done` every 20 ms for up to 20 s; panics naming `what` if it never holds.
+pub(crate) async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !done() {
+        assert!(Instant::now() < deadline, "never saw {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The runtime both sides of a bench share: two worker threads, like the machine's two cores.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
