@@ -57,7 +57,7 @@ use futures_util::future::BoxFuture;
 use futures_util::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -345,6 +345,30 @@ impl NatsTransport {
     }
 }
 
+/// What the client's connection events mean for the broker. Only a connection that comes back
+/// after it was lost is a reconnection: the client reports its first connection too, and may
+/// report it late — after peers were met and calls sent — where taking it for a reconnection
+/// would fail those calls as if the bus had been down.
+#[derive(Debug, Default)]
+struct ConnectionWatch {
+    /// The connection was lost and has not come back yet.
+    lost: AtomicBool,
+}
+
+impl ConnectionWatch {
+    /// `Some(up)` if `event` changes the bus's state for the broker.
+    fn bus_state(&self, event: &async_nats::Event) -> Option<bool> {
+        match event {
+            async_nats::Event::Disconnected => {
+                self.lost.store(true, Ordering::SeqCst);
+                Some(false)
+            }
+            async_nats::Event::Connected => self.lost.swap(false, Ordering::SeqCst).then_some(true),
+            _ => None,
+        }
+    }
+}
+
 /// `url` without the password (or token) it may carry: fit for logs and errors.
 fn redacted(url: &str) -> String {
     match url.split_once("://") {
@@ -373,6 +397,7 @@ impl Transporter for NatsTransport {
                 self.config.encrypt_broadcasts,
             )?;
             let events = ctx.handler.clone();
+            let watch = Arc::new(ConnectionWatch::default());
             let mut options = async_nats::ConnectOptions::new()
                 .name(format!("phalanx {}", ctx.node_id))
                 .connection_timeout(Duration::from_secs(2))
@@ -380,12 +405,11 @@ impl Transporter for NatsTransport {
                     Duration::from_millis((attempts as u64 * 100).clamp(50, 1000))
                 })
                 .event_callback(move |event| {
-                    let events = events.clone();
+                    let (events, watch) = (events.clone(), watch.clone());
                     async move {
-                        match event {
-                            async_nats::Event::Connected => events.on_bus(LinkKind::Nats, true),
-                            async_nats::Event::Disconnected => events.on_bus(LinkKind::Nats, false),
-                            other => tracing::debug!(event = %other, "NATS event"),
+                        match watch.bus_state(&event) {
+                            Some(up) => events.on_bus(LinkKind::Nats, up),
+                            None => tracing::debug!(%event, "NATS event"),
                         }
                     }
                 });
@@ -539,7 +563,23 @@ impl Transporter for NatsTransport {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::{ConnectionWatch, redacted};
+    use async_nats::Event;
+
+    #[test]
+    fn only_a_connection_after_a_loss_is_a_reconnection() {
+        let watch = ConnectionWatch::default();
+        assert_eq!(
+            watch.bus_state(&Event::Connected),
+            None,
+            "the first connection"
+        );
+        assert_eq!(watch.bus_state(&Event::LameDuckMode), None);
+        assert_eq!(watch.bus_state(&Event::Disconnected), Some(false));
+        assert_eq!(watch.bus_state(&Event::Disconnected), Some(false));
+        assert_eq!(watch.bus_state(&Event::Connected), Some(true));
+        assert_eq!(watch.bus_state(&Event::Connected), None, "already up");
+    }
 
     #[test]
     fn passwords_never_reach_the_logs() {
