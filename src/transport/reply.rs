@@ -146,8 +146,14 @@ impl PendingReply {
     }
 
     /// Counts this request in `waiting` until its reply is taken or it is dropped; returns how
-    /// many requests `waiting` counts now, this one included.
+    /// many requests `waiting` counts now, this one included. A request counted there already
+    /// (a `try_request` that fell back to `request`) is not counted twice.
     pub fn count_in(&mut self, waiting: &Arc<AtomicUsize>) -> usize {
+        if let Some(Counted(counted)) = &self.counted
+            && Arc::ptr_eq(counted, waiting)
+        {
+            return waiting.load(Ordering::Acquire);
+        }
         let now = waiting.fetch_add(1, Ordering::AcqRel) + 1;
         self.counted = Some(Counted(waiting.clone()));
         now
@@ -219,6 +225,22 @@ mod tests {
         tokio::task::yield_now().await;
         std::thread::spawn(move || sender.send(answer(2)));
         assert_eq!(waiter.await.unwrap().unwrap().id, 2);
+    }
+
+    #[test]
+    fn a_request_is_counted_once_in_flight_however_often_it_is_counted_in() {
+        let waiting = Arc::new(AtomicUsize::new(0));
+        let (_sender, mut first) = PendingReply::channel();
+        assert_eq!(first.count_in(&waiting), 1);
+        assert_eq!(first.count_in(&waiting), 1, "counted in again: still one");
+        let (_sender, mut second) = PendingReply::channel();
+        assert_eq!(second.count_in(&waiting), 2);
+        let elsewhere = Arc::new(AtomicUsize::new(0));
+        assert_eq!(second.count_in(&elsewhere), 1, "moved to another count");
+        assert_eq!(waiting.load(Ordering::Acquire), 1);
+        drop((first, second));
+        assert_eq!(waiting.load(Ordering::Acquire), 0);
+        assert_eq!(elsewhere.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
