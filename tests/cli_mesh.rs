@@ -1,6 +1,8 @@
 //! Real `phalanx demo` processes on loopback, driven by the CLI and by a broker in this test.
 
 mod common;
+#[path = "common/local_server.rs"]
+mod local_server;
 
 use common::cluster::quic_loopback;
 use phalanx::cluster::NodeInfo;
@@ -367,14 +369,6 @@ async fn garbage_and_malformed_frames_leave_the_node_serving() {
     drop(n1);
 }
 
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port()
-}
-
 /// The value of a Prometheus counter (`name{...}` lines whose labels contain `labels`) scraped
 /// from `http://addr/metrics`; 0 when absent.
 fn scrape(addr: &str, name: &str, labels: &str) -> u64 {
@@ -400,7 +394,7 @@ fn bench_report(args: &[&str], secret: &str, seed: &str) -> serde_json::Value {
 async fn a_failing_replica_is_invisible_to_bench_with_retries_and_metrics_agree_with_bench() {
     let secret = secret();
     let metrics: Vec<String> = (0..3)
-        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .map(|_| format!("127.0.0.1:{}", local_server::free_port()))
         .collect();
     let m1 = demo_with("m1", &secret, &[], &["--metrics-addr", &metrics[0]]);
     let m2 = demo_with("m2", &secret, &[&m1.addr], &["--metrics-addr", &metrics[1]]);

